@@ -1,0 +1,226 @@
+"""The sweep spec: a YAML file (or a shipped preset) validated with pydantic, expanded into a plan of trials.
+
+Any hyperparameter given as a list is a grid axis. Errors are :class:`SpecError`, one line each, naming the
+key or value and what is allowed; nothing here touches Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sweep.data import N_TRAIN
+from sweep.trainer import DEFAULT_EVAL_EVERY, TrainConfig
+
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+ProtocolName = Literal["handout", "epochs"]
+
+
+class SpecError(ValueError):
+    """A sweep spec, preset, override or file that cannot be used; its message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    family: Literal["resnet"] = "resnet"
+    C: PositiveInt | list[PositiveInt] = Field(description="ResNet width(s); the complexity knob")
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial; torch uses this many threads")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; 0.25 puts four trials on one GPU")
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlflow.db here")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the sweep's name")
+
+
+class SweepSpec(_Strict):
+    name: str = Field(min_length=1)
+    model: ModelSpec
+    seeds: PositiveInt | list[Annotated[int, Field(ge=0, strict=True)]] = Field(
+        description="a count n meaning seeds 0..n-1, or an explicit list"
+    )
+    protocol: ProtocolName | list[ProtocolName] = "handout"
+    budget: PositiveInt | list[PositiveInt] = 4000
+    lr: PositiveFloat | list[PositiveFloat] = 0.1
+    batch_size: PositiveInt | list[PositiveInt] = 128
+    eval_every: PositiveInt | list[PositiveInt] | None = None
+    split_seed: Annotated[int, Field(ge=0, strict=True)] = 0
+    dtype: Literal["float32", "float64"] = "float32"
+    pack: Literal["auto", "off"] = "auto"
+    pack_size: PositiveInt | None = Field(None, description="most seeds packed into one Ray trial")
+    resources: ResourcesSpec = ResourcesSpec()
+    max_concurrent_trials: PositiveInt | None = None
+    max_failures: Annotated[int, Field(ge=0, strict=True)] = 3
+    checkpoint_every: PositiveInt | None = Field(None, description="evaluations between checkpoints")
+    tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_not_empty(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("seeds must be a count > 0 or a non-empty list of distinct integers >= 0")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_fits(cls, v: int | list[int]) -> int | list[int]:
+        for b in _as_list(v):
+            if b > N_TRAIN:
+                raise ValueError(f"batch_size {b} is larger than the training half ({N_TRAIN} images)")
+        return v
+
+    @model_validator(mode="after")
+    def _eval_fits_budget(self) -> SweepSpec:
+        for protocol, budget, every in itertools.product(
+            _as_list(self.protocol), _as_list(self.budget), _as_list(self.eval_every)
+        ):
+            every = every or DEFAULT_EVAL_EVERY[protocol]
+            if every > budget:
+                raise ValueError(f"eval_every {every} is larger than the budget {budget} ({protocol} protocol)")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def configs(self) -> list[TrainConfig]:
+        """Every grid point except the seed, in a stable order (C varies slowest)."""
+        axes = itertools.product(
+            _as_list(self.model.C), _as_list(self.protocol), _as_list(self.budget), _as_list(self.lr),
+            _as_list(self.batch_size), _as_list(self.eval_every),
+        )
+        return [
+            TrainConfig(C=C, protocol=p, budget=b, lr=lr, batch_size=bs, eval_every=e,
+                        split_seed=self.split_seed, dtype=self.dtype)
+            for C, p, b, lr, bs, e in axes
+        ]
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, list) else [v]
+
+
+# -- presets and files -------------------------------------------------------------------------------
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("sweep.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def preset_summaries() -> dict[str, str]:
+    """Preset name -> its one-line description (the YAML's ``# summary:`` line)."""
+    out = {}
+    for name in preset_names():
+        text = resources.files("sweep.presets").joinpath(f"{name}.yaml").read_text()
+        line = next((ln for ln in text.splitlines() if ln.startswith("# summary:")), "# summary: ")
+        out[name] = line.removeprefix("# summary:").strip()
+    return out
+
+
+def load_raw(source: str) -> tuple[dict[str, Any], str]:
+    """Read a preset name or a YAML path into a raw dict; returns (raw, preset-or-path label)."""
+    if source in preset_names():
+        text = resources.files("sweep.presets").joinpath(f"{source}.yaml").read_text()
+    elif source.endswith((".yaml", ".yml")) or "/" in source:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"spec file {source!r} does not exist")
+        text = path.read_text()
+    else:
+        raise SpecError(
+            f"unknown preset {source!r}{_did_you_mean(source, preset_names())}; "
+            f"presets are {', '.join(preset_names())}, or give a path to a .yaml file"
+        )
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"spec {source!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec {source!r} must be a YAML mapping of keys to values")
+    return raw, source
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (``[1,2]`` is a list, ``10`` an int)."""
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy, plain types only
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise SpecError(f"malformed --set {item!r}: expected key=value, e.g. --set model.C=[1,2,4]")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise SpecError(f"malformed --set {item!r}: the value {text!r} is not valid YAML") from None
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"malformed --set {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return raw
+
+
+def validate(raw: dict[str, Any]) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_one_line(exc)) from None
+
+
+def load_spec(source: str, overrides: list[str] | None = None) -> tuple[SweepSpec, dict[str, Any]]:
+    """Preset name or YAML path plus overrides -> (validated spec, resolved raw dict)."""
+    raw, _ = load_raw(source)
+    raw = apply_overrides(raw, overrides or [])
+    spec = validate(raw)
+    return spec, spec.model_dump(mode="json")
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = SweepSpec
+    for part in loc:
+        ann = model.model_fields.get(str(part))
+        sub = getattr(ann, "annotation", None) if ann else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+    key = ".".join(str(p) for p in loc if not str(p).startswith(("list[", "int", "float", "literal")))
+    if err["type"] == "extra_forbidden":
+        parent, name = loc[:-1], str(loc[-1])
+        allowed = _fields_at(parent)
+        return (f"unknown key {key!r}{_did_you_mean(name, allowed)}; allowed keys"
+                f"{' under ' + '.'.join(map(str, parent)) if parent else ''}: {', '.join(allowed)}")
+    if err["type"] == "missing":
+        return f"missing key {key!r}"
+    given = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"bad value for {key!r}: {given!r}: {msg}"

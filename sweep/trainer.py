@@ -1,0 +1,314 @@
+"""The training loop: pure PyTorch, no Ray, no MLflow.
+
+A :class:`Trainer` trains S members (one per seed) of the same configuration, either as one plain
+``ResNet`` (S = 1, unpacked) or as one ``PackedResNet`` computation (any S). Either way each member
+starts from the weights ``ResNet(C)`` gets under ``torch.manual_seed(seed)`` and draws its minibatches from
+its own generator, so a member's records do not depend on what it is packed with.
+
+Protocols (see HANDOUT.md):
+  * ``handout``: ``budget`` SGD updates, each on ``batch_size`` distinct training images drawn at random;
+    ``step`` counts updates; evaluated every 25 updates by default.
+  * ``epochs``: ``budget`` passes over a fresh shuffle of the training half, cut into
+    ``898 // batch_size`` full minibatches (the partial one dropped); ``step`` counts epochs; evaluated
+    every 10 epochs by default.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models import ResNet
+from sweep.data import N_TRAIN, Digits, load_digits_split
+
+Protocol = Literal["handout", "epochs"]
+PROTOCOLS: tuple[str, ...] = ("handout", "epochs")
+DEFAULT_EVAL_EVERY = {"handout": 25, "epochs": 10}
+METRICS = ("train_error", "test_error", "train_loss", "test_loss", "generalization_gap", "minibatch_loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a trial except its seed.
+
+    C: ResNet width (> 0). protocol: ``handout`` or ``epochs``. budget: updates (handout) or epochs.
+    lr: SGD step size. batch_size: images per minibatch (<= 898). eval_every: steps between evaluations,
+    None for the protocol's default. split_seed: which 50/50 split of digits. device: torch device string.
+    dtype: ``float32`` or ``float64``.
+    """
+
+    C: int
+    protocol: Protocol = "handout"
+    budget: int = 4000
+    lr: float = 0.1
+    batch_size: int = 128
+    eval_every: int | None = None
+    split_seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.C <= 0 or self.budget <= 0 or self.lr <= 0:
+            raise ValueError("C, budget and lr must be positive")
+        if not 0 < self.batch_size <= N_TRAIN:
+            raise ValueError(f"batch_size must be in 1..{N_TRAIN}, got {self.batch_size}")
+        if not 0 < self.eval_interval <= self.budget:
+            raise ValueError(f"eval_every must be in 1..budget ({self.budget}), got {self.eval_every}")
+
+    @property
+    def eval_interval(self) -> int:
+        return self.eval_every or DEFAULT_EVAL_EVERY[self.protocol]
+
+    @property
+    def updates_per_step(self) -> int:
+        return 1 if self.protocol == "handout" else N_TRAIN // self.batch_size
+
+    def eval_steps(self) -> list[int]:
+        """Steps at which records are produced: every ``eval_interval`` steps, and the last step."""
+        steps = list(range(self.eval_interval, self.budget + 1, self.eval_interval))
+        if steps[-1] != self.budget:
+            steps.append(self.budget)
+        return steps
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    """One evaluation of one member. Errors are misclassification rates in [0, 1] on the whole train half
+    and the whole test half (eval mode); losses are mean cross-entropy in nats; ``minibatch_loss`` is the
+    training-mode loss of the last minibatch before the evaluation."""
+
+    seed: int
+    step: int
+    train_error: float
+    test_error: float
+    train_loss: float
+    test_loss: float
+    generalization_gap: float
+    minibatch_loss: float
+
+    def metrics(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in METRICS}
+
+
+@dataclass
+class Evaluation:
+    """What :meth:`Trainer.run` yields at each evaluation step: records of the members still training, and
+    the members whose loss turned non-finite since the last evaluation (seed -> (step, reason))."""
+
+    step: int
+    records: list[MetricRecord]
+    diverged: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+
+def init_model(C: int, seed: int, dtype: torch.dtype = torch.float32) -> ResNet:
+    """``ResNet(C)`` initialised under ``torch.manual_seed(seed)``, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNet(C)
+    return model.to(dtype)
+
+
+def sampling_seed(seed: int) -> int:
+    """The minibatch generator's seed: derived from ``seed`` but a different stream from the init RNG."""
+    return int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class _Single(nn.Module):
+    """One plain ResNet behind the packed interface: (S=1, N, 1, H, W) or shared (N, 1, H, W) -> (1, N, 10)."""
+
+    def __init__(self, net: ResNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x[0] if x.dim() == 5 else x).unsqueeze(0)
+
+    def members(self) -> list[ResNet]:
+        return [self.net]
+
+
+class Trainer:
+    """Trains one member per seed; ``packed=None`` packs when there is more than one seed.
+
+    Usage::
+
+        trainer = Trainer(TrainConfig(C=4, budget=400), seeds=[0])
+        for evaluation in trainer.run():
+            print(evaluation.records)
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        seeds: Sequence[int],
+        packed: bool | None = None,
+        data: Digits | None = None,
+    ) -> None:
+        if not seeds:
+            raise ValueError("at least one seed is needed")
+        packed = len(seeds) > 1 if packed is None else packed
+        if not packed and len(seeds) != 1:
+            raise ValueError("an unpacked trainer trains exactly one seed")
+        self.config = config
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(config.device)
+        dtype = getattr(torch, config.dtype)
+        self.data = data or load_digits_split(config.split_seed, self.device, dtype)
+        members = [init_model(config.C, s, dtype) for s in self.seeds]
+        if packed:
+            from models.packed import PackedResNet
+
+            self.model: nn.Module = PackedResNet.from_models(members)
+        else:
+            self.model = _Single(members[0])
+        self.model.to(self.device)
+        self.packed = packed
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
+        self.generators = [torch.Generator().manual_seed(sampling_seed(s)) for s in self.seeds]
+        self.step = 0
+        self.updates = 0
+        self.train_seconds = 0.0
+        self.diverged: dict[int, tuple[int, str]] = {}
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit for bit: weights, BatchNorm buffers, optimizer, RNGs, step."""
+        return {
+            "config": asdict(self.config),
+            "seeds": self.seeds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generators": [g.get_state() for g in self.generators],
+            "step": self.step,
+            "updates": self.updates,
+            "train_seconds": self.train_seconds,
+            "diverged": dict(self.diverged),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["seeds"] != self.seeds or state["config"] != asdict(self.config):
+            raise ValueError("checkpoint belongs to another configuration or other seeds")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for g, s in zip(self.generators, state["generators"], strict=True):
+            g.set_state(s)
+        self.step = state["step"]
+        self.updates = state["updates"]
+        self.train_seconds = state["train_seconds"]
+        self.diverged = dict(state["diverged"])
+
+    def members(self) -> list[ResNet]:
+        """One plain ``ResNet`` per seed holding that member's current weights and BatchNorm buffers."""
+        return self.model.members()
+
+    @property
+    def ms_per_update(self) -> float:
+        """Wall-clock training time (evaluations excluded) per SGD update per member, in milliseconds."""
+        return 1000.0 * self.train_seconds / max(1, self.updates * len(self.seeds))
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def _draw_batches(self, n_steps: int) -> Tensor:
+        """Minibatch indices for the next ``n_steps`` steps: (n_steps, updates_per_step, S, batch_size).
+
+        Every step draws one fresh permutation of the training half per member; the handout protocol keeps
+        its first ``batch_size`` entries (a sample without replacement), the epochs protocol cuts it into
+        full minibatches. Drawing a whole evaluation period at once keeps generator states aligned with
+        evaluation steps, which is where checkpoints are taken.
+        """
+        k, b = self.config.updates_per_step, self.config.batch_size
+        per_member = []
+        for g in self.generators:
+            keys = torch.rand(n_steps, N_TRAIN, generator=g, dtype=torch.float64)
+            order = torch.argsort(keys, dim=1, stable=True)[:, : k * b]
+            per_member.append(order.reshape(n_steps, k, b))
+        return torch.stack(per_member, dim=2).to(self.device)
+
+    def _live(self) -> list[int]:
+        return [i for i, s in enumerate(self.seeds) if s not in self.diverged]
+
+    def run(self) -> Iterator[Evaluation]:
+        """Train from the current step to ``budget``, yielding an :class:`Evaluation` at every eval step.
+
+        Stops early once every member has diverged (non-finite minibatch loss).
+        """
+        cfg = self.config
+        x, y = self.data.x_train, self.data.y_train
+        reported: set[int] = set(self.diverged)
+        for eval_step in cfg.eval_steps():
+            if eval_step <= self.step:
+                continue
+            batches = self._draw_batches(eval_step - self.step)
+            self.model.train()
+            start = time.perf_counter()
+            losses = torch.zeros(len(self.seeds))
+            for step_batches in batches:
+                for idx in step_batches:  # (S, batch_size)
+                    logits = self.model(x[idx])  # (S, B, 10)
+                    member_losses = F.cross_entropy(
+                        logits.flatten(0, 1), y[idx].flatten(), reduction="none"
+                    ).view(idx.shape).mean(dim=1)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    # Summing keeps members independent: d(sum)/d(loss_s) = 1 for every member.
+                    member_losses.sum().backward()
+                    self.optimizer.step()
+                    self.updates += 1
+                    losses = member_losses.detach().cpu()
+                    if not torch.isfinite(losses).all():
+                        self._mark_diverged(losses)
+                        if not self._live():
+                            break
+                if not self._live():
+                    break
+                self.step += 1
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.train_seconds += time.perf_counter() - start
+            new = {s: v for s, v in self.diverged.items() if s not in reported}
+            reported |= set(new)
+            if not self._live():
+                yield Evaluation(step=self.step, records=[], diverged=new)
+                return
+            yield Evaluation(step=self.step, records=self.evaluate(losses), diverged=new)
+
+    def _mark_diverged(self, losses: Tensor) -> None:
+        for i in self._live():
+            value = float(losses[i])
+            if not math.isfinite(value):
+                self.diverged[self.seeds[i]] = (self.step + 1, f"minibatch loss became {value} at step {self.step + 1}")
+
+    @torch.no_grad()
+    def evaluate(self, minibatch_losses: Tensor) -> list[MetricRecord]:
+        """Errors and losses of every live member on the whole train and test halves, in eval mode."""
+        self.model.eval()
+        d = self.data
+        per_split = []
+        for xs, ys in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
+            logits = self.model(xs)  # shared input -> (S, N, 10)
+            loss = F.cross_entropy(logits.transpose(1, 2), ys.expand(logits.shape[0], -1), reduction="none")
+            # Counted in integers so an error rate is exactly (mistakes / N), whatever the dtype.
+            mistakes = (logits.argmax(dim=2) != ys).sum(dim=1)
+            per_split.append(((mistakes.double() / ys.numel()).tolist(), loss.mean(dim=1).tolist()))
+        (train_err, train_loss), (test_err, test_loss) = per_split
+        return [
+            MetricRecord(
+                seed=self.seeds[i],
+                step=self.step,
+                train_error=train_err[i],
+                test_error=test_err[i],
+                train_loss=train_loss[i],
+                test_loss=test_loss[i],
+                generalization_gap=test_err[i] - train_err[i],
+                minibatch_loss=float(minibatch_losses[i]),
+            )
+            for i in self._live()
+        ]
