@@ -67,6 +67,12 @@ class SweepSpec(_Strict):
     checkpoint_every: PositiveInt | None = Field(None, description="evaluations between checkpoints")
     tracking: TrackingSpec = TrackingSpec()
 
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _yaml_off_is_false(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false and `on` as true.
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("seeds")
     @classmethod
     def _seeds_not_empty(cls, v: int | list[int]) -> int | list[int]:

@@ -1,0 +1,239 @@
+"""The ``sweep`` command: presets, train, run, resume, analyze.
+
+Bad input exits with code 2 and one line naming what was wrong and what is allowed, before Ray starts or
+MLflow is written to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sweep.spec import SpecError, load_spec, preset_summaries
+
+RESULTS_DIR = Path("sweep_results")
+TUNE_DIR = Path("ray_results")
+
+
+class UsageError(Exception):
+    """Printed as ``sweep: error: <message>``; exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sweep", description="Model-complexity sweeps on Ray Tune, tracked in MLflow.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("presets", help="list the shipped sweep presets")
+
+    t = sub.add_parser("train", help="train one configuration: no Ray, no MLflow (the debugging path)")
+    t.add_argument("--C", type=int, required=True, help="ResNet width")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--protocol", choices=["handout", "epochs"], default="handout")
+    t.add_argument("--budget", type=int, default=4000, help="updates (handout) or epochs (epochs)")
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--eval-every", type=int, default=None, help="default: 25 updates / 10 epochs")
+    t.add_argument("--split-seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+    def tracking_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                        "else sqlite:///mlflow.db here)")
+        sp.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a fresh local Ray)")
+        sp.add_argument("--no-analyze", action="store_true", help="skip the plots and report at the end")
+        sp.add_argument("--out", type=Path, help="analysis folder (default: sweep_results/<sweep_id>)")
+
+    r = sub.add_parser("run", help="run a sweep: PRESET or FILE.yaml, with --set overrides")
+    r.add_argument("spec", nargs="?", default="hw2", help="preset name or YAML file (default: hw2)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set seeds=10 --set model.C=[1,2,4,8]")
+    r.add_argument("--storage", type=Path, default=TUNE_DIR, help="Ray Tune results folder")
+    r.add_argument("--gpus-may-autoscale", action="store_true",
+                   help="allow GPU trials on a cluster that has no GPU yet but autoscales GPU workers")
+    tracking_args(r)
+
+    s = sub.add_parser("resume", help="finish an interrupted sweep (the latest one by default)")
+    s.add_argument("sweep_id", nargs="?")
+    tracking_args(s)
+
+    a = sub.add_parser("analyze", help="plots and report of a sweep (the latest one by default)")
+    a.add_argument("sweep_id", nargs="?")
+    a.add_argument("--tracking-uri")
+    a.add_argument("--out", type=Path)
+    return p
+
+
+def cmd_presets(_: argparse.Namespace) -> None:
+    summaries = preset_summaries()
+    width = max(map(len, summaries))
+    for name, line in summaries.items():
+        print(f"{name:<{width}}  {line}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from sweep.trainer import TrainConfig, Trainer
+
+    try:
+        config = TrainConfig(C=args.C, protocol=args.protocol, budget=args.budget, lr=args.lr,
+                             batch_size=args.batch_size, eval_every=args.eval_every,
+                             split_seed=args.split_seed, device=args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    torch.set_num_threads(args.threads)
+    trainer = Trainer(config, seeds=[args.seed])
+    started = time.perf_counter()
+    last = None
+    for evaluation in trainer.run():
+        last = evaluation
+    seconds = time.perf_counter() - started
+    if last is None or not last.records:
+        reason = next(iter(trainer.diverged.values()))[1] if trainer.diverged else "no evaluation"
+        print(f"C={args.C} seed={args.seed}: diverged ({reason})")
+        sys.exit(1)
+    r = last.records[0]
+    print(f"C={args.C} seed={args.seed} protocol={args.protocol} step={r.step} "
+          f"split={trainer.data.split_hash}")
+    print(f"train_error={r.train_error:.4f} test_error={r.test_error:.4f} "
+          f"generalization_gap={r.generalization_gap:.4f} train_loss={r.train_loss:.4f} "
+          f"test_loss={r.test_loss:.4f}")
+    print(f"{trainer.ms_per_update:.3f} ms per update ({trainer.updates} updates, {seconds:.1f} s wall "
+          f"including evaluations, {args.threads} thread(s), {args.device})")
+
+
+def _prepare(spec: Any, args: argparse.Namespace) -> tuple[str, str]:
+    """All checks that need no compute: tracking store reachable, Ray address reachable, GPUs exist."""
+    from sweep import driver, tracking
+
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, spec.tracking.uri)
+    try:
+        tracking.check_reachable(tracking_uri)
+    except tracking.TrackingError as exc:
+        raise UsageError(str(exc)) from None
+    address = driver.resolve_address(args.address)
+    try:
+        driver.check_ray_address(address)
+        driver.check_local_gpus(spec, address)
+    except driver.SweepError as exc:
+        raise UsageError(str(exc)) from None
+    return tracking_uri, address
+
+
+def _connect(spec: Any, address: str, gpus_may_autoscale: bool = False) -> None:
+    import ray
+
+    from sweep import driver
+
+    try:
+        driver.connect_ray(address)
+        driver.check_cluster_gpus(spec, gpus_may_autoscale)
+    except driver.SweepError as exc:
+        if ray.is_initialized():
+            ray.shutdown()
+        raise UsageError(str(exc)) from None
+
+
+def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
+    from sweep import driver
+
+    rows = driver.finish_sweep(sweep, results)
+    print_table(rows)
+    out = args.out or RESULTS_DIR / sweep.sweep_id
+    if not args.no_analyze:
+        from analysis import analyze
+
+        analyze(sweep.sweep_id, sweep.tracking_uri, out)
+        print(f"\nFigures and report: {out.resolve()}/ (complexity.png, curves.png, heatmap.png, summary.md)")
+    print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=not args.no_analyze)
+    if any(row["status"] != "FINISHED" for row in rows):
+        sys.exit(1)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from sweep import driver
+
+    try:
+        spec, _ = load_spec(args.spec, args.overrides)
+    except SpecError as exc:
+        raise UsageError(str(exc)) from None
+    tracking_uri, address = _prepare(spec, args)
+    _connect(spec, address, args.gpus_may_autoscale)
+    sweep = driver.create_sweep(spec, args.spec, tracking_uri, args.storage.resolve())
+    n_members = sum(len(t["run_ids"]) for t in sweep.trials)
+    print(f"[sweep] {sweep.sweep_id}: {n_members} runs in {len(sweep.trials)} Ray trials; "
+          f"MLflow {tracking_uri}, experiment {spec.tracking.experiment or spec.name!r}", flush=True)
+    results = driver.run_tuner(sweep)
+    _end(sweep, results, args)
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    from sweep import driver, tracking
+
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, None)
+    try:
+        tracking.check_reachable(tracking_uri)
+        sweep = driver.load_sweep(args.sweep_id, tracking_uri)
+    except (tracking.TrackingError, driver.SweepError) as exc:
+        raise UsageError(str(exc)) from None
+    _, address = _prepare(sweep.spec, args)
+    _connect(sweep.spec, address)
+    print(f"[sweep] resuming {sweep.sweep_id} from {sweep.tune_path}", flush=True)
+    driver.reopen_parent(sweep)
+    try:
+        results = driver.run_tuner(sweep, restore=True)
+    except driver.SweepError as exc:
+        raise UsageError(str(exc)) from None
+    _end(sweep, results, args)
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from analysis import analyze
+    from sweep import tracking
+
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, None)
+    try:
+        tracking.check_reachable(tracking_uri)
+        result = analyze(args.sweep_id, tracking_uri, args.out or RESULTS_DIR / (args.sweep_id or "latest"))
+    except (tracking.TrackingError, LookupError) as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    print(result)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'C':>4} {'seed':>5} {'train_error':>12} {'test_error':>11} {'gap':>8}  status")
+    for row in rows:
+        reason = f"  ({row['failure_reason']})" if row["failure_reason"] else ""
+        print(f"{row['C']:>4} {row['seed']:>5} {row['train_error']:>12.4f} {row['test_error']:>11.4f} "
+              f"{row['generalization_gap']:>8.4f}  {row['status']}{reason}")
+
+
+def print_next_steps(sweep_id: str, tracking_uri: str, analyzed: bool) -> None:
+    print("\nOpen the MLflow UI:")
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"  open {tracking_uri} in a browser")
+    else:
+        print(f"  mlflow ui --backend-store-uri {tracking_uri}   # then open http://127.0.0.1:5000")
+    uri_flag = "" if tracking_uri.endswith(str(Path("mlflow.db").resolve())) else f" --tracking-uri {tracking_uri}"
+    print(f"{'Re-analyze' if analyzed else 'Analyze'} this sweep:\n  sweep analyze {sweep_id}{uri_flag}")
+
+
+COMMANDS = {"presets": cmd_presets, "train": cmd_train, "run": cmd_run, "resume": cmd_resume,
+            "analyze": cmd_analyze}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The driver: preflight checks, MLflow parent and child runs, the Ray Tune grid, and the end of a sweep.
+
+config -> plan of trials -> Ray Tune -> trainer -> metric records -> MLflow -> analysis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweep.names import (
+    ROLE_PARENT,
+    ROLE_TRIAL,
+    TAG_FAILURE,
+    TAG_PRESET,
+    TAG_ROLE,
+    TAG_SWEEP_ID,
+    TAG_TUNE_PATH,
+)
+from sweep.plan import TrialGroup, plan_trials, run_name
+from sweep.spec import SweepSpec, validate
+
+SPEC_ARTIFACT = "spec.yaml"
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or continue; its message is one line (the CLI exits 2)."""
+
+
+@dataclass
+class Sweep:
+    """Everything the driver knows about one sweep once its runs exist."""
+
+    spec: SweepSpec
+    sweep_id: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    tune_path: Path
+    trials: list[dict[str, Any]] = field(default_factory=list)  # {"group": ..., "run_ids": {seed: id}}
+
+
+# -- preflight: no Ray start, no MLflow write ----------------------------------------------------------
+
+def resolve_address(flag: str | None) -> str:
+    """--address, else RAY_ADDRESS, else "local": a fresh Ray on this machine, never someone else's."""
+    return flag or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    if address in ("local", "auto"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"Ray address {address!r} is malformed: expected host:port, ray://host:port, "
+                         "'auto' or 'local'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise SweepError(f"Ray address {address} is unreachable ({exc.strerror or exc}); start the cluster "
+                         "or pass another --address") from None
+
+
+def check_local_gpus(spec: SweepSpec, address: str) -> None:
+    if spec.resources.gpu <= 0 or address != "local":
+        return
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        raise SweepError(f"resources.gpu={spec.resources.gpu} requested but this machine has no GPU "
+                         "(torch sees 0 CUDA devices); use resources.gpu=0 or a cluster with GPUs")
+
+
+def check_cluster_gpus(spec: SweepSpec, gpus_may_autoscale: bool) -> None:
+    import ray
+
+    if spec.resources.gpu <= 0 or gpus_may_autoscale:
+        return
+    if ray.cluster_resources().get("GPU", 0) == 0:
+        raise SweepError(f"resources.gpu={spec.resources.gpu} requested but the Ray cluster has no GPU; "
+                         "use resources.gpu=0, or --gpus-may-autoscale if its autoscaler adds GPU workers")
+
+
+def connect_ray(address: str) -> None:
+    import ray
+
+    # Checkpointing every tenth of a trial makes Tune snapshot often; that is intended, not a bottleneck here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+    try:
+        ray.init(address=address, include_dashboard=False if address == "local" else None,
+                 logging_level=logging.WARNING, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SweepError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0]}") from None
+
+
+# -- MLflow runs ----------------------------------------------------------------------------------------
+
+def new_sweep_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: Path) -> Sweep:
+    """Create the experiment, the parent run and one SCHEDULED child run per (grid point, seed)."""
+    from mlflow import MlflowClient
+
+    from sweep import tracking
+    from sweep.data import split_hash
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment or spec.name)
+    sweep_id = new_sweep_id(spec.name)
+    tune_path = storage / sweep_id
+    resolved = spec.model_dump(mode="json")
+    parent = tracking.create_parent_run(client, experiment_id, sweep_id, {
+        TAG_PRESET: source, TAG_TUNE_PATH: str(tune_path), **tracking.library_tags()})
+    tracking.log_params(client, parent, tracking.flatten(resolved))
+    client.log_text(parent, yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
+
+    sweep = Sweep(spec, sweep_id, tracking_uri, experiment_id, parent, tune_path)
+    digest = split_hash(spec.split_seed)
+    for group in plan_trials(spec):
+        run_ids = {
+            seed: tracking.create_trial_run(client, experiment_id, sweep_id, parent,
+                                            run_name(group.config.C, seed), group.member_params(seed, digest))
+            for seed in group.seeds
+        }
+        sweep.trials.append({"group": group.to_dict(), "run_ids": run_ids})
+    return sweep
+
+
+def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
+    """Find a sweep's parent run (the latest one if ``sweep_id`` is None) and rebuild its :class:`Sweep`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'"
+    if sweep_id:
+        query += f" and tags.{TAG_SWEEP_ID} = '{sweep_id}'"
+    parents = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise SweepError(f"no sweep {sweep_id!r} in {tracking_uri}" if sweep_id
+                         else f"no sweep found in {tracking_uri}")
+    parent = parents[0]
+    text = Path(client.download_artifacts(parent.info.run_id, SPEC_ARTIFACT)).read_text()
+    spec = validate(yaml.safe_load(text))
+    return Sweep(spec, parent.data.tags[TAG_SWEEP_ID], tracking_uri, parent.info.experiment_id,
+                 parent.info.run_id, Path(parent.data.tags[TAG_TUNE_PATH]))
+
+
+def trial_runs(sweep: Sweep) -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sweep.tracking_uri)
+    query = f"tags.{TAG_SWEEP_ID} = '{sweep.sweep_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
+    return list(client.search_runs([sweep.experiment_id], query, max_results=10000))
+
+
+# -- Ray Tune -----------------------------------------------------------------------------------------
+
+def _trainable(spec: SweepSpec) -> Any:
+    from ray import tune
+
+    from sweep.trainable import train_group
+
+    return tune.with_resources(train_group, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _run_config(sweep: Sweep) -> Any:
+    from ray import tune
+
+    from sweep.progress import Progress
+
+    return tune.RunConfig(
+        name=sweep.tune_path.name, storage_path=str(sweep.tune_path.parent), verbose=0,
+        failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=[Progress()],
+    )
+
+
+def run_tuner(sweep: Sweep, restore: bool = False) -> Any:
+    """Run (or, with ``restore``, finish) the sweep's trials on Ray Tune; returns the ResultGrid."""
+    from ray import tune
+
+    if restore:
+        if not tune.Tuner.can_restore(str(sweep.tune_path)):
+            raise SweepError(f"no Ray Tune state at {sweep.tune_path} to resume sweep {sweep.sweep_id}")
+        tuner = tune.Tuner.restore(str(sweep.tune_path), trainable=_trainable(sweep.spec),
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        param_space = {
+            "trial": tune.grid_search(sweep.trials),
+            "tracking_uri": sweep.tracking_uri,
+            "cpus": sweep.spec.resources.cpu,
+            "checkpoint_every": sweep.spec.checkpoint_every,
+        }
+        tuner = tune.Tuner(
+            _trainable(sweep.spec), param_space=param_space, run_config=_run_config(sweep),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=sweep.spec.max_concurrent_trials,
+                trial_name_creator=lambda t: TrialGroup.from_dict(t.config["trial"]["group"]).label,
+                trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+            ),
+        )
+    return tuner.fit()
+
+
+def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
+    """End every run: trials Tune gave up on and runs left open become FAILED; the parent FINISHED.
+
+    Returns one row per member: C, seed, final errors, gap, status, failure reason.
+    """
+    from mlflow import MlflowClient
+
+    from sweep import tracking
+
+    client = MlflowClient(sweep.tracking_uri)
+    for result in results:
+        if result.error is not None:
+            reason = f"trial failed after {sweep.spec.max_failures} retries: {str(result.error).splitlines()[0]}"
+            run_ids = result.config["trial"]["run_ids"].values()
+            tracking.end_unfinished_runs(client, run_ids, reason[:4000])
+    runs = trial_runs(sweep)
+    tracking.end_unfinished_runs(client, [r.info.run_id for r in runs], "trial did not finish")
+    runs = trial_runs(sweep)
+    rows = sorted(
+        ({"C": int(r.data.params["C"]), "seed": int(r.data.params["seed"]),
+          "train_error": r.data.metrics.get("train_error", float("nan")),
+          "test_error": r.data.metrics.get("test_error", float("nan")),
+          "generalization_gap": r.data.metrics.get("generalization_gap", float("nan")),
+          "status": r.info.status, "failure_reason": r.data.tags.get(TAG_FAILURE, "")} for r in runs),
+        key=lambda row: (row["C"], row["seed"]),
+    )
+    n_failed = sum(row["status"] != "FINISHED" for row in rows)
+    tracking.log_params(client, sweep.parent_run_id, {}, tags={"n_trials": str(len(rows)),
+                                                               "n_failed": str(n_failed)})
+    tracking.with_retry(lambda: client.set_terminated(sweep.parent_run_id, "FINISHED"))
+    return rows
+
+
+def reopen_parent(sweep: Sweep) -> None:
+    from mlflow import MlflowClient
+
+    from sweep.tracking import with_retry
+
+    client = MlflowClient(sweep.tracking_uri)
+    with_retry(lambda: client.update_run(sweep.parent_run_id, status="RUNNING"))

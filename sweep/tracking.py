@@ -1,0 +1,242 @@
+"""MLflow at the edge: the sweep's parent run, one child run per trial, batched metric logging.
+
+The driver owns every run id (it creates the child runs before any trial starts and hands their ids to the
+trials), so a restarted trial or a resumed sweep continues the SAME run instead of opening a second one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+
+from sweep.names import (
+    METRICS,
+    ROLE_PARENT,
+    ROLE_TRIAL,
+    TAG_FAILURE,
+    TAG_NODE_ID,
+    TAG_PARENT_RUN,
+    TAG_ROLE,
+    TAG_SWEEP_ID,
+)
+from sweep.trainer import Evaluation
+
+T = TypeVar("T")
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; one-line message."""
+
+
+def resolve_tracking_uri(flag: str | None, spec_uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the spec's ``tracking.uri``, else ``mlflow.db`` here.
+
+    A relative sqlite path is made absolute, because Ray trials run in other working folders.
+    """
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    elif "://" not in uri:
+        uri = str(Path(uri).resolve())  # a plain folder is a file store
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when the store at ``uri`` cannot be reached or created."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status != 200:
+                    raise TrackingError(f"tracking server {uri} answered /health with HTTP {resp.status}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"tracking URI {uri} is unreachable ({reason}); start the server "
+                                "or pass another --tracking-uri") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
+
+
+def with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
+    """Retry a tracking call that lost a race for a busy sqlite file or hit a transient HTTP error."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except MlflowException as exc:
+            transient = "locked" in str(exc) or "busy" in str(exc) or exc.get_http_status_code() >= 500
+            if not transient or attempt == attempts - 1:
+                raise
+        time.sleep(0.05 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another sweep created it a moment ago
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def library_tags() -> dict[str, str]:
+    import mlflow
+    import ray
+    import torch
+
+    tags = {"torch_version": torch.__version__, "ray_version": ray.__version__,
+            "mlflow_version": mlflow.__version__, "host": socket.gethostname()}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any], tags: dict[str, str] | None = None
+               ) -> None:
+    with_retry(lambda: client.log_batch(
+        run_id, params=[Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in (tags or {}).items()], synchronous=True))
+
+
+def create_parent_run(client: MlflowClient, experiment_id: str, sweep_id: str, tags: dict[str, str]) -> str:
+    run = with_retry(lambda: client.create_run(
+        experiment_id, run_name=sweep_id, tags={TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, **tags}))
+    return run.info.run_id
+
+
+def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
+                     name: str, params: dict[str, Any]) -> str:
+    """A child run for one trial, left SCHEDULED until its trial starts."""
+    run = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags={
+        TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id,
+        "C": str(params["C"]), "seed": str(params["seed"])}))
+    run_id = run.info.run_id
+    log_params(client, run_id, params)
+    with_retry(lambda: client.update_run(run_id, status="SCHEDULED"))
+    return run_id
+
+
+class TrialRunLogger:
+    """Logs one Ray trial's members, each to its own MLflow run, in batches.
+
+    Records are buffered and sent with one ``log_batch`` per run at most every ``flush_seconds`` (and at
+    every checkpoint and at the end), so logging costs a few requests per trial, never one per metric.
+
+    Resume rule: a restarted trial replays deterministically from its last checkpoint, so steps between
+    that checkpoint and the crash may already be in the run. On start the logger reads each run's
+    histories and never logs a (metric, step) pair that is already there: every step appears once.
+    """
+
+    def __init__(self, tracking_uri: str, run_ids: dict[int, str], flush_seconds: float = 2.0) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.run_ids = run_ids
+        self.flush_seconds = flush_seconds
+        self._buffer: dict[int, list[Metric]] = {seed: [] for seed in run_ids}
+        self._logged: dict[int, set[tuple[str, int]]] = {seed: set() for seed in run_ids}
+        self._last_flush = time.monotonic()
+        self.seconds_logging = 0.0
+
+    def _timed(self, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.seconds_logging += time.perf_counter() - start
+
+    def start(self, node_id: str, resumed: bool) -> None:
+        for seed, run_id in self.run_ids.items():
+            if resumed:
+                for key in METRICS:
+                    history = with_retry(lambda r=run_id, k=key: self.client.get_metric_history(r, k))
+                    self._logged[seed].update((key, m.step) for m in history)
+            self._timed(lambda r=run_id: with_retry(lambda: self.client.update_run(r, status="RUNNING")))
+            self._timed(lambda r=run_id: with_retry(lambda: self.client.set_tag(r, TAG_NODE_ID, node_id)))
+
+    def add(self, evaluation: Evaluation) -> None:
+        now = int(time.time() * 1000)
+        for record in evaluation.records:
+            for key, value in record.metrics().items():
+                if (key, record.step) not in self._logged[record.seed]:
+                    self._buffer[record.seed].append(Metric(key, value, now, record.step))
+        for seed, (_, reason) in evaluation.diverged.items():
+            self.flush()
+            self.end(seed, "FAILED", reason)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        for seed, metrics in self._buffer.items():
+            for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                chunk = metrics[i : i + MAX_METRICS_PER_BATCH]
+                self._timed(lambda c=chunk, r=self.run_ids[seed]: with_retry(
+                    lambda: self.client.log_batch(r, metrics=c, synchronous=True)))
+            self._logged[seed].update((m.key, m.step) for m in metrics)
+            metrics.clear()
+        self._last_flush = time.monotonic()
+
+    def log_weights(self, seed: int, path: Path) -> None:
+        self._timed(lambda: with_retry(lambda: self.client.log_artifact(self.run_ids[seed], str(path))))
+
+    def end(self, seed: int, status: str, failure_reason: str | None = None) -> None:
+        run_id = self.run_ids[seed]
+        if failure_reason:
+            self._timed(lambda: with_retry(lambda: self.client.set_tag(run_id, TAG_FAILURE, failure_reason)))
+        self._timed(lambda: with_retry(lambda: self.client.set_terminated(run_id, status)))
+
+
+def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: str) -> list[str]:
+    """Mark every run that is not FINISHED/FAILED/KILLED as FAILED with ``reason``; returns those run ids."""
+    ended = []
+    for run_id in run_ids:
+        status = with_retry(lambda r=run_id: client.get_run(r)).info.status
+        if status in ("RUNNING", "SCHEDULED"):
+            with_retry(lambda r=run_id: client.set_tag(r, TAG_FAILURE, reason))
+            with_retry(lambda r=run_id: client.set_terminated(r, "FAILED"))
+            ended.append(run_id)
+    return ended
+
+
+__all__ = ["RunStatus", "TrackingError", "TrialRunLogger", "check_reachable", "create_parent_run",
+           "create_trial_run", "end_unfinished_runs", "ensure_experiment", "library_tags",
+           "resolve_tracking_uri", "with_retry"]

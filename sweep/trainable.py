@@ -1,0 +1,84 @@
+"""The Ray Tune trainable: a plain function that trains one TrialGroup, logs to MLflow and reports.
+
+Ray and MLflow meet the trainer here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from sweep.plan import TrialGroup
+from sweep.tracking import TrialRunLogger
+from sweep.trainer import Evaluation, Trainer
+
+CHECKPOINT_FILE = "trainer.pt"
+
+
+def checkpoint_interval(n_evaluations: int, checkpoint_every: int | None) -> int:
+    """Evaluations between checkpoints; by default at most a tenth of a trial is lost to a crash."""
+    return checkpoint_every or max(1, math.ceil(n_evaluations / 10))
+
+
+def _report_metrics(evaluation: Evaluation, budget: int, logger: TrialRunLogger) -> dict[str, Any]:
+    records = evaluation.records
+    metrics: dict[str, Any] = {"step": evaluation.step, "progress": evaluation.step / budget,
+                               "live_members": len(records), "seconds_logging": logger.seconds_logging}
+    for key in ("train_error", "test_error", "generalization_gap"):
+        values = [getattr(r, key) for r in records]
+        metrics[key] = sum(values) / len(values) if values else float("nan")
+    return metrics
+
+
+def train_group(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable. ``config``: trial {group: TrialGroup.to_dict(), run_ids: {seed: id}},
+    tracking_uri, cpus, checkpoint_every."""
+    # Tune logs every checkpoint at INFO; one sweep makes hundreds.
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    group = TrialGroup.from_dict(config["trial"]["group"])
+    # Ray gives each trial `cpus` CPUs; more torch threads than that only fight over them.
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    trainer = Trainer(replace(group.config, device=device), group.seeds)
+    run_ids = {int(seed): run_id for seed, run_id in config["trial"]["run_ids"].items()}
+    logger = TrialRunLogger(config["tracking_uri"], run_ids)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False))
+    logger.start(ray.get_runtime_context().get_node_id(), resumed=checkpoint is not None)
+
+    eval_steps = group.config.eval_steps()
+    position = {step: i for i, step in enumerate(eval_steps, start=1)}  # absolute, so resumes keep cadence
+    every = checkpoint_interval(len(eval_steps), config.get("checkpoint_every"))
+    for evaluation in trainer.run():
+        logger.add(evaluation)
+        metrics = _report_metrics(evaluation, group.config.budget, logger)
+        finished = trainer.step >= group.config.budget or not evaluation.records
+        if position.get(evaluation.step, 0) % every and not finished:
+            tune.report(metrics)
+            continue
+        logger.flush()  # everything up to a checkpoint is in MLflow before the checkpoint exists
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(trainer.state_dict(), Path(folder) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    logger.flush()
+    with tempfile.TemporaryDirectory() as folder:
+        for seed, member in zip(trainer.seeds, trainer.members(), strict=True):
+            if seed in trainer.diverged:
+                continue
+            path = Path(folder) / f"model_C{group.config.C}_seed{seed}.pt"
+            torch.save(member.state_dict(), path)
+            logger.log_weights(seed, path)
+            logger.end(seed, "FINISHED")
