@@ -150,7 +150,8 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
         analyze(sweep.sweep_id, sweep.tracking_uri, out)
         print(f"\nFigures and report: {out.resolve()}/ (complexity.png, curves.png, heatmap.png, summary.md)")
     print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=not args.no_analyze)
-    if any(row["status"] != "FINISHED" for row in rows):
+    # A diverged trial is a finding, reported in the table; a trial Ray gave up on is an error.
+    if any(row["status"] != "FINISHED" and not row["failure_reason"].startswith("diverged") for row in rows):
         sys.exit(1)
 
 

@@ -96,6 +96,8 @@ def connect_ray(address: str) -> None:
 
     # Checkpointing every tenth of a trial makes Tune snapshot often; that is intended, not a bottleneck here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():  # a host program (or a test) already chose the cluster
+        return
 
     try:
         ray.init(address=address, include_dashboard=False if address == "local" else None,
@@ -117,6 +119,7 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: Path)
     from sweep import tracking
     from sweep.data import split_hash
 
+    tracking.init_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment or spec.name)
     sweep_id = new_sweep_id(spec.name)

@@ -20,6 +20,7 @@ ROLE_PARENT = "parent"
 ROLE_TRIAL = "trial"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_NODE_ID = "ray.node_id"
+TAG_WORKER_PID = "ray.worker_pid"
 TAG_FAILURE = "failure_reason"
 TAG_PRESET = "preset"
 TAG_TUNE_PATH = "tune_path"
@@ -31,5 +32,5 @@ TRIAL_PARAMS = (
 
 __all__ = [
     "METRICS", "TAG_SWEEP_ID", "TAG_ROLE", "ROLE_PARENT", "ROLE_TRIAL", "TAG_PARENT_RUN", "TAG_NODE_ID",
-    "TAG_FAILURE", "TAG_PRESET", "TAG_TUNE_PATH", "ANALYSIS_ARTIFACT_DIR", "TRIAL_PARAMS",
+    "TAG_WORKER_PID", "TAG_FAILURE", "TAG_PRESET", "TAG_TUNE_PATH", "ANALYSIS_ARTIFACT_DIR", "TRIAL_PARAMS",
 ]

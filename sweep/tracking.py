@@ -30,6 +30,7 @@ from sweep.names import (
     TAG_PARENT_RUN,
     TAG_ROLE,
     TAG_SWEEP_ID,
+    TAG_WORKER_PID,
 )
 from sweep.trainer import Evaluation
 
@@ -82,6 +83,21 @@ def with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
                 raise
         time.sleep(0.05 * 2**attempt * (1 + random.random()))
     raise AssertionError("unreachable")
+
+
+def init_store(uri: str) -> None:
+    """Create the store's schema under a file lock: two sweeps starting on one new sqlite file would
+    otherwise race through MLflow's migrations."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    with open(uri.removeprefix("sqlite:///") + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -191,7 +207,8 @@ class TrialRunLogger:
                     history = with_retry(lambda r=run_id, k=key: self.client.get_metric_history(r, k))
                     self._logged[seed].update((key, m.step) for m in history)
             self._timed(lambda r=run_id: with_retry(lambda: self.client.update_run(r, status="RUNNING")))
-            self._timed(lambda r=run_id: with_retry(lambda: self.client.set_tag(r, TAG_NODE_ID, node_id)))
+            tags = [RunTag(TAG_NODE_ID, node_id), RunTag(TAG_WORKER_PID, str(os.getpid()))]
+            self._timed(lambda r=run_id, t=tags: with_retry(lambda: self.client.log_batch(r, tags=t)))
 
     def add(self, evaluation: Evaluation) -> None:
         now = int(time.time() * 1000)

@@ -284,7 +284,8 @@ class Trainer:
         for i in self._live():
             value = float(losses[i])
             if not math.isfinite(value):
-                self.diverged[self.seeds[i]] = (self.step + 1, f"minibatch loss became {value} at step {self.step + 1}")
+                step = self.step + 1
+                self.diverged[self.seeds[i]] = (step, f"diverged: minibatch loss became {value} at step {step}")
 
     @torch.no_grad()
     def evaluate(self, minibatch_losses: Tensor) -> list[MetricRecord]:
