@@ -205,28 +205,59 @@ def _did_you_mean(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = SweepSpec
+ALLOWED = {
+    "model.C": "a positive integer or a list of them",
+    "seeds": "a count n > 0 (seeds 0..n-1) or a non-empty list of distinct integers >= 0",
+    "protocol": "'handout' or 'epochs', or a list of them",
+    "budget": "an integer > 0 or a list of them",
+    "lr": "a number > 0 or a list of them",
+    "batch_size": f"an integer in 1..{N_TRAIN} or a list of them",
+    "eval_every": "an integer in 1..budget, a list of them, or null for the protocol's default",
+    "split_seed": "an integer >= 0",
+    "resources.cpu": "a number > 0",
+    "resources.gpu": "a number >= 0 (fractions share a GPU)",
+}
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
+    """Keep the parts of a pydantic error location that are spec keys (drop union-branch labels)."""
+    model: type[BaseModel] | None = SweepSpec
+    path: list[str] = []
     for part in loc:
-        ann = model.model_fields.get(str(part))
-        sub = getattr(ann, "annotation", None) if ann else None
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-            return []
-        model = sub
-    return list(model.model_fields)
+        if isinstance(part, int):
+            path[-1:] = [f"{path[-1]}[{part}]"] if path else []
+            continue
+        if model is not None and part in model.model_fields:
+            path.append(part)
+            sub = model.model_fields[part].annotation
+            model = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+    return path, model
+
+
+def _pick(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """For a union (scalar | list) report the branch that matches what the user wrote."""
+    first = errors[0]
+    for err in errors:
+        if isinstance(first.get("input"), list) and any(isinstance(p, int) for p in err["loc"]):
+            return err
+    return first
 
 
 def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
-    key = ".".join(str(p) for p in loc if not str(p).startswith(("list[", "int", "float", "literal")))
+    err = _pick(exc.errors())
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        parent, name = loc[:-1], str(loc[-1])
-        allowed = _fields_at(parent)
-        return (f"unknown key {key!r}{_did_you_mean(name, allowed)}; allowed keys"
-                f"{' under ' + '.'.join(map(str, parent)) if parent else ''}: {', '.join(allowed)}")
+        parents, model = _field_path(err["loc"][:-1])
+        name = str(err["loc"][-1])
+        allowed = list((model or SweepSpec).model_fields)
+        key = ".".join([*parents, name])
+        under = f" under {'.'.join(parents)}" if parents else ""
+        return f"unknown key {key!r}{_did_you_mean(name, allowed)}; allowed keys{under}: {', '.join(allowed)}"
+    path, _ = _field_path(err["loc"])
+    key = ".".join(path)
     if err["type"] == "missing":
         return f"missing key {key!r}"
-    given = err.get("input")
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"bad value for {key!r}: {given!r}: {msg}"
+    if not key:
+        return f"bad spec: {msg}"
+    allowed = ALLOWED.get(key.split("[")[0])
+    return f"bad value for {key!r}: {err.get('input')!r} ({msg})" + (f"; allowed: {allowed}" if allowed else "")

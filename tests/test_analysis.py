@@ -256,7 +256,7 @@ def test_curves_figure_has_solid_train_and_dashed_test_line_per_c(store: dict) -
         np.testing.assert_allclose(test.get_ydata(), _mean_over_seeds(sim_test, c), atol=1e-12)
     assert len(colours) == len(WIDTHS)
     assert len(ax.collections) == 2 * len(WIDTHS)  # one CI band per line
-    assert ax.get_xlabel() == "SGD update" and "0–1" in ax.get_ylabel() and ax.get_title()
+    assert ax.get_xlabel() == "SGD update" and "0–1" in ax.get_ylabel() and SWEEP_ID in fig.get_suptitle()
     assert fig.legends and len(fig.legends[0].get_texts()) == len(WIDTHS) + 3
 
 

@@ -1,0 +1,125 @@
+"""Bad input: one line naming what was wrong and what is allowed, exit 2, before Ray or MLflow are touched."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from sweep import cli, driver
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_compute(monkeypatch, tmp_path):
+    """Fail the test if a bad input gets as far as starting Ray or creating MLflow runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("compute started on bad input")
+
+    monkeypatch.setattr(driver, "connect_ray", forbidden)
+    monkeypatch.setattr(driver, "create_sweep", forbidden)
+    return tmp_path
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    return exit_info.value.code, err
+
+
+CASES = [
+    (["run", "hw3"], ["unknown preset 'hw3'", "did you mean 'hw2'", "smoke"]),
+    (["run", "smoke", "--set", "modle.C=1"], ["unknown key 'modle'", "did you mean 'model'"]),
+    (["run", "smoke", "--set", "resources.gpus=1"], ["unknown key 'resources.gpus'", "did you mean 'gpu'"]),
+    (["run", "smoke", "--set", "budget=lots"], ["'budget'", "'lots'", "valid integer"]),
+    (["run", "smoke", "--set", "model.C=0"], ["'model.C'", "greater than 0", "positive integer"]),
+    (["run", "smoke", "--set", "model.C=2.5"], ["'model.C'", "valid integer"]),
+    (["run", "smoke", "--set", "model.C=[1,-4]"], ["'model.C[1]'", "greater than 0"]),
+    (["run", "smoke", "--set", "seeds=[]"], ["'seeds'", "non-empty list"]),
+    (["run", "smoke", "--set", "seeds=0"], ["'seeds'", "greater than 0"]),
+    (["run", "smoke", "--set", "lr=0"], ["'lr'", "greater than 0"]),
+    (["run", "smoke", "--set", "lr=-0.1"], ["'lr'", "greater than 0"]),
+    (["run", "smoke", "--set", "batch_size=899"], ["'batch_size'", "larger than the training half (898"]),
+    (["run", "smoke", "--set", "budget=0"], ["'budget'", "greater than 0"]),
+    (["run", "smoke", "--set", "eval_every=51"], ["eval_every 51 is larger than the budget 50"]),
+    (["run", "smoke", "--set", "seeds"], ["malformed --set 'seeds'", "key=value"]),
+    (["run", "smoke", "--set", "=4"], ["malformed --set '=4'"]),
+    (["run", "smoke", "--set", "model.C=[1,2"], ["malformed --set", "not valid YAML"]),
+    (["run", "missing.yaml"], ["spec file 'missing.yaml' does not exist"]),
+    (["run", "smoke", "--set", "resources.gpu=1"], ["resources.gpu=1.0 requested", "no GPU"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), CASES, ids=[" ".join(c[0][1:]) for c in CASES])
+def test_bad_input_exits_2_with_one_line(no_compute, capsys, argv, expected):
+    code, err = run_cli(argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("sweep: error: ")
+    for fragment in expected:
+        assert fragment in err
+    assert not (no_compute / "mlflow.db").exists()
+
+
+def test_yaml_that_does_not_parse(no_compute, capsys):
+    (no_compute / "broken.yaml").write_text("name: x\nmodel: {C: [1, 2\n")
+    code, err = run_cli(["run", "broken.yaml"], capsys)
+    assert code == 2 and "is not valid YAML" in err and "line" in err
+
+
+def test_yaml_that_is_not_a_mapping(no_compute, capsys):
+    (no_compute / "list.yaml").write_text("- 1\n- 2\n")
+    code, err = run_cli(["run", "list.yaml"], capsys)
+    assert code == 2 and "must be a YAML mapping" in err
+
+
+def test_unreachable_tracking_uri(no_compute, capsys):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    code, err = run_cli(["run", "smoke", "--tracking-uri", uri], capsys)
+    assert code == 2 and f"tracking URI {uri} is unreachable" in err
+
+
+def test_unreachable_ray_address(no_compute, capsys):
+    address = f"127.0.0.1:{closed_port()}"
+    code, err = run_cli(["run", "smoke", "--address", address], capsys)
+    assert code == 2 and f"Ray address {address} is unreachable" in err
+
+
+def test_malformed_ray_address(no_compute, capsys):
+    code, err = run_cli(["run", "smoke", "--address", "nowhere"], capsys)
+    assert code == 2 and "malformed" in err
+
+
+def test_tracking_uri_in_missing_folder(no_compute, capsys):
+    code, err = run_cli(["run", "smoke", "--tracking-uri", "sqlite:////no/such/dir/m.db"], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_console_script_exit_code_and_stderr(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "run", "smoke", "--set", "lr=0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "'lr'" in proc.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+def test_presets_listed_one_line_each(capsys):
+    cli.main(["presets"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["hw2", "hw2-epochs", "smoke", "width"]
+    assert all(len(ln.split(maxsplit=1)[1]) > 20 for ln in lines)
+
+
+def test_train_command_prints_metrics_and_time(capsys):
+    cli.main(["train", "--C", "2", "--budget", "50", "--eval-every", "25"])
+    out = capsys.readouterr().out
+    assert "train_error=" in out and "test_error=" in out and "ms per update" in out

@@ -1,0 +1,182 @@
+"""The distributed path: cluster.yaml, a two-node Ray cluster with a shared MLflow server, `ray up`.
+
+* cluster.yaml passes Ray's own config validator (offline: no AWS call), and typos are rejected;
+* ``test_smoke_sweep_on_two_nodes`` (part of ``make test``): a head and a second node started with
+  ``ray start`` on this machine plus an ``mlflow server``; ``sweep run smoke`` through them must spread its
+  trials over both nodes and record every run, complete, on the server;
+* tests marked ``cluster`` (``make cluster-test``): a stand-in Tune job that checks the harness alone, and
+  ``ray up`` / ``ray exec`` / ``ray down`` end to end with the ``local`` provider over ssh.
+
+Never call ``ray stop`` here: it stops every Ray process on the machine. See tests/cluster_harness.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from tests.cluster_harness import (
+    BIN,
+    REPO,
+    TUNE_JOB,
+    LocalRayCluster,
+    MlflowServer,
+    local_provider_config,
+    ray_env,
+)
+
+CLUSTER_YAML = REPO / "cluster.yaml"
+
+
+def load_cluster_yaml() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def ray_validate(config: dict) -> dict:
+    """What `ray up` does before it talks to the cloud: fill defaults, merge commands, check the schema."""
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+# -- cluster.yaml ----------------------------------------------------------------------------------------
+
+def test_cluster_yaml_passes_ray_validator():
+    prepared = ray_validate(load_cluster_yaml())
+    assert prepared["provider"]["type"] == "aws"
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]
+    assert head["max_workers"] == 0
+    gpu = [t for name, t in types.items() if name != prepared["head_node_type"]]
+    assert len(gpu) == 1 and gpu[0]["min_workers"] == 0 and 1 <= gpu[0]["max_workers"] <= prepared["max_workers"]
+    assert gpu[0]["resources"].get("GPU", 0) >= 1
+
+
+@pytest.mark.parametrize("where", ["top", "node_type", "auth", "provider"])
+def test_cluster_yaml_with_a_misspelled_key_is_rejected(where):
+    config = load_cluster_yaml()
+    if where == "top":
+        config["head_start_ray_comands"] = config.pop("head_start_ray_commands")
+    elif where == "node_type":
+        config["available_node_types"]["gpu"]["min_worker"] = config["available_node_types"]["gpu"].pop(
+            "min_workers")
+    elif where == "auth":
+        config["auth"]["ssh_usr"] = config["auth"].pop("ssh_user")
+    else:
+        config["provider"]["typ"] = config["provider"]["type"]
+    with pytest.raises((jsonschema.ValidationError, KeyError, ValueError)):
+        ray_validate(config)
+
+
+def test_cluster_yaml_mlflow_server_and_no_credentials():
+    text = CLUSTER_YAML.read_text()
+    config = load_cluster_yaml()
+    start = " ".join(config["head_start_ray_commands"])
+    assert "mlflow server" in start
+    assert "--backend-store-uri sqlite:////home/ubuntu/mlflow/mlflow.db" in start
+    assert re.search(r"--host \"?\$\(hostname -I", start), "MLflow must listen on the head's private IP"
+    assert "0.0.0.0" not in start
+    assert "--dashboard-host=127.0.0.1" in start
+    for secret in ("aws_access_key_id", "aws_secret_access_key", "AKIA", "aws_session_token"):
+        assert secret.lower() not in text.lower()
+    # `ray` must be on PATH in a login shell, or `ray down` cannot run `ray stop` (and says nothing).
+    assert any("bashrc" in cmd for cmd in config["setup_commands"])
+
+
+def test_local_provider_variant_passes_ray_validator(tmp_path):
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a key")
+    config = local_provider_config(load_cluster_yaml(), key, venv_bin=BIN, cluster_name="cs-validate")
+    prepared = ray_validate(config)
+    assert prepared["provider"] == {"type": "local", "head_ip": "127.0.0.1", "worker_ips": ["127.0.0.2"]}
+    assert prepared["max_workers"] == 1
+
+
+# -- two nodes on this machine -------------------------------------------------------------------------
+
+@pytest.fixture
+def two_nodes_and_server():
+    """(cluster, server): head + one node, 1 CPU each, and an MLflow server; all stopped afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: unix socket paths under it
+    server = MlflowServer(root / "mlflow").launch()  # starts in the background while Ray comes up
+    cluster = LocalRayCluster(root / "ray")
+    try:
+        cluster.start()
+        server.wait_ready()
+        yield cluster, server
+    finally:
+        cluster.stop()
+        server.stop()
+    leftovers = cluster.leftovers()
+    assert not leftovers, f"Ray processes of this test still running: {leftovers}"
+    assert server.proc is None or server.proc.poll() is not None
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _default_ray_address_file() -> str:
+    path = Path("/tmp/ray/ray_current_cluster")
+    return path.read_text() if path.exists() else ""
+
+
+def test_smoke_sweep_on_two_nodes(two_nodes_and_server, tmp_path):
+    from mlflow import MlflowClient
+
+    from sweep.names import ROLE_PARENT, ROLE_TRIAL, TAG_NODE_ID, TAG_PARENT_RUN, TAG_ROLE
+
+    cluster, server = two_nodes_and_server
+    nodes = cluster.node_ids()
+    assert len(nodes) == 2
+    # Our head advertises itself in its own temp dir, not where a plain ray.init() looks.
+    assert f":{cluster.gcs_port}" not in _default_ray_address_file()
+    assert f":{cluster.gcs_port}" in (cluster.nodes[0].temp_dir / "ray_current_cluster").read_text()
+
+    cmd = [str(BIN / "sweep"), "run", "smoke", "--set", "pack=off", "--address", cluster.address,
+           "--tracking-uri", server.uri, "--no-analyze"]
+    out = subprocess.run(cmd, cwd=tmp_path, env=ray_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (
+        f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}\n{cluster.logs()}")
+
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_PARENT]
+    children = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_TRIAL]
+    assert len(parents) == 1 and len(children) == 4, [r.info.run_name for r in runs]
+    assert all(r.info.status == "FINISHED" for r in runs), {r.info.run_name: r.info.status for r in runs}
+    assert {r.data.tags[TAG_PARENT_RUN] for r in children} == {parents[0].info.run_id}
+    assert sorted((r.data.params["C"], r.data.params["seed"]) for r in children) == [
+        ("1", "0"), ("1", "1"), ("4", "0"), ("4", "1")]
+
+    used = {r.data.tags.get(TAG_NODE_ID) for r in children}
+    assert used == nodes, f"trials ran on {used}, the cluster's nodes are {nodes}"
+
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_error")]
+        assert sorted(steps) == [10, 20, 30, 40, 50], (run.info.run_name, steps)
+
+
+@pytest.mark.cluster
+def test_harness_tune_job_on_two_nodes(two_nodes_and_server, tmp_path):
+    """The harness without the project's CLI: a trivial Tune job must use both nodes and the server."""
+    from mlflow import MlflowClient
+
+    cluster, server = two_nodes_and_server
+    out = subprocess.run([sys.executable, "-c", TUNE_JOB, cluster.address, server.uri, str(tmp_path / "tune")],
+                         cwd=tmp_path, env=ray_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    used = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODES_USED=")).split("=", 1)[1]
+    assert set(used.split(",")) == cluster.node_ids()
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("harness").experiment_id])
+    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
