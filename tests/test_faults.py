@@ -1,0 +1,164 @@
+"""Fault tolerance: a killed trial, a killed driver, a diverging trial, two sweeps on one sqlite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from sweep import driver
+from sweep.names import METRICS, TAG_FAILURE, TAG_WORKER_PID
+from sweep.trainer import TrainConfig, Trainer
+from tests.conftest import histories, run_sweep
+
+LONG = "name: long\nmodel: {{C: {C}}}\nseeds: [0]\nbudget: 1500\neval_every: 25\ncheckpoint_every: 6\npack: 'off'\n"
+LONG_STEPS = list(range(25, 1501, 25))
+
+
+def uninterrupted(C: int, seed: int = 0) -> list[dict[str, float]]:
+    torch.set_num_threads(1)
+    trainer = Trainer(TrainConfig(C=C, budget=1500, eval_every=25), [seed])
+    return [e.records[0].metrics() for e in trainer.run()]
+
+
+def assert_complete_and_identical(client: MlflowClient, run_id: str, C: int) -> None:
+    """Every step exactly once, and every value equal to an uninterrupted run's."""
+    expected = uninterrupted(C)
+    for key in METRICS:
+        history = histories(client, run_id, key)
+        assert [s for s, _ in history] == LONG_STEPS, key
+        assert [v for _, v in history] == [m[key] for m in expected], key
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def logged_steps(client: MlflowClient, run) -> int:
+    return len(client.get_metric_history(run.info.run_id, "train_error"))
+
+
+def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
+    (tmp_path / "long.yaml").write_text(LONG.format(C=4))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    killed: dict[str, int] = {}
+
+    def killer() -> None:
+        client = MlflowClient(uri)
+
+        def progressed_run():
+            try:
+                sweep = driver.load_sweep(None, uri)
+            except Exception:
+                return None
+            runs = driver.trial_runs(sweep)
+            return next((r for r in runs if TAG_WORKER_PID in r.data.tags and logged_steps(client, r) >= 15), None)
+
+        run = wait_for(progressed_run, 300, "the trial to log 15 evaluations")
+        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
+        killed["steps_before"] = logged_steps(client, run)
+        os.kill(killed["pid"], signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
+    thread.join(timeout=10)
+    assert killed.get("pid"), "the trial was never killed"
+    client = MlflowClient(sweep.tracking_uri)
+    runs = driver.trial_runs(sweep)
+    assert len(runs) == 1, "a restarted trial must continue its run, not open a second one"
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags[TAG_WORKER_PID]) != killed["pid"]  # it really ran again, in a new worker
+    assert killed["steps_before"] < len(LONG_STEPS)
+    assert_complete_and_identical(client, run.info.run_id, C=4)
+
+
+def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
+    (tmp_path / "long.yaml").write_text(LONG.format(C="[2, 4]") + "max_concurrent_trials: 1\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("RAY_ADDRESS", None)
+    sweep_cmd = [sys.executable, "-m", "sweep.cli"]
+    proc = subprocess.Popen([*sweep_cmd, "run", "long.yaml", "--no-analyze"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = MlflowClient(uri)
+    try:
+        def progressed():
+            try:
+                runs = driver.trial_runs(driver.load_sweep(None, uri))
+            except Exception:
+                return False
+            return any(logged_steps(client, r) >= 15 for r in runs)
+
+        wait_for(progressed, 300, "the first trial to log 15 evaluations")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait(timeout=30)
+    sweep = driver.load_sweep(None, uri)
+    statuses = sorted(r.info.status for r in driver.trial_runs(sweep))
+    assert statuses != ["FINISHED", "FINISHED"], "the kill came too late to test anything"
+    assert client.get_run(sweep.parent_run_id).info.status == "RUNNING"
+
+    resumed = subprocess.run([*sweep_cmd, "resume", sweep.sweep_id, "--no-analyze"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
+    runs = driver.trial_runs(sweep)
+    assert sorted(int(r.data.params["C"]) for r in runs) == [2, 4]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert_complete_and_identical(client, run.info.run_id, C=int(run.data.params["C"]))
+
+
+def test_diverging_trial_fails_alone(ray_local, tmp_path):
+    sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=[64]", "--set", "seeds=[0]",
+                      "--set", "lr=[0.1,1000000]", "--no-analyze")
+    client = MlflowClient(sweep.tracking_uri)
+    runs = {float(r.data.params["lr"]): r for r in driver.trial_runs(sweep)}
+    assert runs[0.1].info.status == "FINISHED"
+    assert [s for s, _ in histories(client, runs[0.1].info.run_id, "test_error")] == [10, 20, 30, 40, 50]
+    failed = runs[1e6]
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags[TAG_FAILURE].startswith("diverged: minibatch loss became")
+    assert client.get_run(sweep.parent_run_id).data.tags["n_failed"] == "1"
+
+
+@pytest.mark.parametrize("n", [2])
+def test_two_sweeps_share_one_sqlite_store(tmp_path, n):
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", "smoke", "--no-analyze"], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(n)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+        assert "database is locked" not in out
+    uri = f"sqlite:///{Path(tmp_path) / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke")
+    parents = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'parent'")
+    assert len(parents) == n and len({p.data.tags["sweep_id"] for p in parents}) == n
+    for parent in parents:
+        assert parent.info.status == "FINISHED"
+        sweep = driver.load_sweep(parent.data.tags["sweep_id"], uri)
+        runs = driver.trial_runs(sweep)
+        assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+        for run in runs:
+            assert [s for s, _ in histories(client, run.info.run_id, "train_error")] == [10, 20, 30, 40, 50]
