@@ -149,6 +149,12 @@ def plot_complexity(
     if threshold is not None:
         ax.axvline(threshold, color="0.25", linestyle=(0, (2, 2)), linewidth=1.2, gid="threshold",
                    label=f"interpolation threshold (C={threshold}: train error < 1%)")
+    # Errors lie in [0, 1] and the gap in [-1, 1]; a t-interval from 2-3 seeds can reach past that, so the
+    # axis stops a little beyond those limits (the exact intervals are in summary.csv).
+    means = s[[f"{q}_mean" for q in COMPLEXITY_SERIES]].to_numpy(dtype=float)
+    halves = np.nan_to_num(s[[f"{q}_ci95" for q in COMPLEXITY_SERIES]].to_numpy(dtype=float))
+    low, high = float(np.nanmin(means - halves, initial=0.0)), float(np.nanmax(means + halves, initial=0.0))
+    ax.set_ylim(max(-1.05, min(0.0, low) - 0.03), min(1.05, max(high, 0.05) + 0.03))
     ax.set_xscale("log", base=2)
     ax.set_xticks(x)
     counts = {int(c): int(p) for c, p in zip(s["C"], s["param_count"], strict=True) if not pd.isna(p)}
