@@ -143,6 +143,9 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
 
     rows = driver.finish_sweep(sweep, results)
     print_table(rows)
+    share = driver.logging_share(results)
+    if share is not None:
+        print(f"MLflow logging took {100 * share:.2f}% of the trials' wall time")
     out = args.out or RESULTS_DIR / sweep.sweep_id
     if not args.no_analyze:
         from analysis import analyze

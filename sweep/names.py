@@ -12,7 +12,8 @@ MLflow layout of one sweep:
     a diverged trial ends FAILED with tag ``failure_reason``.
 """
 
-from sweep.trainer import METRICS
+# The metric keys a trial logs, in the trainer's MetricRecord field names.
+METRICS = ("train_error", "test_error", "train_loss", "test_loss", "generalization_gap", "minibatch_loss")
 
 TAG_SWEEP_ID = "sweep_id"
 TAG_ROLE = "sweep.role"

@@ -28,11 +28,11 @@ from torch import Tensor, nn
 
 from models import ResNet
 from sweep.data import N_TRAIN, Digits, load_digits_split
+from sweep.names import METRICS
 
 Protocol = Literal["handout", "epochs"]
 PROTOCOLS: tuple[str, ...] = ("handout", "epochs")
 DEFAULT_EVAL_EVERY = {"handout": 25, "epochs": 10}
-METRICS = ("train_error", "test_error", "train_loss", "test_loss", "generalization_gap", "minibatch_loss")
 
 
 @dataclass(frozen=True)

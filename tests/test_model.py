@@ -67,7 +67,7 @@ def test_resnet_shapes_on_digits():
                                           (64, 75338)])
 def test_parameter_counts(C, count):
     assert parameter_count(C) == count
-    assert 18 * C * C + 25 * C + 10 == count
+    assert count == 18 * C * C + 25 * C + 10
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])

@@ -85,7 +85,7 @@ def test_user_yaml_with_overrides_and_two_sweeps_apart(smoke, tmp_path):
     assert sorted(runs) == [(2, 3), (2, 4)]
     assert sorted(children(first)) == [(1, 0), (1, 1), (4, 0), (4, 1)]  # untouched
     torch.set_num_threads(1)
-    for (C, seed), run in runs.items():
+    for (_, seed), run in runs.items():
         assert run.data.tags[TAG_SWEEP_ID] == second.sweep_id and run.info.status == "FINISHED"
         records = [e.records[0] for e in Trainer(TrainConfig(C=2, budget=30, eval_every=15), [seed]).run()]
         assert [s for s, _ in histories(client, run.info.run_id, "test_error")] == [15, 30]
