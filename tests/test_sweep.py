@@ -90,3 +90,28 @@ def test_user_yaml_with_overrides_and_two_sweeps_apart(smoke, tmp_path):
         records = [e.records[0] for e in Trainer(TrainConfig(C=2, budget=30, eval_every=15), [seed]).run()]
         assert [s for s, _ in histories(client, run.info.run_id, "test_error")] == [15, 30]
         assert [v for _, v in histories(client, run.info.run_id, "test_error")] == [r.test_error for r in records]
+
+
+def test_analyze_a_real_smoke_sweep(smoke, tmp_path):
+    """`sweep analyze` on the sweep just run: figures hold a series per C, numbers equal MLflow's."""
+    from analysis import analyze
+
+    _, sweep, client = smoke
+    result = analyze(sweep.sweep_id, sweep.tracking_uri, tmp_path / "out")
+    logged = {a.path for a in client.list_artifacts(sweep.parent_run_id, "analysis")}
+    assert {"analysis/complexity.png", "analysis/curves.png", "analysis/heatmap.png", "analysis/summary.md",
+            "analysis/summary.csv", "analysis/complexity.pdf"} <= logged
+    runs = children(sweep)
+    for _, row in result.summary.iterrows():
+        finals = [runs[(int(row["C"]), seed)].data.metrics for seed in (0, 1)]
+        assert row["n_seeds"] == 2
+        assert row["final_train_error_mean"] == pytest.approx(sum(m["train_error"] for m in finals) / 2, abs=1e-12)
+        assert row["final_test_error_mean"] == pytest.approx(sum(m["test_error"] for m in finals) / 2, abs=1e-12)
+    lines = {ln.get_label(): ln for ln in result.figures["curves"].axes[0].get_lines()}
+    for C in (1, 4):
+        train, test = lines[f"C={C} train"], lines[f"C={C} test"]
+        assert train.get_linestyle() == "-" and test.get_linestyle() == "--"
+        assert list(train.get_xdata()) == SMOKE_STEPS
+        per_seed = [dict(histories(client, runs[(C, seed)].info.run_id, "train_error")) for seed in (0, 1)]
+        expected = [(per_seed[0][step] + per_seed[1][step]) / 2 for step in SMOKE_STEPS]
+        assert list(train.get_ydata()) == pytest.approx(expected, abs=1e-12)
