@@ -137,6 +137,14 @@ def test_diverging_trial_fails_alone(ray_local, tmp_path):
     assert failed.data.tags[TAG_FAILURE].startswith("diverged: minibatch loss became")
     assert client.get_run(sweep.parent_run_id).data.tags["n_failed"] == "1"
 
+    from analysis import SkippedTrialsWarning, analyze
+
+    with pytest.warns(SkippedTrialsWarning, match="diverged"):
+        result = analyze(sweep.sweep_id, sweep.tracking_uri, tmp_path / "out")
+    assert [(t.C, t.seed, t.status) for t in result.failed] == [(64, 0, "FAILED")]
+    report = (tmp_path / "out" / "summary.md").read_text()
+    assert "diverged: minibatch loss became" in report and "1 trial(s) failed" in report
+
 
 @pytest.mark.parametrize("n", [2])
 def test_two_sweeps_share_one_sqlite_store(tmp_path, n):
