@@ -1,0 +1,245 @@
+"""Benchmark: milliseconds per SGD update per model, plain loop vs the project's Trainer vs packing.
+
+    python bench/run.py            # the per-update table (a few minutes at most on 2 cores)
+    python bench/run.py --quick    # a fast sanity run
+    python bench/run.py --sweep    # also: `sweep run hw2 --set seeds=10` end to end vs the plain loop,
+                                   # 40 trials one after another (long: tens of minutes on 2 cores)
+
+Every timing uses one torch thread. Per-update numbers are wall-clock time of the SGD updates only
+(evaluations excluded), divided by updates and by the number of models trained together; each is measured
+after a short warm-up run of the same configuration in the same process. The machine's load average is
+recorded alongside, since other processes on a small machine move these numbers a lot.
+
+Writes bench/results/bench.json and bench/results/bench.md and prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+from plain_loop import run_plain  # noqa: E402
+
+from sweep.trainer import TrainConfig, Trainer  # noqa: E402
+
+WIDTHS = (1, 4, 64)
+PACKS = (1, 8, 32)
+# Updates per measurement: enough for a stable mean, small enough that the whole table takes ~2 minutes.
+UPDATES = {1: 400, 4: 400, 64: 100}
+QUICK_UPDATES = {1: 40, 4: 40, 64: 10}
+WARMUP_UPDATES = 10
+SWEEP_WIDTHS = (1, 2, 4, 64)
+KINDS = {
+    "train": "ms per SGD update per model, the updates alone (the Trainer's own ms_per_update; the plain "
+    "loop's includes its random.sample)",
+    "wall": "ms per update per model, wall clock of the whole run: minibatch drawing and one final "
+    "evaluation included",
+    "cpu": "the same span in this process's CPU time (wall much above cpu: the machine was busy)",
+}
+
+
+def _trainer_timings(C: int, seeds: list[int], packed: bool, updates: int) -> dict[str, float]:
+    """The project's Trainer, ms per update per model: ``train`` is its own ``ms_per_update`` (the updates
+    alone), ``wall`` and ``cpu`` span the whole ``run()``: minibatch drawing and one final evaluation too."""
+    for budget in (WARMUP_UPDATES, updates):
+        trainer = Trainer(TrainConfig(C=C, budget=budget, eval_every=budget), seeds=seeds, packed=packed)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for _ in trainer.run():
+            pass
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    per = 1000.0 / (updates * len(seeds))
+    return {"train": trainer.ms_per_update, "wall": wall * per, "cpu": cpu * per}
+
+
+def per_update_table(quick: bool) -> list[dict]:
+    """One row per C: {"C", "updates", "train": {column: ms}, "wall": {...}, "cpu": {...}}."""
+    rows = []
+    counts = QUICK_UPDATES if quick else UPDATES
+    for C in WIDTHS:
+        n = counts[C]
+        run_plain(C, seed=0, updates=WARMUP_UPDATES, eval_every=WARMUP_UPDATES)
+        plain = run_plain(C, seed=0, updates=n, eval_every=n)
+        timings = {
+            "plain loop": {
+                "train": plain["ms_per_update"],
+                "wall": 1000 * plain["seconds"] / n,
+                "cpu": 1000 * plain["cpu_seconds"] / n,
+            },
+            "Trainer unpacked": _trainer_timings(C, [0], packed=False, updates=n),
+        }
+        for S in PACKS:
+            timings[f"packed S={S}"] = _trainer_timings(C, list(range(S)), packed=True, updates=n)
+        row = {"C": C, "updates": n}
+        for kind in KINDS:
+            row[kind] = {column: t[kind] for column, t in timings.items()}
+        rows.append(row)
+        print(f"  C={C}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["train"].items()), flush=True)
+    return rows
+
+
+def _sweep_command() -> list[str] | None:
+    exe = Path(sys.executable).parent / "sweep"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("sweep")
+    return [found] if found else None
+
+
+def run_sweep(seeds: int, budget: int | None) -> dict:
+    """Time `sweep run hw2 --set seeds=N` in a temporary folder with its own sqlite MLflow store."""
+    cmd = _sweep_command()
+    if cmd is None:
+        return {"status": "unavailable", "reason": "no `sweep` command installed (run `make setup` first)"}
+    help_run = subprocess.run([*cmd, "run", "--help"], capture_output=True, text=True)
+    if help_run.returncode != 0:
+        tail = (help_run.stderr or help_run.stdout).strip().splitlines()[-3:]
+        reason = f"`sweep run --help` exits with code {help_run.returncode}: " + " | ".join(tail)
+        return {"status": "unavailable", "reason": reason}
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
+        work = Path(tmp)
+        shown = ["sweep", "run", "hw2", "--set", f"seeds={seeds}"]
+        if budget is not None:
+            shown += ["--set", f"budget={budget}"]
+        store = ["--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--storage", str(work / "ray_results")]
+        args = [*cmd, *shown[1:], *store, "--out", str(work / "figures")]
+        env = dict(os.environ)
+        for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # a fresh local Ray and this folder's store only
+            env.pop(name, None)
+        print("  $ " + " ".join(args[1:]), flush=True)
+        started = time.perf_counter()
+        marks: dict[str, float] = {}
+        lines: list[str] = []
+        with subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line.rstrip())
+                now = time.perf_counter() - started
+                if line.startswith("[sweep]") and "sweep_started" not in marks:
+                    marks["sweep_started"] = now
+                if "Figures and report" in line:
+                    marks["figures_written"] = now
+        seconds = time.perf_counter() - started
+        figures = sorted(p.name for p in (work / "figures").glob("*.png"))
+        result = {
+            "command": " ".join(shown),
+            "returncode": proc.returncode,
+            "seconds": seconds,
+            "seconds_to_figures": marks.get("figures_written"),
+            "seconds_to_sweep_created": marks.get("sweep_started"),
+            "figures": figures,
+        }
+        if proc.returncode != 0 or not figures:
+            result["status"] = "failed"
+            result["output_tail"] = lines[-15:]
+        else:
+            result["status"] = "ok"
+        return result
+
+
+def run_plain_trials(seeds: int, updates: int) -> dict:
+    """The same trials as the sweep, with the plain loop, one after another in this process."""
+    started = time.perf_counter()
+    final = {}
+    for C in SWEEP_WIDTHS:
+        for seed in range(seeds):
+            r = run_plain(C, seed, updates)
+            final[f"C={C} seed={seed}"] = {k: r[k] for k in ("train_error", "test_error", "seconds")}
+        print(f"  plain loop C={C}: {seeds} seeds done at {time.perf_counter() - started:.0f} s", flush=True)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "trials": len(final), "updates": updates, "final": final}
+
+
+def markdown(rows: list[dict], sweep: dict | None, meta: dict) -> str:
+    cols = ["plain loop", "Trainer unpacked", *(f"packed S={S}" for S in PACKS)]
+    quick = " (--quick: a sanity run, not numbers to quote)" if meta["quick"] else ""
+    out = [
+        f"{meta['cpu']}, torch {meta['torch']}, 1 torch thread, load average {meta['load_before']:.1f} "
+        f"before / {meta['load_after']:.1f} after{quick}",
+    ]
+    for kind, title in KINDS.items() if rows else ():
+        out += [
+            "",
+            f"{title}:",
+            "",
+            "| C | updates timed | " + " | ".join(cols) + " | best speed-up vs plain |",
+            "|---|---|" + "---|" * len(cols) + "---|",
+        ]
+        for r in rows:
+            t = r[kind]
+            best = min(t[c] for c in cols[1:])
+            out.append(f"| {r['C']} | {r['updates']} | " + " | ".join(f"{t[c]:.3f}" for c in cols)
+                       + f" | {t['plain loop'] / best:.1f}x |")
+    if sweep is not None:
+        out += ["", "End to end (seconds, wall clock):", ""]
+        s, p = sweep.get("sweep", {}), sweep.get("plain")
+        if s.get("status") == "ok":
+            out.append(f"- `{s['command']}`: {s['seconds']:.0f} s to exit, figures written at "
+                       f"{s['seconds_to_figures'] or float('nan'):.0f} s ({len(s['figures'])} figures)")
+        else:
+            out.append(f"- `sweep run`: {s.get('status')}: {s.get('reason', 'see bench.json output_tail')}")
+        if p is not None:
+            out.append(f"- plain loop, {p['trials']} trials of {p['updates']} updates one after another: "
+                       f"{p['seconds']:.0f} s")
+            if s.get("status") == "ok":
+                out.append(f"- speed-up: {p['seconds'] / s['seconds']:.1f}x")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="few updates: a sanity run, not for quoting")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time `sweep run hw2 --set seeds=10` against the plain loop (long)")
+    parser.add_argument("--no-table", action="store_true", help="skip the per-update table (with --sweep)")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    meta = {
+        "cpu": f"{os.cpu_count()} cores {platform.machine()}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "load_before": os.getloadavg()[0],
+    }
+    started = time.perf_counter()
+    rows = [] if args.no_table else per_update_table(args.quick)
+    sweep = None
+    if args.sweep:
+        seeds, budget = (2, 200) if args.quick else (10, None)
+        sweep = {"sweep": run_sweep(seeds, budget)}
+        if sweep["sweep"]["status"] == "unavailable":
+            print(f"  sweep run skipped: {sweep['sweep']['reason']}", flush=True)
+        sweep["plain"] = run_plain_trials(seeds, budget or 4000)
+    meta["load_after"] = os.getloadavg()[0]
+    meta["seconds"] = time.perf_counter() - started
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"meta": meta, "per_update_ms": rows, "end_to_end": sweep}
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(rows, sweep, meta)
+    (args.out / "bench.md").write_text(table)
+    print()
+    print(table)
+    print(f"({meta['seconds']:.0f} s; written to {args.out}/bench.json and bench.md)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""S handout ResNets of the same width trained as one computation ("packing"), for 8x8 inputs only.
+
+Every member is a :class:`models.resnet.ResNet` (same ``C``, its own weights and BatchNorm buffers); the
+packed module evaluates all S of them with a few batched matrix products instead of S small convolutions.
+
+Why batched matmuls: on an 8x8 image the stem conv (1 -> C, 3x3, stride 2, padding 1) has a 4x4 output,
+i.e. 16 patches of 9 pixels (im2col). After the 2x2 max-pool the residual block sees 2x2 maps, and a 3x3
+padding-1 convolution on a 2x2 map is a dense linear map of the 4C numbers of one image (every output
+pixel sees every input pixel), so each block conv is one (4C x 4C) matrix per member, gathered from the
+(C, C, 3, 3) weight on every forward (differentiable) and applied with ``torch.bmm``.
+
+Layout: activations are kept as (S, C, P, N): member, channel, pixel (row-major), image. Per member a
+feature map is then a (C*P, N) matrix that a (C'*P', C*P) matrix multiplies directly, and the (s, c)
+channels of all members are contiguous, so one ``F.batch_norm`` call on a (1, S*C, P*N) view is each block
+BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics update). The stem's
+BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
+elementwise passes over the largest activation, (S, C, 16, N).
+
+Equivalence with S separate ``ResNet`` modules (weights, BatchNorm buffers, logits, gradients) is tested
+to 1e-10 in float64 after 200 SGD updates (tests/test_packed.py); only round-off differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.resnet import ResNet
+
+_BN_NAMES = ("stem_bn", "bn1", "bn2")
+_MOMENTUM = 0.1  # nn.BatchNorm2d defaults
+_EPS = 1e-5
+
+
+def _stem_patch_index() -> Tensor:
+    """(9, 16) index into a flattened 8x8 image with one zero appended (index 64 = padding).
+
+    Entry [k, p] is the pixel that kernel tap k = 3*ky + kx reads for output pixel p = 4*i + j of the
+    stride-2, padding-1, 3x3 stem convolution.
+    """
+    index = torch.full((9, 16), 64, dtype=torch.long)
+    for i in range(4):
+        for j in range(4):
+            for ky in range(3):
+                for kx in range(3):
+                    r, c = 2 * i - 1 + ky, 2 * j - 1 + kx
+                    if 0 <= r < 8 and 0 <= c < 8:
+                        index[3 * ky + kx, 4 * i + j] = 8 * r + c
+    return index
+
+
+def _block_conv_index(C: int) -> Tensor:
+    """(4C, 4C) index into a flattened (C, C, 3, 3) weight: the dense matrix of a 3x3, padding-1 conv on 2x2.
+
+    Row ``co*4 + q`` (output channel, output pixel q = 2a + b), column ``ci*4 + q'`` (input channel, input
+    pixel q' = 2a' + b'); the entry is the weight tap (a' - a + 1, b' - b + 1) of (co, ci).
+    """
+    tap = torch.empty(4, 4, dtype=torch.long)
+    for q in range(4):
+        for q_in in range(4):
+            a, b, a_in, b_in = q // 2, q % 2, q_in // 2, q_in % 2
+            tap[q, q_in] = 3 * (a_in - a + 1) + (b_in - b + 1)
+    co = torch.arange(C).view(C, 1, 1, 1)
+    ci = torch.arange(C).view(1, 1, C, 1)
+    index = co * (9 * C) + ci * 9 + tap.view(1, 4, 1, 4)  # (C, 4, C, 4)
+    return index.reshape(16 * C * C)
+
+
+class PackedResNet(nn.Module):
+    """S members of ``ResNet(C)`` evaluated together on 8x8 inputs.
+
+    Parameters have each ResNet parameter's natural shape behind a leading S axis: ``stem_conv``
+    (S, C, 1, 3, 3), ``conv1``/``conv2`` (S, C, C, 3, 3), ``<bn>_weight``/``<bn>_bias`` (S, C) for
+    ``<bn>`` in stem_bn, bn1, bn2, ``fc_weight`` (S, 10, C), ``fc_bias`` (S, 10). BatchNorm buffers:
+    ``<bn>_running_mean``/``<bn>_running_var`` (S, C) and ``<bn>_num_batches_tracked`` (S,).
+
+    ``forward`` takes (S, N, 1, 8, 8) (a minibatch per member) or a shared (N, 1, 8, 8) batch and returns
+    (S, N, num_classes) logits; ``train()``/``eval()`` switch BatchNorm exactly as for nn.BatchNorm2d.
+    """
+
+    def __init__(self, C: int, S: int, num_classes: int = 10) -> None:
+        super().__init__()
+        if C <= 0 or S <= 0:
+            raise ValueError(f"C and S must be positive, got C={C}, S={S}")
+        self.C, self.S, self.num_classes = C, S, num_classes
+        self.stem_conv = nn.Parameter(torch.empty(S, C, 1, 3, 3))
+        self.conv1 = nn.Parameter(torch.empty(S, C, C, 3, 3))
+        self.conv2 = nn.Parameter(torch.empty(S, C, C, 3, 3))
+        for name in _BN_NAMES:
+            setattr(self, f"{name}_weight", nn.Parameter(torch.ones(S, C)))
+            setattr(self, f"{name}_bias", nn.Parameter(torch.zeros(S, C)))
+            self.register_buffer(f"{name}_running_mean", torch.zeros(S, C))
+            self.register_buffer(f"{name}_running_var", torch.ones(S, C))
+            self.register_buffer(f"{name}_num_batches_tracked", torch.zeros(S, dtype=torch.long))
+        self.fc_weight = nn.Parameter(torch.empty(S, num_classes, C))
+        self.fc_bias = nn.Parameter(torch.empty(S, num_classes))
+        self.register_buffer("_stem_index", _stem_patch_index(), persistent=False)
+        self.register_buffer("_block_index", _block_conv_index(C), persistent=False)
+
+    # -- conversion ------------------------------------------------------------------------------------
+    @staticmethod
+    def _pairs(net: ResNet) -> dict[str, Tensor]:
+        """This module's tensor names -> the member tensor each one stacks (parameters and buffers)."""
+        pairs = {
+            "stem_conv": net.stem[0].weight,
+            "conv1": net.block.f[0].weight,
+            "conv2": net.block.f[3].weight,
+            "fc_weight": net.fc.weight,
+            "fc_bias": net.fc.bias,
+        }
+        for name, bn in zip(_BN_NAMES, (net.stem[1], net.block.f[1], net.block.f[4]), strict=True):
+            pairs[f"{name}_weight"] = bn.weight
+            pairs[f"{name}_bias"] = bn.bias
+            pairs[f"{name}_running_mean"] = bn.running_mean
+            pairs[f"{name}_running_var"] = bn.running_var
+            pairs[f"{name}_num_batches_tracked"] = bn.num_batches_tracked
+        return pairs
+
+    @classmethod
+    def from_models(cls, models: Sequence[ResNet]) -> PackedResNet:
+        """Pack ``models`` (same C, same number of classes): weights and BatchNorm buffers copied exactly;
+        dtype and device follow the models. The packed module starts in training mode."""
+        if not models:
+            raise ValueError("from_models needs at least one model")
+        C, num_classes = models[0].C, models[0].fc.out_features
+        if any(m.C != C or m.fc.out_features != num_classes for m in models):
+            raise ValueError("all members must have the same C and number of classes")
+        ref = models[0].fc.weight
+        packed = cls(C, len(models), num_classes).to(device=ref.device, dtype=ref.dtype)
+        member_tensors = [cls._pairs(m) for m in models]
+        with torch.no_grad():
+            for name, tensor in packed._named_state().items():
+                tensor.copy_(torch.stack([mt[name].detach() for mt in member_tensors]))
+        return packed
+
+    def members(self) -> list[ResNet]:
+        """Fresh plain ``ResNet(C)`` modules, one per member, holding copies of its weights and buffers
+        (same dtype and device as this module, same train/eval mode)."""
+        ref = self.fc_weight
+        state = self._named_state()
+        nets = []
+        for s in range(self.S):
+            net = ResNet(self.C, self.num_classes).to(device=ref.device, dtype=ref.dtype)
+            with torch.no_grad():
+                for name, tensor in self._pairs(net).items():
+                    tensor.copy_(state[name][s])
+            nets.append(net.train(self.training))
+        return nets
+
+    def _named_state(self) -> dict[str, Tensor]:
+        named = dict(self.named_parameters())
+        named.update((k, v) for k, v in self.named_buffers() if not k.startswith("_"))
+        return named
+
+    # -- computation -----------------------------------------------------------------------------------
+    def _batch_norm(self, h: Tensor, name: str) -> Tensor:
+        """nn.BatchNorm2d on every member's every channel: h is (S, C, P, N), statistics over (P, N)."""
+        S, C = h.shape[:2]
+        if self.training:
+            getattr(self, f"{name}_num_batches_tracked").add_(1)
+        out = F.batch_norm(
+            h.reshape(1, S * C, -1),
+            getattr(self, f"{name}_running_mean").view(S * C),  # views: F.batch_norm updates them in place
+            getattr(self, f"{name}_running_var").view(S * C),
+            getattr(self, f"{name}_weight").reshape(S * C),
+            getattr(self, f"{name}_bias").reshape(S * C),
+            training=self.training,
+            momentum=_MOMENTUM,
+            eps=_EPS,
+        )
+        return out.view(h.shape)
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """im2col for the stem: x (S, N, 1, 8, 8) or shared (N, 1, 8, 8) -> (S or 1, 9, 16*N).
+
+        Entry [s, k, p*N + n] is the pixel that tap k of the stride-2 3x3 kernel reads for output pixel p of
+        image n (0 where it falls in the padding).
+        """
+        N = x.shape[-4]
+        flat = x.reshape(-1, N, 64)
+        padded = F.pad(flat.transpose(1, 2), (0, 0, 0, 1))  # (S or 1, 65, N); row 64 is the zero padding
+        return padded.index_select(1, self._stem_index.view(-1)).view(-1, 9, 16 * N)
+
+    def _stem(self, x: Tensor) -> Tensor:
+        """Stem conv + its BatchNorm, folded into one matmul: x as for :meth:`_patches` -> (S, C, 16, N).
+
+        BatchNorm of a linear map of the patches is again a linear map: per member and channel the batch mean
+        and biased variance of ``w . p`` are ``w . E[p]`` and ``w' Cov(p) w``, computed from the (9, 9) patch
+        moments, and the normalisation folds into the conv weight and a bias. This is nn.BatchNorm2d
+        mathematically (gradients included, by autograd through the statistics) without the elementwise
+        passes over the largest activation, which is (S, C, 16, N).
+        """
+        S, C = self.S, self.C
+        patches = self._patches(x)  # (S or 1, 9, n) with n = 16N; constants, no gradient flows into them
+        n = patches.shape[2]
+        weight = self.stem_conv.view(S, C, 9)
+        running_mean, running_var = self.stem_bn_running_mean, self.stem_bn_running_var
+        if self.training:
+            p_mean = patches.mean(dim=2, keepdim=True)  # (S or 1, 9, 1)
+            centered = patches - p_mean  # centred before the product: no cancellation in the variance
+            p_cov = centered @ centered.transpose(1, 2) / n  # (S or 1, 9, 9)
+            mean = (weight @ p_mean).squeeze(2)  # (S, C)
+            var = ((weight @ p_cov) * weight).sum(dim=2).clamp(min=0)  # (S, C), biased
+            with torch.no_grad():
+                self.stem_bn_num_batches_tracked.add_(1)
+                running_mean.lerp_(mean, _MOMENTUM)
+                running_var.lerp_(var * (n / (n - 1)), _MOMENTUM)  # unbiased, as nn.BatchNorm2d
+        else:
+            mean, var = running_mean, running_var
+        scale = self.stem_bn_weight * torch.rsqrt(var + _EPS)  # (S, C)
+        bias = self.stem_bn_bias - mean * scale
+        folded = weight * scale.unsqueeze(2)
+        if patches.shape[0] == 1 and S > 1:  # shared input: one (S*C, 9) @ (9, n) product
+            out = torch.addmm(bias.reshape(S * C, 1), folded.reshape(S * C, 9), patches[0])
+        else:
+            out = torch.baddbmm(bias.unsqueeze(2), folded, patches)
+        return out.view(S, C, 16, -1)
+
+    def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
+        """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
+        S, C, _, N = h.shape
+        dense = weight.reshape(S, C * C * 9).index_select(1, self._block_index).view(S, 4 * C, 4 * C)
+        return torch.bmm(dense, h.reshape(S, 4 * C, N)).view(S, C, 4, N)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (S, N, 1, 8, 8) or shared (N, 1, 8, 8) -> logits (S, N, num_classes)."""
+        if x.dim() == 5 and x.shape[0] != self.S:
+            raise ValueError(f"expected {self.S} member batches, got input of shape {tuple(x.shape)}")
+        if x.dim() not in (4, 5) or tuple(x.shape[-3:]) != (1, 8, 8):
+            raise ValueError(
+                f"PackedResNet supports only 8x8 single-channel inputs, (S, N, 1, 8, 8) or (N, 1, 8, 8); "
+                f"got shape {tuple(x.shape)}"
+            )
+        S, C, N = self.S, self.C, x.shape[-4]
+        h = self._stem(x)  # (S, C, 16, N), pixel 4i + j, BatchNorm applied
+        # 2x2 max-pool: the (S*C, N, 4, 4) permuted view is a channels-last image batch, which max_pool2d
+        # pools without copying; permuting back gives (S, C, 4, N) with output pixel q = 2a + b. ReLU
+        # commutes with max, so it runs after the pool, on a quarter of the values.
+        h = F.max_pool2d(h.view(S * C, 4, 4, N).permute(0, 3, 1, 2), kernel_size=2)
+        h = h.permute(0, 2, 3, 1).reshape(S, C, 4, N).relu_()
+        f = self._batch_norm(self._block_conv(self.conv1, h), "bn1").relu_()
+        f = self._batch_norm(self._block_conv(self.conv2, f), "bn2")
+        h = (h + f).relu_()
+        pooled = h.mean(dim=2)  # (S, C, N): global average pool
+        fc_weight = self.fc_weight.transpose(1, 2)  # (S, C, 10)
+        return torch.baddbmm(self.fc_bias.unsqueeze(1), pooled.transpose(1, 2), fc_weight)  # (S, N, 10)

@@ -1,0 +1,159 @@
+"""PackedResNet: S members trained as one computation must be the S plain ResNets, to float64 round-off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import ResNet
+from models.packed import PackedResNet
+from sweep.trainer import MetricRecord, TrainConfig, Trainer, init_model
+
+TOL = 1e-10
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Consistency tests: one thread, so nothing depends on how work is split between cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _records(trainer: Trainer) -> list[MetricRecord]:
+    return [r for evaluation in trainer.run() for r in evaluation.records]
+
+
+def _assert_same_state(a: ResNet, b: ResNet, tol: float = TOL) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        if sa[name].dtype == torch.long:  # num_batches_tracked
+            assert torch.equal(sa[name], sb[name]), name
+        else:
+            torch.testing.assert_close(sa[name], sb[name], rtol=0, atol=tol, msg=name)
+
+
+def _assert_same_records(packed: list[MetricRecord], plain: list[MetricRecord]) -> None:
+    assert [(r.seed, r.step) for r in packed] == [(r.seed, r.step) for r in plain]
+    for p, q in zip(packed, plain, strict=True):
+        for field, value in p.metrics().items():
+            assert value == pytest.approx(getattr(q, field), rel=0, abs=TOL), (p.seed, p.step, field)
+
+
+def _compare(cfg: TrainConfig, seeds: list[int]) -> None:
+    packed = Trainer(cfg, seeds=seeds, packed=True)
+    packed_records = _records(packed)
+    for i, seed in enumerate(seeds):
+        plain = Trainer(cfg, seeds=[seed], packed=False)
+        plain_records = _records(plain)
+        assert len(plain_records) == len(cfg.eval_steps())
+        _assert_same_records([r for r in packed_records if r.seed == seed], plain_records)
+        _assert_same_state(packed.members()[i], plain.members()[0])
+    assert packed.updates == plain.updates
+
+
+@pytest.mark.parametrize(
+    ("C", "seeds", "batch_size"),
+    # C=64 in float64 is the slow case (plain float64 convs have no fast kernel): 2 seeds, batches of 32
+    [(1, [0, 1, 2], 128), (4, [0, 1, 2], 128), (64, [0, 1], 32)],
+)
+def test_packed_training_matches_plain_handout(C: int, seeds: list[int], batch_size: int) -> None:
+    """200 handout updates, evaluated every 25: every weight, buffer and record agrees to 1e-10."""
+    _compare(TrainConfig(C=C, budget=200, eval_every=25, batch_size=batch_size, dtype="float64"), seeds)
+
+
+def test_packed_training_matches_plain_epochs() -> None:
+    _compare(TrainConfig(C=4, protocol="epochs", budget=3, eval_every=1, dtype="float64"), [3, 7])
+
+
+def test_single_member_packed_matches_plain() -> None:
+    _compare(TrainConfig(C=2, budget=50, eval_every=25, dtype="float64"), [11])
+
+
+def test_from_models_members_round_trip() -> None:
+    models = [init_model(4, seed) for seed in (0, 1, 2)]
+    with torch.no_grad():  # make the BatchNorm buffers non-trivial, so that copying them is tested
+        for k, m in enumerate(models):
+            m.train()(torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(k)))
+    packed = PackedResNet.from_models(models)
+    assert (packed.C, packed.S) == (4, 3)
+    assert packed.stem_conv.shape == (3, 4, 1, 3, 3) and packed.conv1.shape == (3, 4, 4, 3, 3)
+    assert packed.fc_weight.shape == (3, 10, 4) and packed.fc_bias.shape == (3, 10)
+    members = packed.members()
+    assert all(type(m) is ResNet and m.C == 4 for m in members)
+    for original, copy in zip(models, members, strict=True):
+        for (name, a), (_, b) in zip(original.state_dict().items(), copy.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+        assert all(p.dtype == torch.float32 for p in copy.parameters())
+    # members() copies: changing one does not touch the packed weights
+    with torch.no_grad():
+        members[0].fc.bias.add_(1.0)
+    assert torch.equal(packed.fc_bias[0], models[0].fc.bias)
+    # packing again gives the same module, float64 follows the models
+    repacked = PackedResNet.from_models(members[1:])
+    assert repacked.S == 2 and torch.equal(repacked.conv2, packed.conv2[1:])
+    assert PackedResNet.from_models([init_model(1, 0, torch.float64)]).stem_conv.dtype == torch.float64
+
+
+def test_forward_matches_members_in_train_and_eval_mode() -> None:
+    models = [init_model(4, seed, torch.float64) for seed in range(3)]
+    packed = PackedResNet.from_models(models)
+    x = torch.rand(3, 20, 1, 8, 8, dtype=torch.float64)
+    out = packed.train()(x)
+    assert out.shape == (3, 20, 10)
+    expected = torch.stack([m.train()(x[s]) for s, m in enumerate(models)])
+    torch.testing.assert_close(out, expected, rtol=0, atol=TOL)
+    for packed_member, model in zip(packed.members(), models, strict=True):  # running stats updated alike
+        _assert_same_state(packed_member, model)
+    shared = torch.rand(7, 1, 8, 8, dtype=torch.float64)
+    out = packed.eval()(shared)
+    assert out.shape == (3, 7, 10)
+    torch.testing.assert_close(out, torch.stack([m.eval()(shared) for m in models]), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_shared_input_equals_expanded_input(train: bool) -> None:
+    packed = PackedResNet.from_models([init_model(4, seed, torch.float64) for seed in range(3)])
+    packed.train(train)
+    shared = torch.rand(9, 1, 8, 8, dtype=torch.float64)
+    before = {k: v.clone() for k, v in packed.state_dict().items()}
+    out_shared = packed(shared)
+    after_shared = {k: v.clone() for k, v in packed.state_dict().items()}
+    packed.load_state_dict(before)
+    out_expanded = packed(shared.expand(3, -1, -1, -1, -1))
+    torch.testing.assert_close(out_shared, out_expanded, rtol=0, atol=1e-13)
+    for name, value in packed.state_dict().items():
+        torch.testing.assert_close(value, after_shared[name], rtol=0, atol=1e-13, msg=name)
+
+
+def test_input_checks() -> None:
+    packed = PackedResNet.from_models([init_model(1, seed) for seed in range(2)])
+    with pytest.raises(ValueError, match="8x8"):
+        packed(torch.rand(2, 4, 1, 28, 28))
+    with pytest.raises(ValueError, match="8x8"):
+        packed(torch.rand(4, 3, 8, 8))
+    with pytest.raises(ValueError, match="member"):
+        packed(torch.rand(3, 4, 1, 8, 8))
+    with pytest.raises(ValueError):
+        PackedResNet.from_models([])
+    with pytest.raises(ValueError, match="same C"):
+        PackedResNet.from_models([init_model(1, 0), init_model(2, 0)])
+
+
+def test_sgd_on_summed_losses_trains_members_independently() -> None:
+    """The trainer's contract: one SGD over the packed parameters on the sum of member losses."""
+    models = [init_model(2, seed, torch.float64) for seed in range(2)]
+    packed = PackedResNet.from_models(models)
+    x = torch.rand(2, 32, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (2, 32))
+    opt = torch.optim.SGD(packed.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(packed(x).transpose(1, 2), y, reduction="none").mean(dim=1)
+    loss.sum().backward()
+    opt.step()
+    for s, model in enumerate(models):
+        model_opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.nn.functional.cross_entropy(model(x[s]), y[s]).backward()
+        model_opt.step()
+        _assert_same_state(packed.members()[s], model)
