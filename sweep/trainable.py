@@ -55,7 +55,10 @@ def train_group(config: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False))
+            saved = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+        if saved["run_ids"] != run_ids:
+            raise RuntimeError(f"checkpoint belongs to MLflow runs {saved['run_ids']}, not {run_ids}")
+        trainer.load_state_dict(saved["trainer"])
     logger.start(ray.get_runtime_context().get_node_id(), resumed=checkpoint is not None)
 
     eval_steps = group.config.eval_steps()
@@ -70,7 +73,7 @@ def train_group(config: dict[str, Any]) -> None:
             continue
         logger.flush()  # everything up to a checkpoint is in MLflow before the checkpoint exists
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(trainer.state_dict(), Path(folder) / CHECKPOINT_FILE)
+            torch.save({"trainer": trainer.state_dict(), "run_ids": run_ids}, Path(folder) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     logger.flush()
