@@ -13,6 +13,7 @@ Never call ``ray stop`` here: it stops every Ray process on the machine. See tes
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import subprocess
@@ -23,17 +24,19 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
-
-from tests.cluster_harness import (
+from cluster_harness import (
     BIN,
     REPO,
     TUNE_JOB,
     LocalRayCluster,
     MlflowServer,
     local_provider_config,
+    pids_mentioning,
     ray_env,
+    ray_up_prerequisites,
+    run_ray_up_in_namespace,
 )
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER_YAML = REPO / "cluster.yaml"
 
@@ -62,7 +65,7 @@ def test_cluster_yaml_passes_ray_validator():
     assert gpu[0]["resources"].get("GPU", 0) >= 1
 
 
-@pytest.mark.parametrize("where", ["top", "node_type", "auth", "provider"])
+@pytest.mark.parametrize("where", ["top", "node_type", "auth", "head_resources"])
 def test_cluster_yaml_with_a_misspelled_key_is_rejected(where):
     config = load_cluster_yaml()
     if where == "top":
@@ -73,24 +76,31 @@ def test_cluster_yaml_with_a_misspelled_key_is_rejected(where):
     elif where == "auth":
         config["auth"]["ssh_usr"] = config["auth"].pop("ssh_user")
     else:
-        config["provider"]["typ"] = config["provider"]["type"]
-    with pytest.raises((jsonschema.ValidationError, KeyError, ValueError)):
+        head = config["available_node_types"][config["head_node_type"]]
+        head["resource"] = head.pop("resources")
+    with pytest.raises(jsonschema.ValidationError):
         ray_validate(config)
 
 
-def test_cluster_yaml_mlflow_server_and_no_credentials():
+def test_cluster_yaml_commands():
     text = CLUSTER_YAML.read_text()
     config = load_cluster_yaml()
     start = " ".join(config["head_start_ray_commands"])
     assert "mlflow server" in start
     assert "--backend-store-uri sqlite:////home/ubuntu/mlflow/mlflow.db" in start
     assert re.search(r"--host \"?\$\(hostname -I", start), "MLflow must listen on the head's private IP"
+    assert '--gunicorn-opts "--bind 127.0.0.1:5000"' in start, "and on 127.0.0.1, for `ray attach -p 5000`"
     assert "0.0.0.0" not in start
     assert "--dashboard-host=127.0.0.1" in start
     for secret in ("aws_access_key_id", "aws_secret_access_key", "AKIA", "aws_session_token"):
         assert secret.lower() not in text.lower()
     # `ray` must be on PATH in a login shell, or `ray down` cannot run `ray stop` (and says nothing).
     assert any("bashrc" in cmd for cmd in config["setup_commands"])
+    # Tune's storage (the CLI's default ./ray_results under `ray exec`) is shared: exported by the head,
+    # mounted by every worker at the same path.
+    assert any("/etc/exports" in cmd and "/home/ubuntu/ray_results" in cmd for cmd in config["head_setup_commands"])
+    assert any("mount -t nfs" in cmd and "$RAY_HEAD_IP:/home/ubuntu/ray_results /home/ubuntu/ray_results" in cmd
+               for cmd in config["worker_setup_commands"])
 
 
 def test_local_provider_variant_passes_ray_validator(tmp_path):
@@ -117,14 +127,16 @@ def two_nodes_and_server():
     finally:
         cluster.stop()
         server.stop()
-    leftovers = cluster.leftovers()
-    assert not leftovers, f"Ray processes of this test still running: {leftovers}"
-    assert server.proc is None or server.proc.poll() is not None
+    leftovers = cluster.leftovers() + pids_mentioning(str(server.root))
+    assert not leftovers, f"processes of this test still running: {leftovers}"
     shutil.rmtree(root, ignore_errors=True)
 
 
 def _default_ray_address_file() -> str:
-    path = Path("/tmp/ray/ray_current_cluster")
+    """What a plain ``ray.init()`` on this machine would connect to (``/tmp/ray/ray_current_cluster``)."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
     return path.read_text() if path.exists() else ""
 
 
@@ -134,7 +146,7 @@ def test_smoke_sweep_on_two_nodes(two_nodes_and_server, tmp_path):
     from sweep.names import ROLE_PARENT, ROLE_TRIAL, TAG_NODE_ID, TAG_PARENT_RUN, TAG_ROLE
 
     cluster, server = two_nodes_and_server
-    nodes = cluster.node_ids()
+    nodes = cluster.started_node_ids
     assert len(nodes) == 2
     # Our head advertises itself in its own temp dir, not where a plain ray.init() looks.
     assert f":{cluster.gcs_port}" not in _default_ray_address_file()
@@ -176,7 +188,50 @@ def test_harness_tune_job_on_two_nodes(two_nodes_and_server, tmp_path):
                          cwd=tmp_path, env=ray_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     used = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODES_USED=")).split("=", 1)[1]
-    assert set(used.split(",")) == cluster.node_ids()
+    assert set(used.split(",")) == cluster.started_node_ids
     client = MlflowClient(server.uri)
     runs = client.search_runs([client.get_experiment_by_name("harness").experiment_id])
     assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
+
+
+# -- ray up / ray exec / ray down ------------------------------------------------------------------------
+
+@pytest.mark.cluster
+def test_ray_up_local_provider_end_to_end():
+    """cluster.yaml's on-premises variant: `ray up`, the smoke sweep via `ray exec`, `ray down`, nothing left.
+
+    Head 127.0.0.1 and worker 127.0.0.2 are this machine, reached over ssh (a throwaway sshd and key);
+    the whole scenario runs in its own PID, network and mount namespaces so that the `ray stop` inside
+    `ray up`/`ray down` cannot touch anyone else's Ray (see run_ray_up_in_namespace).
+    """
+    setup = subprocess.run(["bash", str(REPO / "scripts" / "cluster_test_setup.sh")],
+                           capture_output=True, text=True, timeout=600)
+    if setup.returncode != 0:
+        pytest.skip(f"scripts/cluster_test_setup.sh failed: {setup.stderr.strip()[-500:]}")
+    reason = ray_up_prerequisites()
+    if reason:
+        pytest.skip(reason)
+
+    workdir = Path(tempfile.mkdtemp(prefix="cs-e2e-", dir="/var/tmp"))  # outside /tmp, which it replaces
+    result = run_ray_up_in_namespace(workdir, timeout_s=900)
+    steps_log = workdir / "steps.log"
+    details = (f"{json.dumps(result, indent=1)[:6000]}\n--- {steps_log} ---\n"
+               f"{steps_log.read_text(errors='replace')[-8000:] if steps_log.exists() else ''}")
+
+    assert result.get("ray_up_exit") == 0, details
+    assert result.get("alive_nodes") == 2, details
+    assert result.get("mlflow_up"), details
+    assert result.get("mlflow_on_localhost"), details
+    assert result.get("sweep_exit") == 0, details
+    runs = result["mlflow"]["runs"]
+    parents = [r for r in runs if r["role"] == "parent"]
+    children = [r for r in runs if r["role"] == "trial"]
+    assert len(parents) == 1 and len(children) == 4, details
+    assert all(r["status"] == "FINISHED" for r in runs), details
+    assert all(r["steps"] == [10, 20, 30, 40, 50] for r in children), details
+    assert len({r["node"] for r in children}) == 2, f"trials did not use both nodes\n{details}"
+    assert result.get("ray_down_exit") == 0, details
+    assert result.get("ray_left_after_down") == [], f"`ray down` left Ray running\n{details}"
+    assert result.get("exit") == 0, details
+    assert not pids_mentioning(str(workdir)), "processes of the scenario outlived its namespace"
+    shutil.rmtree(workdir, ignore_errors=True)
