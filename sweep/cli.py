@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("spec", nargs="?", default="hw2", help="preset name or YAML file (default: hw2)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set seeds=10 --set model.C=[1,2,4,8]")
-    r.add_argument("--storage", type=Path, default=TUNE_DIR, help="Ray Tune results folder")
+    r.add_argument("--storage", default=str(TUNE_DIR),
+                   help="Ray Tune results: a folder (shared by all nodes on a cluster) or a URI like s3://bucket/x")
     r.add_argument("--gpus-may-autoscale", action="store_true",
                    help="allow GPU trials on a cluster that has no GPU yet but autoscales GPU workers")
     tracking_args(r)
@@ -167,7 +168,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise UsageError(str(exc)) from None
     tracking_uri, address = _prepare(spec, args)
     _connect(spec, address, args.gpus_may_autoscale)
-    sweep = driver.create_sweep(spec, args.spec, tracking_uri, args.storage.resolve())
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage)
     n_members = sum(len(t["run_ids"]) for t in sweep.trials)
     print(f"[sweep] {sweep.sweep_id}: {n_members} runs in {len(sweep.trials)} Ray trials; "
           f"MLflow {tracking_uri}, experiment {spec.tracking.experiment or spec.name!r}", flush=True)

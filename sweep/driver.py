@@ -44,7 +44,7 @@ class Sweep:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    tune_path: Path
+    tune_path: str  # Ray Tune's experiment folder: a local path, or a URI such as s3://bucket/prefix/<id>
     trials: list[dict[str, Any]] = field(default_factory=list)  # {"group": ..., "run_ids": {seed: id}}
 
 
@@ -112,7 +112,7 @@ def new_sweep_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: Path) -> Sweep:
+def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str) -> Sweep:
     """Create the experiment, the parent run and one SCHEDULED child run per (grid point, seed)."""
     from mlflow import MlflowClient
 
@@ -123,10 +123,10 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: Path)
     client = MlflowClient(tracking_uri)
     experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment or spec.name)
     sweep_id = new_sweep_id(spec.name)
-    tune_path = storage / sweep_id
+    tune_path = f"{storage.rstrip('/')}/{sweep_id}"
     resolved = spec.model_dump(mode="json")
     parent = tracking.create_parent_run(client, experiment_id, sweep_id, {
-        TAG_PRESET: source, TAG_TUNE_PATH: str(tune_path), **tracking.library_tags()})
+        TAG_PRESET: source, TAG_TUNE_PATH: tune_path, **tracking.library_tags()})
     tracking.log_params(client, parent, tracking.flatten(resolved))
     client.log_text(parent, yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
 
@@ -159,7 +159,7 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
     text = Path(client.download_artifacts(parent.info.run_id, SPEC_ARTIFACT)).read_text()
     spec = validate(yaml.safe_load(text))
     return Sweep(spec, parent.data.tags[TAG_SWEEP_ID], tracking_uri, parent.info.experiment_id,
-                 parent.info.run_id, Path(parent.data.tags[TAG_TUNE_PATH]))
+                 parent.info.run_id, parent.data.tags[TAG_TUNE_PATH])
 
 
 def trial_runs(sweep: Sweep) -> list[Any]:
@@ -186,7 +186,7 @@ def _run_config(sweep: Sweep) -> Any:
     from sweep.progress import Progress
 
     return tune.RunConfig(
-        name=sweep.tune_path.name, storage_path=str(sweep.tune_path.parent), verbose=0,
+        name=sweep.sweep_id, storage_path=sweep.tune_path.rsplit("/", 1)[0], verbose=0,
         failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=[Progress()],
     )
@@ -197,9 +197,9 @@ def run_tuner(sweep: Sweep, restore: bool = False) -> Any:
     from ray import tune
 
     if restore:
-        if not tune.Tuner.can_restore(str(sweep.tune_path)):
+        if not tune.Tuner.can_restore(sweep.tune_path):
             raise SweepError(f"no Ray Tune state at {sweep.tune_path} to resume sweep {sweep.sweep_id}")
-        tuner = tune.Tuner.restore(str(sweep.tune_path), trainable=_trainable(sweep.spec),
+        tuner = tune.Tuner.restore(sweep.tune_path, trainable=_trainable(sweep.spec),
                                    resume_unfinished=True, resume_errored=True)
     else:
         param_space = {
