@@ -81,7 +81,9 @@ def test_from_models_members_round_trip() -> None:
     assert (packed.C, packed.S) == (4, 3)
     assert packed.stem_conv.shape == (3, 4, 1, 3, 3) and packed.conv1.shape == (3, 4, 4, 3, 3)
     assert packed.fc_weight.shape == (3, 10, 4) and packed.fc_bias.shape == (3, 10)
+    rng_before = torch.random.get_rng_state()
     members = packed.members()
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # no random initialisation behind the scenes
     assert all(type(m) is ResNet and m.C == 4 for m in members)
     for original, copy in zip(models, members, strict=True):
         for (name, a), (_, b) in zip(original.state_dict().items(), copy.state_dict().items(), strict=True):
