@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     tracking_uri, address = _prepare(spec, args)
     _connect(spec, address, args.gpus_may_autoscale)
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage)
+    sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage, driver.concurrent_slots(spec))
     n_members = sum(len(t["run_ids"]) for t in sweep.trials)
     print(f"[sweep] {sweep.sweep_id}: {n_members} runs in {len(sweep.trials)} Ray trials; "
           f"MLflow {tracking_uri}, experiment {spec.tracking.experiment or spec.name!r}", flush=True)

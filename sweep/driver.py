@@ -112,8 +112,24 @@ def new_sweep_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str) -> Sweep:
-    """Create the experiment, the parent run and one SCHEDULED child run per (grid point, seed)."""
+def concurrent_slots(spec: SweepSpec) -> int:
+    """How many trials the connected Ray cluster can run at once with the spec's resources per trial."""
+    import ray
+
+    available = ray.cluster_resources()
+    slots = available.get("CPU", 0) / spec.resources.cpu
+    if spec.resources.gpu > 0 and available.get("GPU", 0) > 0:
+        slots = min(slots, available["GPU"] / spec.resources.gpu)
+    if spec.max_concurrent_trials:
+        slots = min(slots, spec.max_concurrent_trials)
+    return max(1, int(slots))
+
+
+def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, slots: int = 1) -> Sweep:
+    """Create the experiment, the parent run and one SCHEDULED child run per (grid point, seed).
+
+    ``slots``: trials the cluster runs at once, used to split expensive packed grid points (plan_trials).
+    """
     from mlflow import MlflowClient
 
     from sweep import tracking
@@ -132,7 +148,7 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str) 
 
     sweep = Sweep(spec, sweep_id, tracking_uri, experiment_id, parent, tune_path)
     digest = split_hash(spec.split_seed)
-    for group in plan_trials(spec):
+    for group in plan_trials(spec, slots):
         run_ids = {
             seed: tracking.create_trial_run(client, experiment_id, sweep_id, parent,
                                             run_name(group.config.C, seed), group.member_params(seed, digest))

@@ -47,12 +47,36 @@ def run_name(C: int, seed: int) -> str:
     return f"C={C} seed={seed}"
 
 
-def plan_trials(spec: SweepSpec) -> list[TrialGroup]:
-    """Expand the grid; pack the seeds of each grid point unless ``pack: off``."""
+def relative_cost(config: TrainConfig) -> float:
+    """Rough CPU cost of one packed member's whole run, in units of one C=1 update.
+
+    Packed updates cost about 0.09 ms + 0.0005 ms * C^2 per member on one core (issue 7's measurements),
+    so a C=64 member costs ~21 C=1 members.
+    """
+    updates = config.budget * config.updates_per_step
+    return updates * (1.0 + config.C**2 / 200.0)
+
+
+def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
+    """Expand the grid into Ray trials.
+
+    ``pack: off``: one trial per (grid point, seed). ``pack: auto``: the seeds of each grid point are packed
+    together, at most ``pack_size`` per trial; without ``pack_size``, a grid point whose packed run would cost
+    more than an even share of the sweep over ``slots`` concurrent trials is split into that many chunks, so
+    one wide C does not run on one core while the others idle.
+    """
     seeds = spec.seed_list
-    size = 1 if spec.pack == "off" else (spec.pack_size or len(seeds))
-    return [
-        TrialGroup(config=config, seeds=tuple(seeds[i : i + size]))
-        for config in spec.configs()
-        for i in range(0, len(seeds), size)
-    ]
+    configs = spec.configs()
+    total = sum(relative_cost(c) for c in configs) * len(seeds)
+    share = total / max(1, slots)
+    groups = []
+    for config in configs:
+        if spec.pack == "off":
+            chunks = len(seeds)
+        elif spec.pack_size:
+            chunks = -(-len(seeds) // spec.pack_size)
+        else:
+            chunks = min(len(seeds), max(1, round(relative_cost(config) * len(seeds) / share)))
+        size = -(-len(seeds) // chunks)
+        groups += [TrialGroup(config=config, seeds=tuple(seeds[i : i + size])) for i in range(0, len(seeds), size)]
+    return groups
