@@ -15,7 +15,10 @@
 #    seeds as one packed model (when models/packed.py exists).
 #
 # Environment: PYTHON (default python3), GPU_VENV (default .venv-gpu), GPU_CHECK_BUDGET (updates per
-# timing, default 300), GPU_CHECK_SKIP_SWEEP=1 to skip step 3.
+# timing, default 300), GPU_CHECK_SKIP_SWEEP=1 to skip step 3, GPU_CHECK_NO_VENV=1 to make no venv and
+# install nothing (offline machines where PYTHON already imports every requirement, e.g. through
+# PYTHONPATH): step 1 then only checks the imports, and the project runs from this checkout (the repo goes
+# first on PYTHONPATH, and a `sweep` that runs `PYTHON -m sweep.cli` on PATH).
 # Exit status: 0 when every step passed, 1 otherwise (each step's outcome is in the summary).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +35,6 @@ record() {  # record STEP STATUS DETAIL
 banner() { printf '\n=== %s ===\n' "$*"; }
 
 # -- 1. environment ---------------------------------------------------------------------------------
-banner "1. venv $VENV (python: $(command -v "$PYTHON"))"
 setup_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         # Without ensurepip (Debian/Ubuntu without python3-venv) fall back to a venv without its own pip.
@@ -89,14 +91,30 @@ EOF
     "$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,
 "available:", torch.cuda.is_available())'
 }
-setup_venv
-case $? in
-    0) record venv ok "$VENV" ;;
-    2) record venv FAIL "could not install: $(tr '\n' ' ' < "$VENV/gpu-check-missing.txt")" ;;
-    *) record venv FAIL "could not create $VENV or install the project" ;;
-esac
-PY="$VENV/bin/python"
-export PATH="$VENV/bin:$PATH"
+if [ "${GPU_CHECK_NO_VENV:-0}" = 1 ]; then
+    PY=$(command -v "$PYTHON" || echo "$PYTHON")
+    banner "1. no venv (GPU_CHECK_NO_VENV=1): $PY runs the project from $PWD"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    shim=$(mktemp -d)
+    printf '#!/bin/sh\nexec "%s" -m sweep.cli "$@"\n' "$PY" > "$shim/sweep" && chmod +x "$shim/sweep"
+    export PATH="$shim:$PATH"
+    if "$PY" -c 'import ray, mlflow, pydantic, sweep.cli, torch; print("torch", torch.__version__, "CUDA",
+torch.version.cuda, "available:", torch.cuda.is_available())'; then
+        record venv ok "none (GPU_CHECK_NO_VENV=1): $PY, PYTHONPATH=$PYTHONPATH"
+    else
+        record venv FAIL "GPU_CHECK_NO_VENV=1 but $PY cannot import the requirements or sweep.cli"
+    fi
+else
+    banner "1. venv $VENV (python: $(command -v "$PYTHON"))"
+    setup_venv
+    case $? in
+        0) record venv ok "$VENV" ;;
+        2) record venv FAIL "could not install: $(tr '\n' ' ' < "$VENV/gpu-check-missing.txt")" ;;
+        *) record venv FAIL "could not create $VENV or install the project" ;;
+    esac
+    PY="$VENV/bin/python"
+    export PATH="$VENV/bin:$PATH"
+fi
 
 # -- 2. the GPU -------------------------------------------------------------------------------------
 banner "2. nvidia-smi"
