@@ -229,7 +229,10 @@ class Trainer:
         per_member = []
         for g in self.generators:
             keys = torch.rand(n_steps, N_TRAIN, generator=g, dtype=torch.float64)
-            order = torch.argsort(keys, dim=1, stable=True)[:, : k * b]
+            if k == 1:  # the first b of the permutation, ~10x cheaper than sorting all 898 keys
+                order = torch.topk(keys, b, dim=1, largest=False, sorted=True).indices
+            else:
+                order = torch.argsort(keys, dim=1, stable=True)[:, : k * b]
             per_member.append(order.reshape(n_steps, k, b))
         return torch.stack(per_member, dim=2).to(self.device)
 
@@ -247,16 +250,18 @@ class Trainer:
         for eval_step in cfg.eval_steps():
             if eval_step <= self.step:
                 continue
+            start = time.perf_counter()
             batches = self._draw_batches(eval_step - self.step)
             self.model.train()
-            start = time.perf_counter()
             losses = torch.zeros(len(self.seeds))
             for step_batches in batches:
                 for idx in step_batches:  # (S, batch_size)
-                    logits = self.model(x[idx])  # (S, B, 10)
+                    flat = idx.flatten()  # index_select is several times cheaper than x[idx] here
+                    logits = self.model(x.index_select(0, flat).view(*idx.shape, *x.shape[1:]))  # (S, B, 10)
+                    # Classes on dim 1: this torch's log-softmax is far slower over a last dim of 10.
                     member_losses = F.cross_entropy(
-                        logits.flatten(0, 1), y[idx].flatten(), reduction="none"
-                    ).view(idx.shape).mean(dim=1)
+                        logits.transpose(1, 2), y.index_select(0, flat).view(idx.shape), reduction="none"
+                    ).mean(dim=1)
                     self.optimizer.zero_grad(set_to_none=True)
                     # Summing keeps members independent: d(sum)/d(loss_s) = 1 for every member.
                     member_losses.sum().backward()
