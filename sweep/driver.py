@@ -264,10 +264,10 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     n_failed = sum(row["status"] != "FINISHED" for row in rows)
     share = logging_share(results)
     if share is not None:
-        tracking.with_retry(lambda: client.log_metric(sweep.parent_run_id, "logging_share", share))
+        tracking.with_retry(client.log_metric, sweep.parent_run_id, "logging_share", share)
     tracking.log_params(client, sweep.parent_run_id, {}, tags={"n_trials": str(len(rows)),
                                                                "n_failed": str(n_failed)})
-    tracking.with_retry(lambda: client.set_terminated(sweep.parent_run_id, "FINISHED"))
+    tracking.with_retry(client.set_terminated, sweep.parent_run_id, "FINISHED")
     return rows
 
 
@@ -288,4 +288,4 @@ def reopen_parent(sweep: Sweep) -> None:
     from sweep.tracking import with_retry
 
     client = MlflowClient(sweep.tracking_uri)
-    with_retry(lambda: client.update_run(sweep.parent_run_id, status="RUNNING"))
+    with_retry(client.update_run, sweep.parent_run_id, status="RUNNING")

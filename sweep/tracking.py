@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from sweep.names import (
@@ -72,11 +72,12 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
 
 
-def with_retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """Retry a tracking call that lost a race for a busy sqlite file or hit a transient HTTP error."""
+def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, retried when it lost a race for a busy sqlite file or hit a transient
+    HTTP error."""
     for attempt in range(attempts):
         try:
-            return fn()
+            return fn(*args, **kwargs)
         except MlflowException as exc:
             transient = "locked" in str(exc) or "busy" in str(exc) or exc.get_http_status_code() >= 500
             if not transient or attempt == attempts - 1:
@@ -150,26 +151,25 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any], tags: dict[str, str] | None = None
                ) -> None:
-    with_retry(lambda: client.log_batch(
-        run_id, params=[Param(k, str(v)) for k, v in params.items()],
-        tags=[RunTag(k, v) for k, v in (tags or {}).items()], synchronous=True))
+    with_retry(client.log_batch, run_id, params=[Param(k, str(v)) for k, v in params.items()],
+               tags=[RunTag(k, v) for k, v in (tags or {}).items()], synchronous=True)
 
 
 def create_parent_run(client: MlflowClient, experiment_id: str, sweep_id: str, tags: dict[str, str]) -> str:
-    run = with_retry(lambda: client.create_run(
-        experiment_id, run_name=sweep_id, tags={TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, **tags}))
+    run = with_retry(client.create_run, experiment_id, run_name=sweep_id,
+                     tags={TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, **tags})
     return run.info.run_id
 
 
 def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
                      name: str, params: dict[str, Any]) -> str:
     """A child run for one trial, left SCHEDULED until its trial starts."""
-    run = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags={
+    run = with_retry(client.create_run, experiment_id, run_name=name, tags={
         TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id,
-        "C": str(params["C"]), "seed": str(params["seed"])}))
+        "C": str(params["C"]), "seed": str(params["seed"])})
     run_id = run.info.run_id
     log_params(client, run_id, params)
-    with_retry(lambda: client.update_run(run_id, status="SCHEDULED"))
+    with_retry(client.update_run, run_id, status="SCHEDULED")
     return run_id
 
 
@@ -193,10 +193,11 @@ class TrialRunLogger:
         self._last_flush = time.monotonic()
         self.seconds_logging = 0.0
 
-    def _timed(self, fn: Callable[[], T]) -> T:
+    def _send(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One tracking call, retried, its time counted in ``seconds_logging``."""
         start = time.perf_counter()
         try:
-            return fn()
+            return with_retry(fn, *args, **kwargs)
         finally:
             self.seconds_logging += time.perf_counter() - start
 
@@ -204,11 +205,11 @@ class TrialRunLogger:
         for seed, run_id in self.run_ids.items():
             if resumed:
                 for key in METRICS:
-                    history = with_retry(lambda r=run_id, k=key: self.client.get_metric_history(r, k))
+                    history = self._send(self.client.get_metric_history, run_id, key)
                     self._logged[seed].update((key, m.step) for m in history)
-            self._timed(lambda r=run_id: with_retry(lambda: self.client.update_run(r, status="RUNNING")))
+            self._send(self.client.update_run, run_id, status="RUNNING")
             tags = [RunTag(TAG_NODE_ID, node_id), RunTag(TAG_WORKER_PID, str(os.getpid()))]
-            self._timed(lambda r=run_id, t=tags: with_retry(lambda: self.client.log_batch(r, tags=t)))
+            self._send(self.client.log_batch, run_id, tags=tags)
 
     def add(self, evaluation: Evaluation) -> None:
         now = int(time.time() * 1000)
@@ -226,34 +227,32 @@ class TrialRunLogger:
         for seed, metrics in self._buffer.items():
             for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
                 chunk = metrics[i : i + MAX_METRICS_PER_BATCH]
-                self._timed(lambda c=chunk, r=self.run_ids[seed]: with_retry(
-                    lambda: self.client.log_batch(r, metrics=c, synchronous=True)))
+                self._send(self.client.log_batch, self.run_ids[seed], metrics=chunk, synchronous=True)
             self._logged[seed].update((m.key, m.step) for m in metrics)
             metrics.clear()
         self._last_flush = time.monotonic()
 
     def log_weights(self, seed: int, path: Path) -> None:
-        self._timed(lambda: with_retry(lambda: self.client.log_artifact(self.run_ids[seed], str(path))))
+        self._send(self.client.log_artifact, self.run_ids[seed], str(path))
 
     def end(self, seed: int, status: str, failure_reason: str | None = None) -> None:
         run_id = self.run_ids[seed]
         if failure_reason:
-            self._timed(lambda: with_retry(lambda: self.client.set_tag(run_id, TAG_FAILURE, failure_reason)))
-        self._timed(lambda: with_retry(lambda: self.client.set_terminated(run_id, status)))
+            self._send(self.client.set_tag, run_id, TAG_FAILURE, failure_reason)
+        self._send(self.client.set_terminated, run_id, status)
 
 
 def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: str) -> list[str]:
     """Mark every run that is not FINISHED/FAILED/KILLED as FAILED with ``reason``; returns those run ids."""
     ended = []
     for run_id in run_ids:
-        status = with_retry(lambda r=run_id: client.get_run(r)).info.status
-        if status in ("RUNNING", "SCHEDULED"):
-            with_retry(lambda r=run_id: client.set_tag(r, TAG_FAILURE, reason))
-            with_retry(lambda r=run_id: client.set_terminated(r, "FAILED"))
+        if with_retry(client.get_run, run_id).info.status in ("RUNNING", "SCHEDULED"):
+            with_retry(client.set_tag, run_id, TAG_FAILURE, reason)
+            with_retry(client.set_terminated, run_id, "FAILED")
             ended.append(run_id)
     return ended
 
 
-__all__ = ["RunStatus", "TrackingError", "TrialRunLogger", "check_reachable", "create_parent_run",
+__all__ = ["TrackingError", "TrialRunLogger", "check_reachable", "create_parent_run",
            "create_trial_run", "end_unfinished_runs", "ensure_experiment", "library_tags",
            "resolve_tracking_uri", "with_retry"]

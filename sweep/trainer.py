@@ -172,7 +172,6 @@ class Trainer:
         else:
             self.model = _Single(members[0])
         self.model.to(self.device)
-        self.packed = packed
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
         self.generators = [torch.Generator().manual_seed(sampling_seed(s)) for s in self.seeds]
         self.step = 0
