@@ -136,8 +136,8 @@ def preset_summaries() -> dict[str, str]:
     return out
 
 
-def load_raw(source: str) -> tuple[dict[str, Any], str]:
-    """Read a preset name or a YAML path into a raw dict; returns (raw, preset-or-path label)."""
+def load_raw(source: str) -> dict[str, Any]:
+    """Read a preset name or a YAML path into a raw dict."""
     if source in preset_names():
         text = resources.files("sweep.presets").joinpath(f"{source}.yaml").read_text()
     elif source.endswith((".yaml", ".yml")) or "/" in source:
@@ -158,7 +158,7 @@ def load_raw(source: str) -> tuple[dict[str, Any], str]:
         raise SpecError(f"spec {source!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"spec {source!r} must be a YAML mapping of keys to values")
-    return raw, source
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -194,7 +194,7 @@ def validate(raw: dict[str, Any]) -> SweepSpec:
 
 def load_spec(source: str, overrides: list[str] | None = None) -> tuple[SweepSpec, dict[str, Any]]:
     """Preset name or YAML path plus overrides -> (validated spec, resolved raw dict)."""
-    raw, _ = load_raw(source)
+    raw = load_raw(source)
     raw = apply_overrides(raw, overrides or [])
     spec = validate(raw)
     return spec, spec.model_dump(mode="json")
