@@ -248,5 +248,6 @@ class PackedResNet(nn.Module):
         f = self._batch_norm(self._block_conv(self.conv2, f), "bn2")
         h = (h + f).relu_()
         pooled = h.mean(dim=2)  # (S, C, N): global average pool
-        fc_weight = self.fc_weight.transpose(1, 2)  # (S, C, 10)
-        return torch.baddbmm(self.fc_bias.unsqueeze(1), pooled.transpose(1, 2), fc_weight)  # (S, N, 10)
+        # Computed as (S, 10, N) = W @ pooled and returned as its (S, N, 10) transpose: several times faster
+        # than pooled^T @ W^T here, and a loss over classes on dim 1 then reads contiguous memory.
+        return torch.baddbmm(self.fc_bias.unsqueeze(2), self.fc_weight, pooled).transpose(1, 2)
