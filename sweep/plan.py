@@ -64,6 +64,9 @@ def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
     together, at most ``pack_size`` per trial; without ``pack_size``, a grid point whose packed run would cost
     more than an even share of the sweep over ``slots`` concurrent trials is split into that many chunks, so
     one wide C does not run on one core while the others idle.
+
+    Trials come out most expensive first: Ray Tune starts grid trials in order, so the sweep is then a
+    longest-processing-time-first schedule and no long trial starts last, alone on an otherwise idle cluster.
     """
     seeds = spec.seed_list
     configs = spec.configs()
@@ -79,4 +82,4 @@ def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
             chunks = min(len(seeds), max(1, round(relative_cost(config) * len(seeds) / share)))
         size = -(-len(seeds) // chunks)
         groups += [TrialGroup(config=config, seeds=tuple(seeds[i : i + size])) for i in range(0, len(seeds), size)]
-    return groups
+    return sorted(groups, key=lambda g: -relative_cost(g.config) * len(g.seeds))  # stable: grid order on ties

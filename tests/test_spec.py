@@ -41,18 +41,19 @@ def test_pack_off_gives_one_trial_per_seed_and_auto_packs_seeds():
     assert len(plan_trials(spec)) == 20 and all(len(g.seeds) == 1 for g in plan_trials(spec))
     spec, _ = load_spec("hw2")
     assert [(g.config.C, g.seeds) for g in plan_trials(spec, slots=1)] == [
-        (C, (0, 1, 2, 3, 4)) for C in (1, 2, 4, 64)]
+        (C, (0, 1, 2, 3, 4)) for C in (64, 4, 2, 1)]
     spec, _ = load_spec("hw2", ["pack_size=2"])
-    assert [len(g.seeds) for g in plan_trials(spec)] == [2, 2, 1] * 4
+    assert [(g.config.C, len(g.seeds)) for g in plan_trials(spec)] == [
+        (64, 2), (64, 2), (64, 1), (4, 2), (4, 2), (2, 2), (2, 2), (1, 2), (1, 2), (4, 1), (2, 1), (1, 1)]
 
 
-def test_auto_packing_splits_the_expensive_width_across_slots():
+def test_auto_packing_splits_the_expensive_width_across_slots_longest_first():
     spec, _ = load_spec("hw2", ["seeds=10"])
     groups = plan_trials(spec, slots=2)
     assert [(g.config.C, g.seeds) for g in groups] == [
-        (1, tuple(range(10))), (2, tuple(range(10))), (4, tuple(range(10))),
-        (64, (0, 1, 2, 3, 4)), (64, (5, 6, 7, 8, 9))]
-    assert relative_cost(groups[-1].config) > 20 * relative_cost(groups[0].config)
+        (64, (0, 1, 2, 3, 4)), (64, (5, 6, 7, 8, 9)),
+        (4, tuple(range(10))), (2, tuple(range(10))), (1, tuple(range(10)))]
+    assert relative_cost(groups[0].config) > 20 * relative_cost(groups[-1].config)
 
 
 def test_every_member_appears_once_whatever_the_slots():
