@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -160,14 +161,17 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from sweep import driver
+    from sweep import driver, tracking
 
     try:
         spec, _ = load_spec(args.spec, args.overrides)
     except SpecError as exc:
         raise UsageError(str(exc)) from None
     tracking_uri, address = _prepare(spec, args)
-    _connect(spec, address, args.gpus_may_autoscale)
+    with ThreadPoolExecutor(1) as pool:  # a new sqlite store's schema migrations overlap Ray's start
+        store_ready = pool.submit(tracking.init_store, tracking_uri)
+        _connect(spec, address, args.gpus_may_autoscale)
+        store_ready.result()
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage, driver.concurrent_slots(spec))
     n_members = sum(len(t["run_ids"]) for t in sweep.trials)

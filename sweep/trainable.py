@@ -28,10 +28,11 @@ def checkpoint_interval(n_evaluations: int, checkpoint_every: int | None) -> int
     return checkpoint_every or max(1, math.ceil(n_evaluations / 10))
 
 
-def _report_metrics(evaluation: Evaluation, budget: int, logger: TrialRunLogger) -> dict[str, Any]:
+def _report_metrics(trainer: Trainer, evaluation: Evaluation, logger: TrialRunLogger) -> dict[str, Any]:
     records = evaluation.records
-    metrics: dict[str, Any] = {"step": evaluation.step, "progress": evaluation.step / budget,
-                               "live_members": len(records), "seconds_logging": logger.seconds_logging}
+    metrics: dict[str, Any] = {"step": evaluation.step, "progress": evaluation.step / trainer.config.budget,
+                               "live_members": len(records), "seconds_logging": logger.seconds_logging,
+                               "ms_per_update": trainer.ms_per_update}
     for key in ("train_error", "test_error", "generalization_gap"):
         values = [getattr(r, key) for r in records]
         metrics[key] = sum(values) / len(values) if values else float("nan")
@@ -66,7 +67,7 @@ def train_group(config: dict[str, Any]) -> None:
     every = checkpoint_interval(len(eval_steps), config.get("checkpoint_every"))
     for evaluation in trainer.run():
         logger.add(evaluation)
-        metrics = _report_metrics(evaluation, group.config.budget, logger)
+        metrics = _report_metrics(trainer, evaluation, logger)
         finished = trainer.step >= group.config.budget or not evaluation.records
         if position.get(evaluation.step, 0) % every and not finished:
             tune.report(metrics)
