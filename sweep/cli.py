@@ -7,6 +7,7 @@ MLflow is written to.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -160,18 +161,27 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _warm_up(tracking_uri: str) -> None:
+    """What a sweep needs before its first trial besides Ray: a new sqlite store's schema, and the trainable's
+    imports (torch, Ray Tune; seconds of CPU)."""
+    from sweep import tracking
+
+    tracking.init_store(tracking_uri)
+    importlib.import_module("sweep.trainable")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    from sweep import driver, tracking
+    from sweep import driver
 
     try:
         spec, _ = load_spec(args.spec, args.overrides)
     except SpecError as exc:
         raise UsageError(str(exc)) from None
     tracking_uri, address = _prepare(spec, args)
-    with ThreadPoolExecutor(1) as pool:  # a new sqlite store's schema migrations overlap Ray's start
-        store_ready = pool.submit(tracking.init_store, tracking_uri)
+    with ThreadPoolExecutor(1) as pool:  # Ray's start mostly waits on its own processes: use the time
+        ready = pool.submit(_warm_up, tracking_uri)
         _connect(spec, address, args.gpus_may_autoscale)
-        store_ready.result()
+        ready.result()
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage, driver.concurrent_slots(spec))
     n_members = sum(len(t["run_ids"]) for t in sweep.trials)
