@@ -162,12 +162,13 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
 
 
 def _warm_up(tracking_uri: str) -> None:
-    """What a sweep needs before its first trial besides Ray: a new sqlite store's schema, and the trainable's
-    imports (torch, Ray Tune; seconds of CPU)."""
-    from sweep import tracking
+    """What a sweep needs before its first trial besides Ray: a new sqlite store's schema, the trainable's
+    imports (torch, Ray Tune) and the digits (scikit-learn): seconds of CPU each."""
+    from sweep import data, tracking
 
     tracking.init_store(tracking_uri)
     importlib.import_module("sweep.trainable")
+    data.digits_arrays()
 
 
 def cmd_run(args: argparse.Namespace) -> None:

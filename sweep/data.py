@@ -30,8 +30,13 @@ class Digits:
     split_hash: str
 
 
+DigitsArrays = tuple[np.ndarray, np.ndarray]
+
+
 @lru_cache(maxsize=1)
-def _digits_numpy() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> DigitsArrays:
+    """All 1797 digits as scikit-learn ships them: images (1797, 1, 8, 8) float64 in [0, 1], labels (1797,)
+    int64 in 0..9. Cached: scikit-learn's import alone takes seconds."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -52,10 +57,17 @@ def split_hash(split_seed: int) -> str:
 
 
 def load_digits_split(
-    split_seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    split_seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    arrays: DigitsArrays | None = None,
 ) -> Digits:
-    """Load digits once, split by ``split_seed`` and move both halves to ``device`` in ``dtype``."""
-    images, labels = _digits_numpy()
+    """Split digits by ``split_seed`` and move both halves to ``device`` in ``dtype``.
+
+    ``arrays``: the output of :func:`digits_arrays`, when the caller already has it (a Ray worker gets it
+    from the object store); loaded here otherwise.
+    """
+    images, labels = arrays if arrays is not None else digits_arrays()
     train_idx, test_idx = split_indices(split_seed)
 
     def to(a: np.ndarray, dt: torch.dtype) -> Tensor:

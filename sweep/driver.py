@@ -191,9 +191,12 @@ def trial_runs(sweep: Sweep) -> list[Any]:
 def _trainable(spec: SweepSpec) -> Any:
     from ray import tune
 
+    from sweep.data import digits_arrays
     from sweep.trainable import train_group
 
-    return tune.with_resources(train_group, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    # The data set goes into Ray's object store once, instead of every worker importing scikit-learn.
+    trainable = tune.with_parameters(train_group, digits=digits_arrays())
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def _run_config(sweep: Sweep) -> Any:

@@ -16,6 +16,7 @@ import ray
 import torch
 from ray import tune
 
+from sweep.data import DigitsArrays, load_digits_split
 from sweep.plan import TrialGroup
 from sweep.tracking import TrialRunLogger
 from sweep.trainer import Evaluation, Trainer
@@ -39,17 +40,19 @@ def _report_metrics(trainer: Trainer, evaluation: Evaluation, logger: TrialRunLo
     return metrics
 
 
-def train_group(config: dict[str, Any]) -> None:
+def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> None:
     """Ray Tune function trainable. ``config``: trial {group: TrialGroup.to_dict(), run_ids: {seed: id}},
-    tracking_uri, cpus, checkpoint_every."""
+    tracking_uri, cpus, checkpoint_every. ``digits``: :func:`sweep.data.digits_arrays` (bound with
+    ``tune.with_parameters``, so workers need not import scikit-learn); loaded here when None."""
     # Tune logs every checkpoint at INFO; one sweep makes hundreds.
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
     group = TrialGroup.from_dict(config["trial"]["group"])
     # Ray gives each trial `cpus` CPUs; more torch threads than that only fight over them.
     torch.set_num_threads(max(1, int(config["cpus"])))
-    device = "cuda" if ray.get_gpu_ids() else "cpu"
-    trainer = Trainer(replace(group.config, device=device), group.seeds)
+    train_config = replace(group.config, device="cuda" if ray.get_gpu_ids() else "cpu")
+    data = load_digits_split(train_config.split_seed, train_config.device, getattr(torch, train_config.dtype), digits)
+    trainer = Trainer(train_config, group.seeds, data=data)
     run_ids = {int(seed): run_id for seed, run_id in config["trial"]["run_ids"].items()}
     logger = TrialRunLogger(config["tracking_uri"], run_ids)
 
