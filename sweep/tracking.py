@@ -184,7 +184,7 @@ class TrialRunLogger:
     histories and never logs a (metric, step) pair that is already there: every step appears once.
     """
 
-    def __init__(self, tracking_uri: str, run_ids: dict[int, str], flush_seconds: float = 2.0) -> None:
+    def __init__(self, tracking_uri: str, run_ids: dict[int, str], flush_seconds: float = 5.0) -> None:
         self.client = MlflowClient(tracking_uri)
         self.run_ids = run_ids
         self.flush_seconds = flush_seconds
