@@ -111,12 +111,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _prepare(spec: Any, args: argparse.Namespace) -> tuple[str, str]:
     """All checks that need no compute: tracking store reachable, Ray address reachable, GPUs exist."""
-    from sweep import driver, tracking
+    from sweep import driver
+    from sweep import tracking_uri as store
 
-    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, spec.tracking.uri)
+    tracking_uri = store.resolve_tracking_uri(args.tracking_uri, spec.tracking.uri)
     try:
-        tracking.check_reachable(tracking_uri)
-    except tracking.TrackingError as exc:
+        store.check_reachable(tracking_uri)
+    except store.TrackingError as exc:
         raise UsageError(str(exc)) from None
     address = driver.resolve_address(args.address)
     try:

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sweep.config import N_TRAIN
+
 N_DIGITS = 1797
-N_TRAIN = 898  # the handout keeps the first half of one random permutation for training
 
 
 @dataclass(frozen=True)

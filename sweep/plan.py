@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from models import parameter_count
+from sweep.config import TrainConfig
 from sweep.spec import SweepSpec
-from sweep.trainer import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,8 @@ class TrialGroup:
 
     def member_params(self, seed: int, split_hash: str) -> dict[str, object]:
         """Every hyperparameter of one member, as logged on its MLflow run."""
+        from models import parameter_count  # torch: imported here so that planning needs none
+
         c = self.config
         return {
             "C": c.C, "seed": seed, "protocol": c.protocol, "budget": c.budget, "lr": c.lr,

@@ -15,8 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sweep.data import N_TRAIN
-from sweep.trainer import DEFAULT_EVAL_EVERY, TrainConfig
+from sweep.config import DEFAULT_EVAL_EVERY, N_TRAIN, TrainConfig
 
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 PositiveFloat = Annotated[float, Field(gt=0)]

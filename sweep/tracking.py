@@ -11,8 +11,6 @@ import random
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,44 +30,11 @@ from sweep.names import (
     TAG_SWEEP_ID,
     TAG_WORKER_PID,
 )
+from sweep.tracking_uri import TrackingError, check_reachable, resolve_tracking_uri
 from sweep.trainer import Evaluation
 
 T = TypeVar("T")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; one-line message."""
-
-
-def resolve_tracking_uri(flag: str | None, spec_uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the spec's ``tracking.uri``, else ``mlflow.db`` here.
-
-    A relative sqlite path is made absolute, because Ray trials run in other working folders.
-    """
-    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    elif "://" not in uri:
-        uri = str(Path(uri).resolve())  # a plain folder is a file store
-    return uri
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, before any trial starts, when the store at ``uri`` cannot be reached or created."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
-                if resp.status != 200:
-                    raise TrackingError(f"tracking server {uri} answered /health with HTTP {resp.status}")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingError(f"tracking URI {uri} is unreachable ({reason}); start the server "
-                                "or pass another --tracking-uri") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
 
 
 def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:

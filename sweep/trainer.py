@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,58 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import ResNet
-from sweep.data import N_TRAIN, Digits, load_digits_split
+from sweep.config import N_TRAIN, TrainConfig
+from sweep.data import Digits, load_digits_split
 from sweep.names import METRICS
-
-Protocol = Literal["handout", "epochs"]
-PROTOCOLS: tuple[str, ...] = ("handout", "epochs")
-DEFAULT_EVAL_EVERY = {"handout": 25, "epochs": 10}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a trial except its seed.
-
-    C: ResNet width (> 0). protocol: ``handout`` or ``epochs``. budget: updates (handout) or epochs.
-    lr: SGD step size. batch_size: images per minibatch (<= 898). eval_every: steps between evaluations,
-    None for the protocol's default. split_seed: which 50/50 split of digits. device: torch device string.
-    dtype: ``float32`` or ``float64``.
-    """
-
-    C: int
-    protocol: Protocol = "handout"
-    budget: int = 4000
-    lr: float = 0.1
-    batch_size: int = 128
-    eval_every: int | None = None
-    split_seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.C <= 0 or self.budget <= 0 or self.lr <= 0:
-            raise ValueError("C, budget and lr must be positive")
-        if not 0 < self.batch_size <= N_TRAIN:
-            raise ValueError(f"batch_size must be in 1..{N_TRAIN}, got {self.batch_size}")
-        if not 0 < self.eval_interval <= self.budget:
-            raise ValueError(f"eval_every must be in 1..budget ({self.budget}), got {self.eval_every}")
-
-    @property
-    def eval_interval(self) -> int:
-        return self.eval_every or DEFAULT_EVAL_EVERY[self.protocol]
-
-    @property
-    def updates_per_step(self) -> int:
-        return 1 if self.protocol == "handout" else N_TRAIN // self.batch_size
-
-    def eval_steps(self) -> list[int]:
-        """Steps at which records are produced: every ``eval_interval`` steps, and the last step."""
-        steps = list(range(self.eval_interval, self.budget + 1, self.eval_interval))
-        if steps[-1] != self.budget:
-            steps.append(self.budget)
-        return steps
 
 
 @dataclass(frozen=True)
