@@ -194,13 +194,14 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    from sweep import driver, tracking
+    from sweep import driver
+    from sweep import tracking_uri as store
 
-    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, None)
+    tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
     try:
-        tracking.check_reachable(tracking_uri)
+        store.check_reachable(tracking_uri)
         sweep = driver.load_sweep(args.sweep_id, tracking_uri)
-    except (tracking.TrackingError, driver.SweepError) as exc:
+    except (store.TrackingError, driver.SweepError) as exc:
         raise UsageError(str(exc)) from None
     _, address = _prepare(sweep.spec, args)
     _connect(sweep.spec, address)
@@ -215,13 +216,13 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> None:
     from analysis import analyze
-    from sweep import tracking
+    from sweep import tracking_uri as store
 
-    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri, None)
+    tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
     try:
-        tracking.check_reachable(tracking_uri)
+        store.check_reachable(tracking_uri)
         result = analyze(args.sweep_id, tracking_uri, args.out or RESULTS_DIR / (args.sweep_id or "latest"))
-    except (tracking.TrackingError, LookupError) as exc:
+    except (store.TrackingError, LookupError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     print(result)
 

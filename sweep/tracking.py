@@ -30,7 +30,6 @@ from sweep.names import (
     TAG_SWEEP_ID,
     TAG_WORKER_PID,
 )
-from sweep.tracking_uri import TrackingError, check_reachable, resolve_tracking_uri
 from sweep.trainer import Evaluation
 
 T = TypeVar("T")
@@ -218,6 +217,5 @@ def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: st
     return ended
 
 
-__all__ = ["TrackingError", "TrialRunLogger", "check_reachable", "create_parent_run",
-           "create_trial_run", "end_unfinished_runs", "ensure_experiment", "library_tags",
-           "resolve_tracking_uri", "with_retry"]
+__all__ = ["TrialRunLogger", "create_parent_run", "create_trial_run", "end_unfinished_runs",
+           "ensure_experiment", "library_tags", "with_retry"]
