@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _train(group: dict) -> float:
+def _train(group: dict) -> None:
     import torch
 
     from sweep.plan import TrialGroup
@@ -33,10 +33,8 @@ def _train(group: dict) -> float:
 
     torch.set_num_threads(1)
     trial = TrialGroup.from_dict(group)
-    started = time.perf_counter()
     for _ in Trainer(trial.config, trial.seeds).run():
         pass
-    return time.perf_counter() - started
 
 
 def bare(seeds: int, cores: int) -> None:
