@@ -14,7 +14,9 @@ feature map is then a (C*P, N) matrix that a (C'*P', C*P) matrix multiplies dire
 channels of all members are contiguous, so one ``F.batch_norm`` call on a (1, S*C, P*N) view is each block
 BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics update). The stem's
 BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
-elementwise passes over the largest activation, (S, C, 16, N).
+elementwise passes over the largest activation, (S, C, 16, N). The stem's per-image work (padding, and the
+patch moments those statistics need) can be done once per image set: :class:`StemInputs`, which the trainer
+builds for the training half and gathers per minibatch.
 
 Equivalence with S separate ``ResNet`` modules (weights, BatchNorm buffers, logits, gradients) is tested
 to 1e-10 in float64 after 200 SGD updates (tests/test_packed.py); only round-off differs.
@@ -23,6 +25,7 @@ to 1e-10 in float64 after 200 SGD updates (tests/test_packed.py); only round-off
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +70,37 @@ def _block_conv_index(C: int) -> Tensor:
     ci = torch.arange(C).view(1, 1, C, 1)
     index = co * (9 * C) + ci * 9 + tap.view(1, 4, 1, 4)  # (C, 4, C, 4)
     return index.reshape(16 * C * C)
+
+
+@dataclass(frozen=True)
+class StemInputs:
+    """8x8 images as the packed stem reads them: built once per image set by
+    :meth:`PackedResNet.stem_inputs`, then gathered per minibatch by :meth:`select`.
+
+    ``pixels`` (G, 65, N): group g's images as columns, 64 pixels row-major plus a zero row 64 (the stem
+    conv's padding). ``moments`` (G, 90) or None: summed over the group's N images and their 16 stem patches
+    p (9 pixels each), p p^T (81 entries, row-major) then p (9): all the stem's batch statistics need; None
+    where only eval mode will read them. G is the number of member batches, or 1 for one batch all members
+    share. A set built with ``per_image=True`` keeps one moments row per image instead, (1, N, 90): it is
+    what :meth:`select` reads.
+    """
+
+    pixels: Tensor
+    moments: Tensor | None
+
+    def select(self, index: Tensor) -> StemInputs:
+        """Member minibatches out of a one-group set (one image per column): index (S, B) -> S groups of B.
+
+        Per minibatch this is two gathers: the patch moments, the costly part of the stem's batch
+        statistics, were computed once per image in :meth:`PackedResNet.stem_inputs`.
+        """
+        if self.moments is None or self.moments.dim() != 3:
+            raise ValueError("select() reads a set built with stem_inputs(images, per_image=True)")
+        S, B = index.shape
+        flat = index.reshape(-1)
+        pixels = self.pixels[0].index_select(1, flat).view(65, S, B).transpose(0, 1).contiguous()
+        moments = None if self.moments is None else self.moments[0].index_select(0, flat).view(S, B, -1).sum(1)
+        return StemInputs(pixels, moments)
 
 
 class PackedResNet(nn.Module):
@@ -175,19 +209,28 @@ class PackedResNet(nn.Module):
         )
         return out.view(h.shape)
 
-    def _patches(self, x: Tensor) -> Tensor:
-        """im2col for the stem: x (S, N, 1, 8, 8) or shared (N, 1, 8, 8) -> (S or 1, 9, 16*N).
+    def stem_inputs(self, x: Tensor, per_image: bool = False) -> StemInputs:
+        """Images (S, N, 1, 8, 8) or shared (N, 1, 8, 8) -> :class:`StemInputs` with S groups or 1.
 
-        Entry [s, k, p*N + n] is the pixel that tap k of the stride-2 3x3 kernel reads for output pixel p of
-        image n (0 where it falls in the padding).
+        ``per_image=True`` (shared input only) keeps every image its own moments row, (N, 90), for
+        :meth:`StemInputs.select`; otherwise moments are summed per group. Moments are left out (None) when
+        the module is in eval mode and ``per_image`` is False, since eval-mode BatchNorm never reads them.
         """
         N = x.shape[-4]
-        flat = x.reshape(-1, N, 64)
-        padded = F.pad(flat.transpose(1, 2), (0, 0, 0, 1))  # (S or 1, 65, N); row 64 is the zero padding
-        return padded.index_select(1, self._stem_index.view(-1)).view(-1, 9, 16 * N)
+        pixels = F.pad(x.reshape(-1, N, 64), (0, 1)).transpose(1, 2).contiguous()  # (G, 65, N)
+        if not (self.training or per_image):
+            return StemInputs(pixels, None)
+        patches = pixels.index_select(1, self._stem_index.view(-1)).view(-1, 9, 16, N)
+        per = patches.permute(0, 3, 1, 2)  # (G, N, 9, 16): image n's patches as columns
+        moments = torch.cat([(per @ per.transpose(2, 3)).flatten(2), per.sum(3)], dim=2)  # (G, N, 90)
+        if per_image:
+            if pixels.shape[0] != 1:
+                raise ValueError("per_image=True needs one shared batch of images, shape (N, 1, 8, 8)")
+            return StemInputs(pixels, moments)
+        return StemInputs(pixels, moments.sum(1))
 
-    def _stem(self, x: Tensor) -> Tensor:
-        """Stem conv + its BatchNorm, folded into one matmul: x as for :meth:`_patches` -> (S, C, 16, N).
+    def _stem(self, inputs: StemInputs) -> Tensor:
+        """Stem conv + its BatchNorm, folded into one matmul: G groups of N images -> (S, C, 16, N).
 
         BatchNorm of a linear map of the patches is again a linear map: per member and channel the batch mean
         and biased variance of ``w . p`` are ``w . E[p]`` and ``w' Cov(p) w``, computed from the (9, 9) patch
@@ -196,15 +239,21 @@ class PackedResNet(nn.Module):
         passes over the largest activation, which is (S, C, 16, N).
         """
         S, C = self.S, self.C
-        patches = self._patches(x)  # (S or 1, 9, n) with n = 16N; constants, no gradient flows into them
-        n = patches.shape[2]
+        G, _, N = inputs.pixels.shape
+        n = 16 * N  # values per channel: 16 output pixels per image
+        # im2col: (G, 9, 16N), entry [g, k, p*N + m] is the pixel tap k reads for output pixel p of image m;
+        # constants, no gradient flows into them.
+        patches = inputs.pixels.index_select(1, self._stem_index.view(-1)).view(G, 9, n)
         weight = self.stem_conv.view(S, C, 9)
         running_mean, running_var = self.stem_bn_running_mean, self.stem_bn_running_var
         if self.training:
-            # Patch moments, uncentred: cheaper than centring the patches, and for pixels in [0, 1] (multiples
-            # of 1/16 for digits, whose products then sum exactly) E[pp'] - E[p]E[p]' loses next to nothing.
-            p_mean = patches.mean(dim=2, keepdim=True)  # (S or 1, 9, 1)
-            p_cov = patches @ patches.transpose(1, 2) / n - p_mean * p_mean.transpose(1, 2)  # (S or 1, 9, 9)
+            if inputs.moments is None or inputs.moments.dim() != 2:
+                raise ValueError("training mode needs moments summed per group: StemInputs built in training "
+                                 "mode, or select() of a per-image set")
+            # Patch moments, uncentred: for pixels in [0, 1] (multiples of 1/16 for digits, whose products
+            # then sum exactly) E[pp'] - E[p]E[p]' loses next to nothing.
+            p_mean = (inputs.moments[:, 81:] / n).unsqueeze(2)  # (G, 9, 1)
+            p_cov = inputs.moments[:, :81].view(G, 9, 9) / n - p_mean * p_mean.transpose(1, 2)  # (G, 9, 9)
             mean = (weight @ p_mean).squeeze(2)  # (S, C)
             var = ((weight @ p_cov) * weight).sum(dim=2).clamp(min=0)  # (S, C), biased
             with torch.no_grad():
@@ -216,11 +265,11 @@ class PackedResNet(nn.Module):
         scale = self.stem_bn_weight * torch.rsqrt(var + _EPS)  # (S, C)
         bias = self.stem_bn_bias - mean * scale
         folded = weight * scale.unsqueeze(2)
-        if patches.shape[0] == 1 and S > 1:  # shared input: one (S*C, 9) @ (9, n) product
+        if G == 1 and S > 1:  # shared input: one (S*C, 9) @ (9, n) product
             out = torch.addmm(bias.reshape(S * C, 1), folded.reshape(S * C, 9), patches[0])
         else:
             out = torch.baddbmm(bias.unsqueeze(2), folded, patches)
-        return out.view(S, C, 16, -1)
+        return out.view(S, C, 16, N)
 
     def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
         """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
@@ -228,16 +277,21 @@ class PackedResNet(nn.Module):
         dense = weight.reshape(S, C * C * 9).index_select(1, self._block_index).view(S, 4 * C, 4 * C)
         return torch.bmm(dense, h.reshape(S, 4 * C, N)).view(S, C, 4, N)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (S, N, 1, 8, 8) or shared (N, 1, 8, 8) -> logits (S, N, num_classes)."""
-        if x.dim() == 5 and x.shape[0] != self.S:
-            raise ValueError(f"expected {self.S} member batches, got input of shape {tuple(x.shape)}")
-        if x.dim() not in (4, 5) or tuple(x.shape[-3:]) != (1, 8, 8):
-            raise ValueError(
-                f"PackedResNet supports only 8x8 single-channel inputs, (S, N, 1, 8, 8) or (N, 1, 8, 8); "
-                f"got shape {tuple(x.shape)}"
-            )
-        S, C, N = self.S, self.C, x.shape[-4]
+    def forward(self, x: Tensor | StemInputs) -> Tensor:
+        """x: images (S, N, 1, 8, 8) or shared (N, 1, 8, 8), or their :class:`StemInputs` (S groups or 1)
+        -> logits (S, N, num_classes)."""
+        if isinstance(x, Tensor):
+            if x.dim() == 5 and x.shape[0] != self.S:
+                raise ValueError(f"expected {self.S} member batches, got input of shape {tuple(x.shape)}")
+            if x.dim() not in (4, 5) or tuple(x.shape[-3:]) != (1, 8, 8):
+                raise ValueError(
+                    f"PackedResNet supports only 8x8 single-channel inputs, (S, N, 1, 8, 8) or (N, 1, 8, 8); "
+                    f"got shape {tuple(x.shape)}"
+                )
+            x = self.stem_inputs(x)
+        elif x.pixels.shape[0] not in (1, self.S):
+            raise ValueError(f"expected {self.S} member batches or 1 shared, got {x.pixels.shape[0]}")
+        S, C, N = self.S, self.C, x.pixels.shape[2]
         h = self._stem(x)  # (S, C, 16, N), pixel 4i + j, BatchNorm applied
         # 2x2 max-pool: the (S*C, N, 4, 4) permuted view is a channels-last image batch, which max_pool2d
         # pools without copying; permuting back gives (S, C, 4, N) with output pixel q = 2a + b. ReLU

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import ResNet
+from models.packed import PackedResNet, StemInputs
 from sweep.config import N_TRAIN, TrainConfig
 from sweep.data import Digits, load_digits_split
 from sweep.names import METRICS
@@ -74,6 +75,27 @@ def sampling_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def draw_minibatches(uniforms: np.ndarray, population: int) -> np.ndarray:
+    """Row-wise samples without replacement: (R, b) uniforms in [0, 1) -> (R, b) distinct indices < population.
+
+    The first b steps of a Fisher-Yates shuffle, run for all R rows at once: step i swaps position i with a
+    position drawn uniformly from [i, population). Each row is a uniform random ordered sample, exactly as
+    ``random.sample(range(population), b)`` is; the cost is O(b) per row, where sorting random keys (the
+    usual vectorised trick) is O(population log population).
+    """
+    rows, b = uniforms.shape
+    if b > population:
+        raise ValueError(f"cannot draw {b} distinct indices out of {population}")
+    steps = np.arange(b)
+    base = np.arange(rows) * population
+    swap_with = base[:, None] + steps + (uniforms * (population - steps)).astype(np.intp)  # (R, b) flat
+    order = np.tile(np.arange(population, dtype=np.int64), rows)
+    for i in range(b):
+        here, there = base + i, swap_with[:, i]
+        order[here], order[there] = order[there], order[here].copy()
+    return order.reshape(rows, population)[:, :b]
+
+
 class _Single(nn.Module):
     """One plain ResNet behind the packed interface: (S=1, N, 1, H, W) or shared (N, 1, H, W) -> (1, N, 10)."""
 
@@ -117,14 +139,12 @@ class Trainer:
         self.data = data or load_digits_split(config.split_seed, self.device, dtype)
         members = [init_model(config.C, s, dtype) for s in self.seeds]
         if packed:
-            from models.packed import PackedResNet
-
             self.model: nn.Module = PackedResNet.from_models(members)
         else:
             self.model = _Single(members[0])
         self.model.to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
-        self.generators = [torch.Generator().manual_seed(sampling_seed(s)) for s in self.seeds]
+        self.generators = [np.random.default_rng(sampling_seed(s)) for s in self.seeds]
         self.step = 0
         self.updates = 0
         self.train_seconds = 0.0
@@ -138,7 +158,7 @@ class Trainer:
             "seeds": self.seeds,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generators": [g.get_state() for g in self.generators],
+            "generators": [g.bit_generator.state for g in self.generators],
             "step": self.step,
             "updates": self.updates,
             "train_seconds": self.train_seconds,
@@ -151,7 +171,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for g, s in zip(self.generators, state["generators"], strict=True):
-            g.set_state(s)
+            g.bit_generator.state = s
         self.step = state["step"]
         self.updates = state["updates"]
         self.train_seconds = state["train_seconds"]
@@ -170,21 +190,30 @@ class Trainer:
     def _draw_batches(self, n_steps: int) -> Tensor:
         """Minibatch indices for the next ``n_steps`` steps: (n_steps, updates_per_step, S, batch_size).
 
-        Every step draws one fresh permutation of the training half per member; the handout protocol keeps
-        its first ``batch_size`` entries (a sample without replacement), the epochs protocol cuts it into
-        full minibatches. Drawing a whole evaluation period at once keeps generator states aligned with
-        evaluation steps, which is where checkpoints are taken.
+        Each member draws from its own generator only, so its minibatches do not depend on what it is packed
+        with: the handout protocol draws ``batch_size`` distinct images per step (:func:`draw_minibatches`),
+        the epochs protocol one fresh shuffle of the training half per step, cut into full minibatches.
+        Drawing a whole evaluation period at once keeps generator states aligned with evaluation steps, which
+        is where checkpoints are taken.
         """
         k, b = self.config.updates_per_step, self.config.batch_size
-        per_member = []
-        for g in self.generators:
-            keys = torch.rand(n_steps, N_TRAIN, generator=g, dtype=torch.float64)
-            if k == 1:  # the first b of the permutation, ~10x cheaper than sorting all 898 keys
-                order = torch.topk(keys, b, dim=1, largest=False, sorted=True).indices
-            else:
-                order = torch.argsort(keys, dim=1, stable=True)[:, : k * b]
-            per_member.append(order.reshape(n_steps, k, b))
-        return torch.stack(per_member, dim=2).to(self.device)
+        if k == 1:  # a sample without replacement per step: n_steps * S rows drawn at once
+            uniforms = np.stack([g.random((n_steps, b)) for g in self.generators], axis=1)  # (n_steps, S, b)
+            order = draw_minibatches(uniforms.reshape(-1, b), N_TRAIN).reshape(n_steps, 1, len(self.seeds), b)
+        else:  # whole shuffles, cut into k minibatches
+            keys = np.stack([g.random((n_steps, N_TRAIN)) for g in self.generators], axis=1)  # (n_steps, S, 898)
+            order = np.argsort(keys, axis=2, kind="stable")[:, :, : k * b].reshape(n_steps, len(self.seeds), k, b)
+            order = order.transpose(0, 2, 1, 3)
+        return torch.from_numpy(np.ascontiguousarray(order)).to(self.device)
+
+    def _minibatch_source(self) -> Callable[[Tensor], Tensor | StemInputs]:
+        """idx (S, B) of training images -> the model's input for those S member minibatches."""
+        x = self.data.x_train
+        if isinstance(self.model, PackedResNet):  # the stem's per-image work done once, not per update
+            with torch.no_grad():
+                return self.model.stem_inputs(x, per_image=True).select
+        # index_select is several times cheaper than x[idx] here
+        return lambda idx: x.index_select(0, idx.flatten()).view(*idx.shape, *x.shape[1:])
 
     def _live(self) -> list[int]:
         return [i for i, s in enumerate(self.seeds) if s not in self.diverged]
@@ -195,7 +224,8 @@ class Trainer:
         Stops early once every member has diverged (non-finite minibatch loss).
         """
         cfg = self.config
-        x, y = self.data.x_train, self.data.y_train
+        minibatch = self._minibatch_source()
+        y = self.data.y_train
         reported: set[int] = set(self.diverged)
         for eval_step in cfg.eval_steps():
             if eval_step <= self.step:
@@ -206,11 +236,10 @@ class Trainer:
             losses = torch.zeros(len(self.seeds))
             for step_batches in batches:
                 for idx in step_batches:  # (S, batch_size)
-                    flat = idx.flatten()  # index_select is several times cheaper than x[idx] here
-                    logits = self.model(x.index_select(0, flat).view(*idx.shape, *x.shape[1:]))  # (S, B, 10)
+                    logits = self.model(minibatch(idx))  # (S, B, 10)
                     # Classes on dim 1: this torch's log-softmax is far slower over a last dim of 10.
                     member_losses = F.cross_entropy(
-                        logits.transpose(1, 2), y.index_select(0, flat).view(idx.shape), reduction="none"
+                        logits.transpose(1, 2), y.index_select(0, idx.flatten()).view(idx.shape), reduction="none"
                     ).mean(dim=1)
                     self.optimizer.zero_grad(set_to_none=True)
                     # Summing keeps members independent: d(sum)/d(loss_s) = 1 for every member.

@@ -159,3 +159,25 @@ def test_sgd_on_summed_losses_trains_members_independently() -> None:
         torch.nn.functional.cross_entropy(model(x[s]), y[s]).backward()
         model_opt.step()
         _assert_same_state(packed.members()[s], model)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_stem_inputs_select_equals_gathered_images(train: bool) -> None:
+    """The trainer's path (per-image stem inputs built once, gathered per minibatch) is the image path."""
+    packed = PackedResNet.from_models([init_model(4, seed, torch.float64) for seed in range(3)]).train(train)
+    images = torch.rand(50, 1, 8, 8, dtype=torch.float64)
+    index = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(0))
+    table = packed.stem_inputs(images, per_image=True)
+    assert table.pixels.shape == (1, 65, 50) and table.moments.shape == (1, 50, 90)
+    before = {k: v.clone() for k, v in packed.state_dict().items()}
+    from_table = packed(table.select(index))
+    after = {k: v.clone() for k, v in packed.state_dict().items()}
+    packed.load_state_dict(before)
+    torch.testing.assert_close(from_table, packed(images[index]), rtol=0, atol=1e-13)
+    for name, value in packed.state_dict().items():
+        torch.testing.assert_close(value, after[name], rtol=0, atol=1e-13, msg=name)
+    with pytest.raises(ValueError, match="per_image=True"):
+        table.select(index).select(index)
+    if train:
+        with pytest.raises(ValueError, match="moments summed per group"):
+            packed(table)

@@ -2,11 +2,12 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from sweep.data import N_TRAIN, load_digits_split, split_hash
-from sweep.trainer import TrainConfig, Trainer
+from sweep.trainer import TrainConfig, Trainer, draw_minibatches
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +121,13 @@ def test_bad_train_config():
     for kwargs in ({"batch_size": 899}, {"eval_every": 101, "budget": 100}, {"protocol": "nope"}):
         with pytest.raises(ValueError):
             TrainConfig(C=1, budget=100, **{k: v for k, v in kwargs.items() if k != "budget"})
+
+
+def test_draw_minibatches_is_a_uniform_ordered_sample_without_replacement():
+    rows = draw_minibatches(np.random.default_rng(0).random((40000, 2)), 5)
+    assert rows.shape == (40000, 2) and (rows[:, 0] != rows[:, 1]).all() and rows.min() >= 0 and rows.max() < 5
+    pairs, counts = np.unique(rows[:, 0] * 5 + rows[:, 1], return_counts=True)
+    assert len(pairs) == 20  # every ordered pair of distinct indices, each with probability 1/20
+    assert np.abs(counts / 40000 - 1 / 20).max() < 0.006  # ~5 standard deviations
+    with pytest.raises(ValueError, match="cannot draw 6 distinct indices out of 5"):
+        draw_minibatches(np.zeros((1, 6)), 5)
