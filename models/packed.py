@@ -99,7 +99,7 @@ class StemInputs:
         S, B = index.shape
         flat = index.reshape(-1)
         pixels = self.pixels[0].index_select(1, flat).view(65, S, B).transpose(0, 1).contiguous()
-        moments = None if self.moments is None else self.moments[0].index_select(0, flat).view(S, B, -1).sum(1)
+        moments = self.moments[0].index_select(0, flat).view(S, B, -1).sum(1)
         return StemInputs(pixels, moments)
 
 
@@ -212,10 +212,12 @@ class PackedResNet(nn.Module):
     def stem_inputs(self, x: Tensor, per_image: bool = False) -> StemInputs:
         """Images (S, N, 1, 8, 8) or shared (N, 1, 8, 8) -> :class:`StemInputs` with S groups or 1.
 
-        ``per_image=True`` (shared input only) keeps every image its own moments row, (N, 90), for
+        ``per_image=True`` (shared input only) keeps every image its own moments row, (1, N, 90), for
         :meth:`StemInputs.select`; otherwise moments are summed per group. Moments are left out (None) when
         the module is in eval mode and ``per_image`` is False, since eval-mode BatchNorm never reads them.
         """
+        if per_image and x.dim() == 5 and x.shape[0] != 1:
+            raise ValueError("per_image=True needs one shared batch of images, shape (N, 1, 8, 8)")
         N = x.shape[-4]
         pixels = F.pad(x.reshape(-1, N, 64), (0, 1)).transpose(1, 2).contiguous()  # (G, 65, N)
         if not (self.training or per_image):
@@ -223,11 +225,7 @@ class PackedResNet(nn.Module):
         patches = pixels.index_select(1, self._stem_index.view(-1)).view(-1, 9, 16, N)
         per = patches.permute(0, 3, 1, 2)  # (G, N, 9, 16): image n's patches as columns
         moments = torch.cat([(per @ per.transpose(2, 3)).flatten(2), per.sum(3)], dim=2)  # (G, N, 90)
-        if per_image:
-            if pixels.shape[0] != 1:
-                raise ValueError("per_image=True needs one shared batch of images, shape (N, 1, 8, 8)")
-            return StemInputs(pixels, moments)
-        return StemInputs(pixels, moments.sum(1))
+        return StemInputs(pixels, moments if per_image else moments.sum(1))
 
     def _stem(self, inputs: StemInputs) -> Tensor:
         """Stem conv + its BatchNorm, folded into one matmul: G groups of N images -> (S, C, 16, N).
