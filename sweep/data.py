@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sweep.config import N_TRAIN
+from sweep.config import N_TRAIN, TrainConfig
 
 N_DIGITS = 1797
 
@@ -82,3 +82,8 @@ def load_digits_split(
         split_seed=split_seed,
         split_hash=split_hash(split_seed),
     )
+
+
+def load_for_config(config: TrainConfig, arrays: DigitsArrays | None = None) -> Digits:
+    """The split, device and dtype ``config`` names, as :func:`load_digits_split` loads them."""
+    return load_digits_split(config.split_seed, config.device, getattr(torch, config.dtype), arrays)

@@ -16,7 +16,7 @@ import ray
 import torch
 from ray import tune
 
-from sweep.data import DigitsArrays, load_digits_split
+from sweep.data import DigitsArrays, load_for_config
 from sweep.plan import TrialGroup
 from sweep.tracking import TrialRunLogger
 from sweep.trainer import Evaluation, Trainer
@@ -51,8 +51,7 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> N
     # Ray gives each trial `cpus` CPUs; more torch threads than that only fight over them.
     torch.set_num_threads(max(1, int(config["cpus"])))
     train_config = replace(group.config, device="cuda" if ray.get_gpu_ids() else "cpu")
-    data = load_digits_split(train_config.split_seed, train_config.device, getattr(torch, train_config.dtype), digits)
-    trainer = Trainer(train_config, group.seeds, data=data)
+    trainer = Trainer(train_config, group.seeds, data=load_for_config(train_config, digits))
     run_ids = {int(seed): run_id for seed, run_id in config["trial"]["run_ids"].items()}
     logger = TrialRunLogger(config["tracking_uri"], run_ids)
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from models import ResNet
 from models.packed import PackedResNet, StemInputs
 from sweep.config import N_TRAIN, TrainConfig
-from sweep.data import Digits, load_digits_split
+from sweep.data import Digits, load_for_config
 from sweep.names import METRICS
 
 
@@ -136,7 +136,7 @@ class Trainer:
         self.seeds = [int(s) for s in seeds]
         self.device = torch.device(config.device)
         dtype = getattr(torch, config.dtype)
-        self.data = data or load_digits_split(config.split_seed, self.device, dtype)
+        self.data = data or load_for_config(config)
         members = [init_model(config.C, s, dtype) for s in self.seeds]
         if packed:
             self.model: nn.Module = PackedResNet.from_models(members)
