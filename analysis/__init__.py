@@ -11,14 +11,16 @@ from analysis.aggregate import (
     interpolation_threshold,
     mean_ci,
     per_trial,
+    thresholds,
 )
 from analysis.load import NoTrialsError, SkippedTrial, SkippedTrialsWarning, SweepData, load_sweep
 from analysis.plots import plot_complexity, plot_curves, plot_heatmap
 from analysis.report import trend_sentences
-from analysis.run import OUTPUT_FILES, AnalysisResult, analyze
+from analysis.run import OUTPUT_FILES, AnalysisResult, AxisError, analyze
 
 __all__ = [
-    "Aggregates", "AnalysisResult", "Interval", "NoTrialsError", "OUTPUT_FILES", "SkippedTrial",
+    "Aggregates", "AnalysisResult", "AxisError", "Interval", "NoTrialsError", "OUTPUT_FILES", "SkippedTrial",
     "SkippedTrialsWarning", "SweepData", "aggregate", "analyze", "curves", "interpolation_threshold",
-    "load_sweep", "mean_ci", "per_trial", "plot_complexity", "plot_curves", "plot_heatmap", "trend_sentences",
+    "load_sweep", "mean_ci", "per_trial", "plot_complexity", "plot_curves", "plot_heatmap", "thresholds",
+    "trend_sentences",
 ]

@@ -1,8 +1,14 @@
 """Read one sweep back from MLflow into a tidy table.
 
-The layout is the contract in :mod:`sweep.names`: one parent run per sweep (tags ``sweep_id`` and
-``sweep.role=parent``) and one child run per (C, seed) trial (tags ``sweep_id``, ``sweep.role=trial``, ``C``,
-``seed``) whose metrics are logged with ``step`` = SGD update (handout protocol) or epoch (epochs protocol).
+The layout is the contract in :mod:`sweep.names`: one parent run per sweep (tags ``sweep_id``,
+``sweep.role=parent``, ``sweep.axes`` = JSON list of the grid axes in spec order, ``sweep.knob`` = the model's
+complexity knob) and one child run per (grid point, seed) trial (tags ``sweep_id``, ``sweep.role=trial``,
+``C``, ``seed``, ``grid_point``; every axis value is a param) whose metrics are logged with ``step`` = SGD
+update (handout protocol) or epoch (epochs protocol).
+
+A trial's identity is (the value of every axis, seed). Sweeps written before the axes tag existed are read
+as having the axes ``C`` plus every known grid param (:data:`AXIS_ORDER`) whose logged value differs between
+their trials, so an old ``lr`` grid is split by ``lr`` rather than pooled.
 
 Only the public :class:`mlflow.MlflowClient` API is used, so any tracking URI works (sqlite, file store,
 tracking server).
@@ -10,6 +16,8 @@ tracking server).
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +36,60 @@ from sweep.names import (
     TRIAL_PARAMS,
 )
 
-#: Columns of :attr:`SweepData.metrics`, one row per (run, metric, step).
-METRIC_COLUMNS = ("run_id", "C", "seed", "step", "metric", "value")
+#: Parent-run tags naming the grid axes (JSON list, spec order, knob first) and the complexity knob.
+TAG_AXES = "sweep.axes"
+TAG_KNOB = "sweep.knob"
+#: Axes in the order the spec lists them, with the type of their values (params are logged as strings).
+#: ``K`` is the EM family's knob. An axis not listed here is read as int, else float, else str.
+AXIS_TYPES: dict[str, type] = {
+    "C": int, "K": int, "protocol": str, "budget": int, "lr": float, "batch_size": int, "eval_every": int,
+    "label_noise": float,
+}
+AXIS_ORDER = tuple(AXIS_TYPES)
+#: Metric keys loaded by default: the trainer's, plus train error against the true labels (label noise).
+LOAD_METRICS = tuple(dict.fromkeys((*METRICS, "train_error_clean")))
+#: Extra per-run params read into :attr:`SweepData.runs` besides the trial params.
+EXTRA_PARAMS = ("label_noise", "n_flipped_labels")
 _PAGE = 1000  # runs per search_runs page (MLflow's default maximum)
+
+AxisValue = int | float | str
+#: A trial's identity: (value of every axis, in axis order; seed).
+Identity = tuple[tuple[AxisValue, ...], int]
+
+
+def metric_columns(axes: Sequence[str]) -> tuple[str, ...]:
+    """Columns of :attr:`SweepData.metrics` for a sweep over ``axes``: run_id, the axes, seed, step, metric,
+    value (one row per (run, metric, step))."""
+    return ("run_id", *axes, "seed", "step", "metric", "value")
+
+
+#: Columns of :attr:`SweepData.metrics` for a sweep whose only axis is C.
+METRIC_COLUMNS = metric_columns(["C"])
+
+
+def parse_axis_value(axis: str, raw: str | None) -> AxisValue | None:
+    """The logged string ``raw`` of ``axis`` as its type (``"4"`` -> 4, ``"0.05"`` -> 0.05); None if missing
+    or unparsable. Unknown axes: int if it parses as one, else a finite float, else the string."""
+    if raw is None:
+        return None
+    kind = AXIS_TYPES.get(axis)
+    text = str(raw).strip()
+    if kind is str:
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        return None if kind is not None else text
+    if not math.isfinite(number):
+        return None if kind is not None else text
+    if kind is int or (kind is None and number.is_integer() and "." not in text and "e" not in text.lower()):
+        return int(number) if number.is_integer() else None
+    return number
+
+
+def point_text(axes: Sequence[str], values: Sequence[AxisValue | None]) -> str:
+    """``C=4 lr=0.05``: the grid-point name of the contract (values printed with ``str()``)."""
+    return " ".join(f"{a}={v}" for a, v in zip(axes, values, strict=True))
 
 
 class SkippedTrialsWarning(UserWarning):
@@ -54,23 +113,29 @@ class SkippedTrial:
     seed: int | None
     status: str
     reason: str
+    #: (axis, value) of every axis of the sweep, in axis order (value None when the run did not log it).
+    point: tuple[tuple[str, AxisValue | None], ...] = ()
 
     def describe(self) -> str:
-        """One line such as ``C=4 seed=2 FAILED: minibatch loss became nan at step 31 (run 1a2b3c4d)``."""
-        return f"C={self.C} seed={self.seed} {self.status}: {self.reason} (run {self.run_id[:8]})"
+        """One line such as ``C=4 lr=0.05 seed=2 FAILED: minibatch loss became nan at step 31 (run 1a2b3c4d)``."""
+        where = " ".join(f"{a}={v}" for a, v in self.point) if self.point else f"C={self.C}"
+        return f"{where} seed={self.seed} {self.status}: {self.reason} (run {self.run_id[:8]})"
 
 
 @dataclass
 class SweepData:
     """One sweep as read from MLflow.
 
-    metrics: tidy frame with columns ``run_id`` (str), ``C`` (int), ``seed`` (int), ``step`` (int, SGD update
-      or epoch), ``metric`` (str, e.g. ``test_error``), ``value`` (float; errors are rates in [0, 1], losses
-      are nats); every (run_id, metric, step) appears exactly once, sorted by C, seed, metric, step.
-    runs: one row per included (finished) trial: ``run_id``, ``run_name``, ``C``, ``seed``, ``status``,
-      ``start_time`` (ms since the epoch) and the trial params of :data:`sweep.names.TRIAL_PARAMS` that were
-      logged (as strings).
-    skipped: trials left out (failed, unfinished, or superseded duplicates of a (C, seed)).
+    axes: the grid axes in spec order (``["C"]``, ``["C", "lr"]``, ...), the knob first. knob: the model's
+      complexity knob (``C`` for the ResNet).
+    metrics: tidy frame with columns ``run_id`` (str), one column per axis (C, budget, batch_size,
+      eval_every: int; lr, label_noise: float; protocol: str), ``seed`` (int), ``step`` (int, SGD update or
+      epoch), ``metric`` (str, e.g. ``test_error``), ``value`` (float; errors are rates in [0, 1], losses are
+      nats); every (run_id, metric, step) appears exactly once, sorted by the axes, seed, metric, step.
+    runs: one row per included (finished) trial: ``run_id``, ``run_name``, the axes (typed as above),
+      ``seed``, ``status``, ``start_time`` (ms since the epoch) and the other trial params of
+      :data:`sweep.names.TRIAL_PARAMS` plus :data:`EXTRA_PARAMS` that were logged (as strings).
+    skipped: trials left out (failed, unfinished, or superseded duplicates of a (grid point, seed)).
     """
 
     sweep_id: str
@@ -80,6 +145,13 @@ class SweepData:
     metrics: pd.DataFrame
     runs: pd.DataFrame
     skipped: list[SkippedTrial] = field(default_factory=list)
+    axes: list[str] = field(default_factory=lambda: ["C"])
+    knob: str = "C"
+
+    @property
+    def numeric_axes(self) -> list[str]:
+        """The axes whose values are numbers (every axis but ``protocol`` and other string axes)."""
+        return [a for a in self.axes if pd.api.types.is_numeric_dtype(self.runs[a])]
 
     @property
     def failed(self) -> list[SkippedTrial]:
@@ -95,14 +167,16 @@ class SweepData:
         return values.pop() if len(values) == 1 else "mixed"
 
     def param_counts(self) -> dict[int, int]:
-        """C -> trainable parameter count, from the logged ``param_count`` param, else from the model."""
+        """Knob value -> trainable parameter count, from the logged ``param_count`` param, else (ResNet's
+        ``C`` only) from the model."""
         out: dict[int, int] = {}
+        knob = self.knob
         if "param_count" in self.runs:
-            for c, p in zip(self.runs["C"], self.runs["param_count"], strict=True):
+            for c, p in zip(self.runs[knob], self.runs["param_count"], strict=True):
                 if isinstance(p, str) and p.isdigit() and int(p) > 0:
                     out[int(c)] = int(p)
-        missing = sorted(set(self.runs["C"]) - set(out))
-        if missing:
+        missing = sorted(set(self.runs[knob]) - set(out))
+        if missing and knob == "C":
             from models import parameter_count
 
             out.update({int(c): parameter_count(int(c)) for c in missing})
@@ -207,36 +281,80 @@ def _history(client: mlflow.MlflowClient, run_id: str, key: str) -> list[tuple[i
 
 
 def _metric_frame(
-    client: mlflow.MlflowClient, trials: Iterable[tuple[Run, int, int]], metrics: Sequence[str] | None
+    client: mlflow.MlflowClient,
+    trials: Iterable[tuple[Run, tuple[AxisValue, ...], int]],
+    metrics: Sequence[str] | None,
+    axes: Sequence[str],
 ) -> pd.DataFrame:
-    rows: list[tuple[str, int, int, int, str, float, int]] = []
-    for run, c, seed in trials:
+    """Tidy (run_id, *axes, seed, step, metric, value) frame of the trials' full metric histories."""
+    rows: list[tuple[object, ...]] = []
+    for run, values, seed in trials:
         keys = sorted(run.data.metrics) if metrics is None else [k for k in metrics if k in run.data.metrics]
         for key in keys:
             history = _history(client, run.info.run_id, key)
-            rows.extend((run.info.run_id, c, seed, s, key, v, t) for s, v, t in history)
-    frame = pd.DataFrame(rows, columns=[*METRIC_COLUMNS, "timestamp"])
+            rows.extend((run.info.run_id, *values, seed, s, key, v, t) for s, v, t in history)
+    frame = pd.DataFrame(rows, columns=[*metric_columns(axes), "timestamp"])
     # A trial restored from a checkpoint may log a step again: keep the value logged last.
     frame = frame.sort_values(["run_id", "metric", "step", "timestamp"], kind="stable")
     frame = frame.drop_duplicates(["run_id", "metric", "step"], keep="last").drop(columns="timestamp")
-    frame = frame.astype({"run_id": str, "C": int, "seed": int, "step": int, "metric": str, "value": float})
-    return frame.sort_values(["C", "seed", "run_id", "metric", "step"], kind="stable").reset_index(drop=True)
+    frame = _typed(frame.astype({"run_id": str, "seed": int, "step": int, "metric": str, "value": float}), axes)
+    order = [*axes, "seed", "run_id", "metric", "step"]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def sweep_axes(parent: Run, children: Sequence[Run]) -> tuple[list[str], str]:
+    """(axes, knob) of a sweep: the parent's ``sweep.axes`` (JSON list) and ``sweep.knob`` tags.
+
+    Without the tags (sweeps recorded before them): knob ``C``, axes ``C`` plus every param of
+    :data:`AXIS_ORDER` whose logged value differs between the children, in that order. Raises LookupError
+    (one line) for a ``sweep.axes`` tag that is not a JSON list of names.
+    """
+    tags = parent.data.tags
+    raw = tags.get(TAG_AXES)
+    if raw is not None:
+        try:
+            axes = json.loads(raw)
+        except json.JSONDecodeError:
+            axes = None
+        if not isinstance(axes, list) or not axes or not all(isinstance(a, str) and a for a in axes):
+            raise LookupError(f"parent run {parent.info.run_id}: tag {TAG_AXES}={raw!r} is not a JSON list of axis "
+                              "names")
+        knob = tags.get(TAG_KNOB, axes[0])
+        if knob not in axes:
+            axes = [knob, *axes]
+        return list(dict.fromkeys(axes)), knob
+    knob = tags.get(TAG_KNOB, "C")
+    axes = [knob]
+    for name in AXIS_ORDER:
+        if name == knob:
+            continue
+        values = {r.data.params[name] for r in children if name in r.data.params}
+        if len(values) > 1:
+            axes.append(name)
+    return axes, knob
+
+
+def _axis_value(run: Run, axis: str) -> AxisValue | None:
+    """The run's value of ``axis``: its param, else its tag (``C`` is also a tag)."""
+    params, tags = run.data.params, run.data.tags
+    return parse_axis_value(axis, params.get(axis, tags.get(axis)))
 
 
 def load_sweep(
     sweep_id: str | None = None,
     tracking_uri: str | None = None,
     *,
-    metrics: Sequence[str] | None = METRICS,
+    metrics: Sequence[str] | None = LOAD_METRICS,
     client: mlflow.MlflowClient | None = None,
 ) -> SweepData:
-    """Load one sweep: its parent run, and the full metric histories of its finished trials.
+    """Load one sweep: its parent run, its axes, and the full metric histories of its finished trials.
 
     sweep_id: the ``sweep_id`` tag; None picks the most recently started sweep across all experiments.
     tracking_uri: any MLflow tracking URI (None: MLflow's default). metrics: metric keys to load (None: every
-    key each run logged). Trials that did not finish (FAILED, KILLED, RUNNING, ...) are skipped with one
-    :class:`SkippedTrialsWarning` naming them (C, seed, failure_reason) and listed in ``SweepData.skipped``;
-    if two finished runs share a (C, seed), the newer one is kept. Raises LookupError for an unknown sweep and
+    key each run logged; keys a run did not log are left out). Trials that did not finish (FAILED, KILLED,
+    RUNNING, ...) are skipped with one :class:`SkippedTrialsWarning` naming them (grid point, seed,
+    failure_reason) and listed in ``SweepData.skipped``; if two finished runs share an identity (every axis
+    value and the seed), the newer one is kept. Raises LookupError for an unknown sweep and
     :class:`NoTrialsError` (a LookupError) when no trial finished.
     """
     client = client or make_client(tracking_uri)
@@ -245,25 +363,33 @@ def load_sweep(
     assert sweep_id is not None
     children_filter = f"tags.`{TAG_SWEEP_ID}` = {_quote(sweep_id)} AND tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
     children = list(_search_runs(client, _experiment_ids(client), children_filter))
+    axes, knob = sweep_axes(parent, children)
 
-    kept: dict[tuple[int, int], Run] = {}
+    kept: dict[Identity, Run] = {}
     skipped: list[SkippedTrial] = []
     for run in children:  # newest first
-        tags, params = run.data.tags, run.data.params
-        c = _int_or_none(tags.get("C"), params.get("C"))
-        seed = _int_or_none(tags.get("seed"), params.get("seed"))
+        tags = run.data.tags
+        values = tuple(_axis_value(run, a) for a in axes)
+        c = _int_or_none(tags.get("C"), run.data.params.get("C"))
+        seed = _int_or_none(tags.get("seed"), run.data.params.get("seed"))
+        point = tuple(zip(axes, values, strict=True))
         status = run.info.status
-        if status != "FINISHED" or c is None or seed is None:
+        missing = [a for a, v in point if v is None] + ([] if seed is not None else ["seed"])
+        if status != "FINISHED" or missing:
             reason = tags.get(TAG_FAILURE) or (
-                f"run status {status}" if status != "FINISHED" else "no C/seed tag or param"
+                f"run status {status}" if status != "FINISHED" else f"no {'/'.join(missing)} param or tag"
             )
-            skipped.append(SkippedTrial(run.info.run_id, c, seed, status, reason))
-        elif (c, seed) in kept:
-            newer = kept[(c, seed)].info.run_id
-            skipped.append(SkippedTrial(run.info.run_id, c, seed, status, f"superseded by newer run {newer}"))
+            skipped.append(SkippedTrial(run.info.run_id, c, seed, status, reason, point))
+            continue
+        assert seed is not None
+        identity = (values, seed)
+        if identity in kept:
+            newer = kept[identity].info.run_id
+            skipped.append(SkippedTrial(run.info.run_id, c, seed, status, f"superseded by newer run {newer}",
+                                        point))
         else:
-            kept[(c, seed)] = run
-    skipped.sort(key=lambda s: (s.C if s.C is not None else -1, s.seed if s.seed is not None else -1))
+            kept[identity] = run
+    skipped.sort(key=lambda s: (tuple(_sort_key(v) for _, v in s.point), s.seed if s.seed is not None else -1))
     if skipped:
         warnings.warn(
             f"sweep {sweep_id}: skipped {len(skipped)} trial(s): " + "; ".join(s.describe() for s in skipped),
@@ -274,12 +400,15 @@ def load_sweep(
             f"sweep {sweep_id} has no finished trial ({len(children)} trial run(s), {len(skipped)} skipped)"
         )
 
-    trials = [(kept[k], *k) for k in sorted(kept)]
+    order = sorted(kept, key=lambda k: (tuple(_sort_key(v) for v in k[0]), k[1]))
+    trials = [(kept[k], k[0], k[1]) for k in order]
     run_rows = []
-    for run, c, seed in trials:
-        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "C": c, "seed": seed,
-               "status": run.info.status, "start_time": run.info.start_time}
-        row.update({p: run.data.params.get(p) for p in TRIAL_PARAMS if p not in ("C", "seed")})
+    for run, values, seed in trials:
+        row: dict[str, object] = {"run_id": run.info.run_id, "run_name": run.info.run_name,
+                                  **dict(zip(axes, values, strict=True)), "seed": seed,
+                                  "status": run.info.status, "start_time": run.info.start_time}
+        row.update({p: run.data.params.get(p) for p in (*TRIAL_PARAMS, *EXTRA_PARAMS)
+                    if p not in axes and p != "seed"})
         run_rows.append(row)
     experiment = client.get_experiment(parent.info.experiment_id)
     return SweepData(
@@ -287,7 +416,32 @@ def load_sweep(
         parent=parent,
         experiment_name=experiment.name if experiment else parent.info.experiment_id,
         tracking_uri=client.tracking_uri,
-        metrics=_metric_frame(client, trials, metrics),
-        runs=pd.DataFrame(run_rows),
+        metrics=_metric_frame(client, trials, metrics, axes),
+        runs=_typed(pd.DataFrame(run_rows), axes),
         skipped=skipped,
+        axes=axes,
+        knob=knob,
     )
+
+
+def _sort_key(value: AxisValue | None) -> tuple[int, float, str]:
+    """Numbers in numeric order, then strings, then missing values (values of one axis share a type)."""
+    if value is None:
+        return (2, 0.0, "")
+    if isinstance(value, str):
+        return (1, 0.0, value)
+    return (0, float(value), "")
+
+
+def _typed(frame: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """Axis columns as int64 / float64 / str (object) so numeric axes compare and sort as numbers."""
+    for a in axes:
+        kind = AXIS_TYPES.get(a)
+        values = frame[a].tolist()
+        if kind is int or (kind is None and all(isinstance(v, int) for v in values)):
+            frame[a] = frame[a].astype("int64")
+        elif kind is float or (kind is None and all(isinstance(v, int | float) for v in values)):
+            frame[a] = frame[a].astype("float64")
+        else:
+            frame[a] = frame[a].astype(str)
+    return frame

@@ -24,12 +24,30 @@ OUTPUT_FILES = (
 )
 
 
+class AxisError(ValueError):
+    """``--x`` names no numeric axis of the sweep (one line listing the allowed axes)."""
+
+
+def check_x(x: str | None, data: SweepData) -> str:
+    """The x axis of the complexity figure: ``x``, or the knob when None. Raises :class:`AxisError` for an
+    axis the sweep does not have or one whose values are not numbers (``protocol``)."""
+    if x is None:
+        return data.knob
+    allowed = data.numeric_axes
+    if x in allowed:
+        return x
+    why = "is not a numeric axis" if x in data.axes else "is not an axis"
+    raise AxisError(f"--x {x} {why} of sweep {data.sweep_id}; allowed: {', '.join(allowed)}")
+
+
 @dataclass
 class AnalysisResult:
     """What :func:`analyze` produced.
 
-    files: output name (e.g. ``"curves.png"``) -> path under ``out_dir``. summary: per-C table
-    (:func:`analysis.aggregate.summarize`). threshold: interpolation threshold C or None. artifact_uri: where
+    files: output name (e.g. ``"curves.png"``) -> path under ``out_dir``. summary: one row per grid point
+    (:func:`analysis.aggregate.summarize`). thresholds: interpolation threshold (width or None) per line, keyed
+    by the values of the non-knob axes (``()`` for a sweep over the knob alone). x: the complexity figure's x
+    axis. artifact_uri: where
     the files were logged on the parent run (None when not logged). figures: ``curves``, ``complexity``,
     ``heatmap`` -> the saved Figure (Agg canvas, for inspection).
     """
@@ -39,13 +57,19 @@ class AnalysisResult:
     out_dir: Path
     files: dict[str, Path]
     summary: pd.DataFrame
-    threshold: int | None
+    thresholds: dict[tuple, int | None]
     sentences: list[str]
     skipped: list[SkippedTrial]
     artifact_uri: str | None
     figures: dict[str, Figure] = field(repr=False)
     data: SweepData = field(repr=False)
     aggregates: Aggregates = field(repr=False)
+    x: str = "C"
+
+    @property
+    def threshold(self) -> int | None:
+        """The single line's threshold (see :attr:`analysis.aggregate.Aggregates.threshold`)."""
+        return self.aggregates.threshold
 
     @property
     def failed(self) -> list[SkippedTrial]:
@@ -67,35 +91,43 @@ def analyze(
     tracking_uri: str | None,
     out_dir: Path,
     *,
+    x: str | None = None,
     log_artifacts: bool = True,
 ) -> AnalysisResult:
     """Analyse one sweep and write :data:`OUTPUT_FILES` to ``out_dir``.
 
     sweep_id: the sweep's ``sweep_id`` tag, or None for the most recently started sweep (all experiments).
-    tracking_uri: MLflow tracking URI (None: MLflow's default). With ``log_artifacts`` the files are also
+    tracking_uri: MLflow tracking URI (None: MLflow's default). x: the complexity figure's x axis and the
+    axis the trend sentences run along (default: the sweep's knob, C); any numeric axis of the sweep. Every
+    other varying axis splits lines and panels (never pooled). With ``log_artifacts`` the files are also
     logged on the sweep's parent run under ``analysis/`` (:data:`sweep.names.ANALYSIS_ARTIFACT_DIR`).
-    Raises LookupError (one line) when the sweep does not exist or has no finished trial; failed trials are
-    skipped with a :class:`analysis.load.SkippedTrialsWarning`.
+    Raises LookupError (one line) when the sweep does not exist or has no finished trial, and
+    :class:`AxisError` for a bad ``x``, before anything is written; failed trials are skipped with a
+    :class:`analysis.load.SkippedTrialsWarning`.
     """
     out_dir = Path(out_dir)
     client = make_client(tracking_uri)
     data = load_sweep(sweep_id, client=client)
-    failed_per_C = Counter(t.C for t in data.skipped if t.status == "FAILED" and t.C is not None)
-    agg = aggregate(data.metrics, dict(failed_per_C), data.param_counts())
-    sentences = trend_sentences(agg.summary, agg.threshold, data.skipped)
+    x = check_x(x, data)
+    axes, knob = data.axes, data.knob
+    failed = Counter(tuple(v for _, v in t.point) for t in data.skipped
+                     if t.status == "FAILED" and t.point and all(v is not None for _, v in t.point))
+    counts = data.param_counts()
+    agg = aggregate(data.metrics, dict(failed), counts, axes, knob)
+    sentences = trend_sentences(agg.summary, agg.thresholds, data.skipped, axes=axes, knob=knob, x=x)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = data.param_counts()
     name = data.sweep_id
+    subject = "model width" if x == knob else x
     figures = {
         "curves": plot_curves(
-            agg.curves, protocol=data.protocol, param_counts=counts, out_dir=out_dir,
+            agg.curves, protocol=data.protocol, param_counts=counts, axes=axes, knob=knob, out_dir=out_dir,
             title=f"Sweep {name}: train (solid) and test (dashed) error\nmean over seeds, shaded: 95% CI",
         ),
-        "complexity": plot_complexity(agg.summary, agg.threshold, out_dir=out_dir,
-                        title=f"Sweep {name}: final errors against model width"),
-        "heatmap": plot_heatmap(agg.curves, protocol=data.protocol, param_counts=counts, out_dir=out_dir,
-                     title=f"Sweep {name}: mean test error over width and training time"),
+        "complexity": plot_complexity(agg.summary, agg.thresholds, axes=axes, knob=knob, x=x, out_dir=out_dir,
+                                      title=f"Sweep {name}: final errors against {subject}"),
+        "heatmap": plot_heatmap(agg.curves, protocol=data.protocol, param_counts=counts, axes=axes, knob=knob,
+                                out_dir=out_dir, title=f"Sweep {name}: mean test error over width and training time"),
     }
     write_summary_csv(agg.summary, out_dir / "summary.csv")
     agg.trials.to_csv(out_dir / "trials.csv", index=False)
@@ -104,13 +136,15 @@ def analyze(
     header = {
         "experiment": data.experiment_name,
         "parent run": data.parent.info.run_id,
+        "axes": ", ".join(f"{a} ({', '.join(str(v) for v in sorted(runs[a].unique()))})" for a in axes),
+        "x axis": x,
         "protocol": str(data.protocol),
-        "budget": ", ".join(sorted(set(runs["budget"].dropna()))) if "budget" in runs else "?",
+        "budget": ", ".join(sorted({str(b) for b in runs["budget"].dropna()})) if "budget" in runs else "?",
         "trials analysed": str(len(runs)),
         "trials skipped": str(len(data.skipped)),
     }
     write_summary_md(agg.summary, sentences, out_dir / "summary.md", sweep_id=name, header=header,
-                     skipped=data.skipped)
+                     skipped=data.skipped, axes=axes, x=x)
     files = {f: out_dir / f for f in OUTPUT_FILES}
 
     artifact_uri = None
@@ -124,6 +158,6 @@ def analyze(
         artifact_uri = f"{data.parent.info.artifact_uri.rstrip('/')}/{ANALYSIS_ARTIFACT_DIR}"
     return AnalysisResult(
         sweep_id=name, parent_run_id=data.parent.info.run_id, out_dir=out_dir, files=files,
-        summary=agg.summary, threshold=agg.threshold, sentences=sentences, skipped=data.skipped,
-        artifact_uri=artifact_uri, figures=figures, data=data, aggregates=agg,
+        summary=agg.summary, thresholds=agg.thresholds, sentences=sentences, skipped=data.skipped,
+        artifact_uri=artifact_uri, figures=figures, data=data, aggregates=agg, x=x,
     )

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("sweep_id", nargs="?")
     a.add_argument("--tracking-uri")
     a.add_argument("--out", type=Path)
+    a.add_argument("--x", metavar="AXIS",
+                   help="x axis of complexity.png: any numeric axis of the sweep (default: the width knob C); "
+                        "every other varying axis splits lines, then panels")
     return p
 
 
@@ -216,13 +219,14 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> None:
     from analysis import analyze
+    from analysis.run import AxisError
     from sweep import tracking_uri as store
 
     tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
     try:
         store.check_reachable(tracking_uri)
-        result = analyze(args.sweep_id, tracking_uri, args.out or RESULTS_DIR / (args.sweep_id or "latest"))
-    except (store.TrackingError, LookupError) as exc:
+        result = analyze(args.sweep_id, tracking_uri, args.out or RESULTS_DIR / (args.sweep_id or "latest"), x=args.x)
+    except (store.TrackingError, LookupError, AxisError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     print(result)
 
