@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -261,7 +262,7 @@ def plot_complexity(
     lines = sorted(s[line_axis].unique()) if line_axis else [None]
     colours = line_colours(line_axis, lines, knob)
     ncols = min(len(keys), 3)
-    fig = new_figure(8.0 + 1.5 * (line_axis is not None) if ncols == 1 else 4.8 * ncols + 2.4,
+    fig = new_figure(9.5 if ncols == 1 else 4.8 * ncols + 2.4,
                      5.0 if len(keys) == 1 else 4.0 * math.ceil(len(keys) / ncols) + 0.9)
     panels = _grid(fig, len(keys))
     counts = {int(c): int(p) for c, p in zip(s[knob], s["param_count"], strict=True) if not pd.isna(p)}
@@ -295,7 +296,7 @@ def plot_complexity(
                     where = "" if line_axis is None else f", {value_text(line_axis, value)}"
                     ax.axvline(t, color="0.25" if line_axis is None else colours[value], linestyle=(0, (2, 2)),
                                linewidth=1.2, gid="threshold",
-                               label=f"interpolation threshold{where} ({knob}={t}: train error < "
+                               label=f"interpolation threshold{where}: {knob}={t}\n(train error < "
                                      f"{INTERPOLATION_TOL:.0%} from here on)")
         ax.set_ylim(max(-1.05, min(0.0, low) - 0.03), min(1.05, max(high, 0.05) + 0.03))
         xlabel = _x_scale(ax, s[x].to_numpy(dtype=float), x, knob, counts)
@@ -310,9 +311,9 @@ def plot_complexity(
     fig.suptitle(f"{title}\n(mean over {seed_range_text(n.min(), n.max())}; {bars})")
     legend_ax = panels[ncols - 1]
     if line_axis is None:
-        handles, _ = legend_ax.get_legend_handles_labels()
-        for ax in panels:  # threshold markers of the other panels
-            handles += [h for h in ax.get_lines() if h.get_gid() == "threshold" and h not in handles]
+        handles = [c for c in legend_ax.containers if isinstance(c, ErrorbarContainer)]
+        for ax in panels:  # the threshold markers (one per panel at most)
+            handles += [h for h in ax.get_lines() if h.get_gid() == "threshold"]
     else:
         def line_name(v: object) -> str:
             return c_label(int(v), counts) if line_axis == "C" == knob else value_text(line_axis, v)
