@@ -550,8 +550,17 @@ def test_further_axis_makes_panels_and_curves_and_heatmap_split(grid_store: dict
     curve_panels = [ax for ax in result.figures["curves"].axes if ax.get_visible()]
     assert sorted(ax.get_title() for ax in curve_panels) == sorted(
         f"lr={lr}, label_noise={f}" for lr in LRS for f in NOISES)
+    point = {"C": 4, "lr": 0.1, "label_noise": 0.2}
+    panel = [ax for ax in curve_panels if ax.get_title() == "lr=0.1, label_noise=0.2"][0]
+    line = [ln for ln in panel.get_lines() if ln.get_label() == "C=4 train"][0]
+    expected = [statistics.fmean(grid_values(point, s, step)["train_error"] for s in GRID_SEEDS) for step in STEPS]
+    np.testing.assert_allclose(line.get_ydata(), expected, atol=1e-12)
     heat = [ax for ax in result.figures["heatmap"].axes if ax.get_title()]
     assert len(heat) == len(LRS) * len(NOISES)
+    cells = [ax for ax in heat if ax.get_title() == "lr=0.1, label_noise=0.2"][0].collections[0].get_array()
+    expected = [[statistics.fmean(grid_values({**point, "C": c}, s, step)["test_error"] for s in GRID_SEEDS)
+                 for step in STEPS] for c in WIDTHS]
+    np.testing.assert_allclose(np.asarray(cells).reshape(len(WIDTHS), len(STEPS)), expected, atol=1e-12)
     md = (tmp_path / "summary.md").read_text()
     assert "| C | lr | label_noise | parameters |" in md
     assert "For lr=0.05, label_noise=0.2: final training error" in " ".join(result.sentences)
