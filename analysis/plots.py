@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.transforms import ScaledTranslation
 
 from analysis.aggregate import INTERPOLATION_TOL, combo_text, line_axes, seed_range_text, value_text, varying
 
@@ -52,6 +53,8 @@ AXIS_LABELS = {
 #: (marker, linestyle) per complexity series when colour encodes a line split.
 SERIES_STYLES = (("o", "-"), ("s", "--"), ("^", ":"))
 SINGLE_COLOURS = ("tab:blue", "tab:orange", "tab:green")
+#: Sideways offset (points) between neighbouring lines of the complexity figure.
+DODGE_PT = 5.0
 
 
 def split_plan(frame: pd.DataFrame, axes: Sequence[str], x: str) -> tuple[str | None, list[str]]:
@@ -276,7 +279,10 @@ def plot_complexity(
     for ax, key in zip(panels, keys, strict=True):
         panel = _select(s, panel_axes, key)
         ax.axhline(0.0, color="0.6", linewidth=0.8, label="_zero")
-        for value in lines:
+        for i, value in enumerate(lines):
+            # Lines sit a few points apart sideways so that their error bars do not hide each other; the
+            # offset is a display transform, so the artists keep the exact x values.
+            shift = ScaledTranslation((i - (len(lines) - 1) / 2) * DODGE_PT / 72, 0, fig.dpi_scale_trans)
             d = panel if line_axis is None else panel[panel[line_axis] == value]
             d = d.sort_values(x)
             if d.empty:
@@ -288,7 +294,8 @@ def plot_complexity(
                 name = label if line_axis is None else f"{label}, {value_text(line_axis, value)}"
                 yerr = np.nan_to_num(d[f"{q}_ci95"].to_numpy(dtype=float), nan=0.0)
                 ax.errorbar(xs, d[f"{q}_mean"].to_numpy(dtype=float), yerr=yerr, marker=marker, color=colour,
-                            linestyle=style, capsize=4, linewidth=1.6, markersize=6, label=name)
+                            linestyle=style, capsize=4, linewidth=1.6, markersize=6, label=name,
+                            transform=ax.transData + shift)
             if x == knob:
                 line_key = tuple(d[a].iloc[0] for a in knob_others if a in d.columns)
                 t = thresholds.get(line_key)
