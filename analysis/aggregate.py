@@ -188,7 +188,8 @@ def interpolation_threshold(summary: pd.DataFrame, tol: float = INTERPOLATION_TO
     the widest width does not. Widths without a finished seed (NaN mean) are ignored.
 
     A width below ``tol`` followed by a wider one at or above it is not a threshold: the net does not yet
-    interpolate reliably there.
+    interpolate reliably there. The train error is the one against the labels trained on (with label noise,
+    the noisy ones: interpolating means fitting them, as in Nakkiran et al. 2019).
     """
     s = summary[[knob, "final_train_error_mean"]].dropna().sort_values(knob)
     threshold = None

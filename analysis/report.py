@@ -226,6 +226,13 @@ def write_summary_md(
         "on new data.",
         "",
     ]
+    if "final_train_error_clean_mean" in summary.columns:
+        lines += [
+            "With label noise, the train error is measured against the labels the model was trained on (a "
+            "fraction replaced by a wrong class), and the interpolation threshold refers to it; the train error "
+            "on the true labels is the column so named.",
+            "",
+        ]
     lines += _markdown_table(summary, axes)
     if skipped:
         lines += ["", "## Skipped trials", ""] + [f"- {t.describe()}" for t in skipped]

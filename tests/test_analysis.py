@@ -562,7 +562,7 @@ def test_further_axis_makes_panels_and_curves_and_heatmap_split(grid_store: dict
                  for step in STEPS] for c in WIDTHS]
     np.testing.assert_allclose(np.asarray(cells).reshape(len(WIDTHS), len(STEPS)), expected, atol=1e-12)
     md = (tmp_path / "summary.md").read_text()
-    assert "| C | lr | label_noise | parameters |" in md
+    assert "| C | lr | label_noise | parameters |" in md and "on the true labels" in md
     assert "For lr=0.05, label_noise=0.2: final training error" in " ".join(result.sentences)
 
 
