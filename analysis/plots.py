@@ -98,6 +98,11 @@ def line_colours(axis: str | None, values: Sequence[object], knob: str = "C") ->
     return {v: cmap(i % 10) for i, v in enumerate(values)}
 
 
+def _panel_protocol(panel_axes: Sequence[str], key: Sequence[object], protocol: str | None) -> str | None:
+    """The protocol of one panel when ``protocol`` is a panel axis, else the sweep's ``protocol``."""
+    return str(dict(zip(panel_axes, key, strict=True))["protocol"]) if "protocol" in panel_axes else protocol
+
+
 def step_label(protocol: str | None) -> str:
     """x label for ``step``: ``SGD update`` (handout protocol), ``epoch`` (epochs protocol), else ``step``."""
     fallback = "step (updates or epochs: protocols differ)" if protocol else "step"
@@ -174,7 +179,7 @@ def plot_curves(
                 ax.plot(d["step"], d["mean"], linestyle=style, color=colours[c], linewidth=1.6,
                         label=f"{knob}={c} {name}")
                 ax.fill_between(d["step"], d["low"], d["high"], color=colours[c], alpha=0.18, linewidth=0)
-        ax.set_xlabel(step_label(protocol))
+        ax.set_xlabel(step_label(_panel_protocol(panel_axes, key, protocol)))
         ax.set_ylim(0.0, min(1.0, top * 1.05) if top > 0 else 1.0)
         if not sub.empty:
             ax.set_xlim(float(sub["step"].min()), float(sub["step"].max()))
@@ -380,7 +385,9 @@ def plot_heatmap(
         ax.set_ylabel("model width")
         if key:
             ax.set_title(combo_text(panel_axes, key), fontsize=10)
-    panels[-1].set_xlabel(step_label(protocol))
+    for ax, key in zip(panels, keys, strict=True):  # a protocol axis changes what a step is
+        if "protocol" in panel_axes or ax is panels[-1]:
+            ax.set_xlabel(step_label(_panel_protocol(panel_axes, key, protocol)))
     fig.suptitle(title)
     assert mesh is not None
     cbar = fig.colorbar(mesh, ax=panels)

@@ -639,3 +639,13 @@ def test_report_names_the_oracle_and_what_the_intervals_cover(store: dict) -> No
         "not what early stopping would give", "")
     assert "one fixed train/test split" in md and "sampling error" in md
     assert any("optimistic oracle" in s for s in store["result"].sentences)
+
+
+def test_protocol_axis_splits_panels_with_their_own_step_unit(grid_store: dict, tmp_path: Path) -> None:
+    result = analyze(PROTO_SWEEP, grid_store["uri"], tmp_path, log_artifacts=False)
+    assert len(result.summary) == 4 and result.summary["protocol"].tolist() == ["epochs", "handout"] * 2
+    panels = [ax for ax in result.figures["curves"].axes if ax.get_visible()]
+    assert [(ax.get_title(), ax.get_xlabel()) for ax in panels] == [
+        ("protocol=epochs", "epoch"), ("protocol=handout", "SGD update")]
+    ax = [a for a in result.figures["complexity"].axes if a.get_visible()][0]  # protocol: lines, not panels
+    assert "final test error, protocol=handout" in _containers(ax)
