@@ -100,18 +100,22 @@ def _check_binary(x: Tensor, name: str) -> None:
 
 
 # -- the two EM steps, for S members at once ---------------------------------------------------------------
-def log_component_likelihood(x: Tensor, p: Tensor) -> Tensor:
-    """log P(x_i | p_k) = sum_d x_id log p_kd + (1 - x_id) log(1 - p_kd), in nats.
+def log_component_likelihood(x: Tensor, p: Tensor, pi: Tensor | None = None) -> Tensor:
+    """log P(x_i | p_k) = sum_d x_id log p_kd + (1 - x_id) log(1 - p_kd), in nats, plus log pi_k if ``pi``
+    is given (the E-step's log joint).
 
-    x: (n, D) in {0,1}, shared by all members; p: (S, K, D) in (0, 1). Returns (S, n, K).
+    x: (n, D) in {0,1}, shared by all members; p: (S, K, D) in (0, 1); pi: (S, K) or None. Returns (S, n, K).
 
-    Per member ONE matrix product [x, 1 - x] (n, 2D) @ [log p, log(1 - p)]^T (2D, K): the handout's sum term
-    by term. The S products are one batched matmul of S identically shaped GEMMs (not one wide GEMM over all
-    S*K columns), so a member's arithmetic is the same whatever it is packed with.
+    Per member ONE matrix product [x, 1 - x, 1] (n, 2D + 1) @ [log p, log(1 - p), log pi]^T (2D + 1, K): the
+    handout's sum term by term, log pi_k riding along as a column of ones (which spares a pass over the
+    (S, n, K) result). The S products are one batched matmul of S identically shaped GEMMs (not one wide GEMM
+    over all S*K columns), so a member's arithmetic is the same whatever it is packed with.
     """
-    S = p.shape[0]
-    features = torch.cat([x, 1.0 - x], dim=1)  # (n, 2D)
-    log_p = torch.cat([torch.log(p), torch.log1p(-p)], dim=2)  # (S, K, 2D)
+    S, K, _ = p.shape
+    parts = [x, 1.0 - x] + ([x.new_ones(x.shape[0], 1)] if pi is not None else [])
+    logs = [torch.log(p), torch.log1p(-p)] + ([torch.log(pi).unsqueeze(2)] if pi is not None else [])
+    features = torch.cat(parts, dim=1)  # (n, 2D [+ 1])
+    log_p = torch.cat(logs, dim=2)  # (S, K, 2D [+ 1])
     return torch.bmm(features.expand(S, *features.shape), log_p.transpose(1, 2))  # (S, n, K)
 
 
@@ -121,14 +125,18 @@ def e_step(x: Tensor, p: Tensor, pi: Tensor) -> tuple[Tensor, Tensor]:
     x: (n, D) in {0,1}; p: (S, K, D); pi: (S, K), rows summing to 1 (entries may be exactly 0).
     Returns eta (S, n, K), rows summing to 1, and the per-image log-likelihood log P(x_i | p, pi) (S, n), nats.
 
-    A component with pi_k = 0 has log pi_k = -inf, so its joint is -inf (log P(x_i | p_k) is finite because
-    p is in [eps, 1 - eps]); logsumexp ignores it and its eta is exp(-inf) = 0, never NaN. logsumexp itself
-    is finite because at least one pi_k > 0 (they sum to 1).
+    logsumexp written out, so one exp serves both outputs: with a_ik = log pi_k + log P(x_i | p_k) and
+    m_i = max_k a_ik, loglik_i = m_i + log sum_k exp(a_ik - m_i) and eta_ik = exp(a_ik - m_i) / sum_j exp(a_ij - m_i).
+    A component with pi_k = 0 has log pi_k = -inf, so a_ik = -inf (log P(x_i | p_k) is finite because p is in
+    [eps, 1 - eps]) and exp(-inf - m_i) = 0: its eta is exactly 0, never NaN. m_i is finite because at
+    least one pi_k > 0 (they sum to 1).
     """
-    log_joint = log_component_likelihood(x, p) + torch.log(pi).unsqueeze(1)  # (S, n, K)
-    loglik = torch.logsumexp(log_joint, dim=2)  # (S, n)
-    eta = torch.exp(log_joint - loglik.unsqueeze(2))
-    return eta, loglik
+    joint = log_component_likelihood(x, p, pi)  # (S, n, K)
+    top = joint.amax(dim=2, keepdim=True)  # (S, n, 1)
+    weights = joint.sub_(top).exp_()  # in place: exp(a_ik - m_i), (S, n, K)
+    total = weights.sum(dim=2, keepdim=True)
+    loglik = (top + torch.log(total)).squeeze(2)  # (S, n)
+    return weights.div_(total), loglik
 
 
 def m_step(x: Tensor, eta: Tensor, p: Tensor, eps: float = DEFAULT_EPS) -> tuple[Tensor, Tensor]:
