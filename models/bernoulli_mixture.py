@@ -106,17 +106,24 @@ def log_component_likelihood(x: Tensor, p: Tensor, pi: Tensor | None = None) -> 
 
     x: (n, D) in {0,1}, shared by all members; p: (S, K, D) in (0, 1); pi: (S, K) or None. Returns (S, n, K).
 
-    Per member ONE matrix product [x, 1 - x, 1] (n, 2D + 1) @ [log p, log(1 - p), log pi]^T (2D + 1, K): the
-    handout's sum term by term, log pi_k riding along as a column of ones (which spares a pass over the
-    (S, n, K) result). The S products are one batched matmul of S identically shaped GEMMs (not one wide GEMM
-    over all S*K columns), so a member's arithmetic is the same whatever it is packed with.
+    Computed through the identity x log p + (1 - x) log(1 - p) = x (log p - log(1 - p)) + log(1 - p): per
+    member ONE matrix product [x, 1] (n, D + 1) @ [log p - log(1 - p), sum_d log(1 - p_kd) + log pi_k]^T
+    (D + 1, K). Half the multiply-adds of the term-by-term [x, 1 - x] @ [log p, log(1 - p)]^T (~15% of an EM
+    iteration at K = 80), and log pi rides along as a column of ones instead of a pass over the (S, n, K)
+    result. The price is cancellation between terms of size up to |log eps| ~ 14: on the digits at K = 80
+    with most p at a bound, 1.6e-13 nats per image off the term-by-term form (tested to 1e-12 against the
+    handout's formulas evaluated loop by loop). The S products are one batched matmul of S identically shaped
+    GEMMs (not one wide GEMM over all S*K columns), so a member's arithmetic is the same whatever it is packed
+    with.
     """
     S, K, _ = p.shape
-    parts = [x, 1.0 - x] + ([x.new_ones(x.shape[0], 1)] if pi is not None else [])
-    logs = [torch.log(p), torch.log1p(-p)] + ([torch.log(pi).unsqueeze(2)] if pi is not None else [])
-    features = torch.cat(parts, dim=1)  # (n, 2D [+ 1])
-    log_p = torch.cat(logs, dim=2)  # (S, K, 2D [+ 1])
-    return torch.bmm(features.expand(S, *features.shape), log_p.transpose(1, 2))  # (S, n, K)
+    log_q = torch.log1p(-p)  # log(1 - p): (S, K, D)
+    bias = log_q.sum(dim=2, keepdim=True)  # sum_d log(1 - p_kd): (S, K, 1)
+    if pi is not None:
+        bias = bias + torch.log(pi).unsqueeze(2)
+    features = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # (n, D + 1)
+    weights = torch.cat([torch.log(p) - log_q, bias], dim=2)  # (S, K, D + 1)
+    return torch.bmm(features.expand(S, *features.shape), weights.transpose(1, 2))  # (S, n, K)
 
 
 def e_step(x: Tensor, p: Tensor, pi: Tensor) -> tuple[Tensor, Tensor]:

@@ -163,6 +163,22 @@ def test_one_e_step_and_m_step_equal_the_loop_by_loop_formulas():
     assert (p_new[:, :, 3] == 1 - EPS).all()
 
 
+def test_per_image_loglik_matches_the_term_by_term_form_where_most_p_sit_at_a_bound():
+    # K = 80 on the digits: after 50 iterations most p_kd are clamped to eps or 1 - eps, the worst case for
+    # the cancellation in the E-step's x (log p - log(1 - p)) + log(1 - p) form
+    x, _, x_test, _ = digits_binary()
+    em = BernoulliMixtureEM(80, [0], t(x))
+    for _ in range(50):
+        em.step()
+    p, pi = em.p[0].numpy(), em.pi[0].numpy()
+    assert ((p <= EPS) | (p >= 1 - EPS)).mean() > 0.5
+    for images in (x, x_test):
+        with np.errstate(divide="ignore"):
+            joint = images @ np.log(p).T + (1 - images) @ np.log(1 - p).T + np.log(pi)
+        _, loglik = e_step(t(images), em.p, em.pi)
+        np.testing.assert_allclose(loglik[0].numpy(), logsumexp(joint, axis=1), rtol=0, atol=1e-12)
+
+
 def test_class_starts_from_its_seed_and_steps_like_the_loops():
     em = BernoulliMixtureEM(2, [3], t(TINY_X))
     p0 = np.random.default_rng(3).uniform(0.25, 0.75, (2, 4))  # the documented init convention
