@@ -83,7 +83,7 @@ def _check(K: Any, eps: Any, seeds: Sequence[Any]) -> None:
     """scikit-learn-style parameter validation: one clear ValueError per bad value."""
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
         raise ValueError(f"K (number of mixture components) must be an integer >= 1, got {K!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 0.5:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 < eps < 0.5:
         raise ValueError(f"eps (p is kept in [eps, 1 - eps]) must be a number in (0, 0.5), got {eps!r}")
     if len(seeds) == 0:
         raise ValueError("seeds must hold at least one seed (one mixture is fitted per seed)")
