@@ -57,6 +57,19 @@ CASES = [
     (["run", "smoke", "--set", "model.C=[1,2"], ["malformed --set", "not valid YAML"]),
     (["run", "missing.yaml"], ["spec file 'missing.yaml' does not exist"]),
     (["run", "smoke", "--set", "resources.gpu=1"], ["resources.gpu=1.0 requested", "no GPU"]),
+    # issue 15 item 4 and issue 12: empty or repeated grid lists, non-finite numbers, unsafe names, bad noise
+    (["run", "smoke", "--set", "model.C=[]"], ["'model.C'", "empty list", "non-empty list of distinct"]),
+    (["run", "smoke", "--set", "lr=[]"], ["'lr'", "empty list"]),
+    (["run", "smoke", "--set", "lr=.inf"], ["'lr'", "finite number"]),
+    (["run", "smoke", "--set", "lr=.nan"], ["'lr'", "finite number"]),
+    (["run", "smoke", "--set", "model.C=[4,4]"], ["'model.C'", "value 4 is repeated"]),
+    (["run", "smoke", "--set", "lr=[0.1,0.1]"], ["'lr'", "value 0.1 is repeated"]),
+    (["run", "smoke", "--set", "seeds=[1,1]"], ["'seeds'", "value 1 is repeated"]),
+    (["run", "smoke", "--set", "name=a/b"], ["'name'", "'a/b'", "letters, digits, '.', '_' and '-'"]),
+    (["run", "smoke", "--set", "name=it's"], ["'name'", "letters, digits"]),
+    (["run", "smoke", "--set", "data.label_noise=1"], ["'data.label_noise'", "a fraction in [0, 1)"]),
+    (["run", "smoke", "--set", "data.label_noise=-0.1"], ["'data.label_noise'", "a fraction in [0, 1)"]),
+    (["run", "smoke", "--set", "data.label_noise=[0,1.5]"], ["'data.label_noise[1]'", "less than 1"]),
 ]
 
 
@@ -115,7 +128,7 @@ def test_console_script_exit_code_and_stderr(tmp_path):
 def test_presets_listed_one_line_each(capsys):
     cli.main(["presets"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["hw2", "hw2-epochs", "smoke", "width"]
+    assert [ln.split()[0] for ln in lines] == ["double-descent", "hw2", "hw2-epochs", "smoke", "width"]
     assert all(len(ln.split(maxsplit=1)[1]) > 20 for ln in lines)
 
 
