@@ -31,7 +31,7 @@ from sweep.names import (
     TAG_TUNE_PATH,
 )
 from sweep.plan import TrialGroup, plan_trials
-from sweep.spec import SweepSpec, validate
+from sweep.spec import SpecError, SweepSpec, validate
 
 SPEC_ARTIFACT = "spec.yaml"
 
@@ -181,7 +181,10 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
                          else f"no sweep found in {tracking_uri}")
     parent = parents[0]
     text = Path(client.download_artifacts(parent.info.run_id, SPEC_ARTIFACT)).read_text()
-    spec = validate(yaml.safe_load(text))
+    try:
+        spec = validate(yaml.safe_load(text))
+    except SpecError as exc:  # e.g. a sweep made before a rule was added (name pattern, distinct grid values)
+        raise SweepError(f"sweep {parent.data.tags[TAG_SWEEP_ID]}'s spec.yaml is no longer valid: {exc}") from None
     return Sweep(spec, parent.data.tags[TAG_SWEEP_ID], tracking_uri, parent.info.experiment_id,
                  parent.info.run_id, parent.data.tags[TAG_TUNE_PATH])
 
