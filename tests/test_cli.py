@@ -136,3 +136,20 @@ def test_train_command_prints_metrics_and_time(capsys):
     cli.main(["train", "--C", "2", "--budget", "50", "--eval-every", "25"])
     out = capsys.readouterr().out
     assert "train_error=" in out and "test_error=" in out and "ms per update" in out
+
+
+def test_a_stored_spec_that_the_rules_now_refuse_is_one_line(tmp_path):
+    """A sweep made before a validation rule existed (here: a repeated width, a name with a space) cannot be
+    resumed; load_sweep says so in one line (the CLI's exit 2) instead of a traceback."""
+    from mlflow import MlflowClient
+
+    from sweep.names import ROLE_PARENT, TAG_ROLE, TAG_SWEEP_ID, TAG_TUNE_PATH
+
+    uri = f"sqlite:///{tmp_path}/old.db"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("old"), run_name="old sweep-1", tags={
+        TAG_ROLE: ROLE_PARENT, TAG_SWEEP_ID: "old sweep-1", TAG_TUNE_PATH: str(tmp_path / "tune")})
+    client.log_text(run.info.run_id, "name: old sweep\nmodel: {C: [4, 4]}\nseeds: 1\n", driver.SPEC_ARTIFACT)
+    with pytest.raises(driver.SweepError, match="no longer valid") as info:
+        driver.load_sweep(None, uri)
+    assert "\n" not in str(info.value) and "'name'" in str(info.value)
