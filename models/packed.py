@@ -91,7 +91,9 @@ def _baddbmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     arithmetic, for single-member packs only), and the first result kept. Its gradients also run as
     batches of two, and summing the unused copy's exact zero gradient into the used one changes nothing.
     A shared operand (batch 1 against S > 1) is expanded to S the same way. Products small enough for
-    ATen's naive loop (K * M * N < 400) take that loop for every S, which is per item anyway.
+    ATen's naive loop (K * M * N < 400) take that loop for every S, which is per item anyway. CPU only: on
+    CUDA, cuBLAS chooses its batched kernel by batch count (batches of 2, 5 and 32 differ there too), which
+    no padding to two fixes.
     """
     S = max(a.shape[0], b.shape[0])
     batch = max(S, 2)
