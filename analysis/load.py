@@ -30,15 +30,14 @@ from sweep.names import (
     METRICS,
     ROLE_PARENT,
     ROLE_TRIAL,
+    TAG_AXES,
     TAG_FAILURE,
+    TAG_KNOB,
     TAG_ROLE,
     TAG_SWEEP_ID,
     TRIAL_PARAMS,
 )
 
-#: Parent-run tags naming the grid axes (JSON list, spec order, knob first) and the complexity knob.
-TAG_AXES = "sweep.axes"
-TAG_KNOB = "sweep.knob"
 #: Axes in the order the spec lists them, with the type of their values (params are logged as strings).
 #: ``K`` is the EM family's knob. An axis not listed here is read as int, else float, else str.
 AXIS_TYPES: dict[str, type] = {
@@ -46,10 +45,6 @@ AXIS_TYPES: dict[str, type] = {
     "label_noise": float,
 }
 AXIS_ORDER = tuple(AXIS_TYPES)
-#: Metric keys loaded by default: the trainer's, plus train error against the true labels (label noise).
-LOAD_METRICS = tuple(dict.fromkeys((*METRICS, "train_error_clean")))
-#: Extra per-run params read into :attr:`SweepData.runs` besides the trial params.
-EXTRA_PARAMS = ("label_noise", "n_flipped_labels")
 _PAGE = 1000  # runs per search_runs page (MLflow's default maximum)
 
 AxisValue = int | float | str
@@ -134,7 +129,7 @@ class SweepData:
       nats); every (run_id, metric, step) appears exactly once, sorted by the axes, seed, metric, step.
     runs: one row per included (finished) trial: ``run_id``, ``run_name``, the axes (typed as above),
       ``seed``, ``status``, ``start_time`` (ms since the epoch) and the other trial params of
-      :data:`sweep.names.TRIAL_PARAMS` plus :data:`EXTRA_PARAMS` that were logged (as strings).
+      :data:`sweep.names.TRIAL_PARAMS` that were logged (as strings).
     skipped: trials left out (failed, unfinished, or superseded duplicates of a (grid point, seed)).
     """
 
@@ -344,7 +339,7 @@ def load_sweep(
     sweep_id: str | None = None,
     tracking_uri: str | None = None,
     *,
-    metrics: Sequence[str] | None = LOAD_METRICS,
+    metrics: Sequence[str] | None = METRICS,
     client: mlflow.MlflowClient | None = None,
 ) -> SweepData:
     """Load one sweep: its parent run, its axes, and the full metric histories of its finished trials.
@@ -407,7 +402,7 @@ def load_sweep(
         row: dict[str, object] = {"run_id": run.info.run_id, "run_name": run.info.run_name,
                                   **dict(zip(axes, values, strict=True)), "seed": seed,
                                   "status": run.info.status, "start_time": run.info.start_time}
-        row.update({p: run.data.params.get(p) for p in (*TRIAL_PARAMS, *EXTRA_PARAMS)
+        row.update({p: run.data.params.get(p) for p in TRIAL_PARAMS
                     if p not in axes and p != "seed"})
         run_rows.append(row)
     experiment = client.get_experiment(parent.info.experiment_id)

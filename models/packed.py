@@ -20,6 +20,10 @@ builds for the training half and gathers per minibatch.
 
 Equivalence with S separate ``ResNet`` modules (weights, BatchNorm buffers, logits, gradients) is tested
 to 1e-10 in float64 after 200 SGD updates (tests/test_packed.py); only round-off differs.
+
+A member's numbers do not depend on S, bit for bit, in float32 too (tested for packs of 1, 2 and 5): every
+operation works on each member's slice alone, and every matrix product runs on ATen's batched kernel whatever
+S is (:func:`_baddbmm`, which explains why that needs care).
 """
 
 from __future__ import annotations
@@ -70,6 +74,32 @@ def _block_conv_index(C: int) -> Tensor:
     ci = torch.arange(C).view(1, 1, C, 1)
     index = co * (9 * C) + ci * 9 + tap.view(1, 4, 1, 4)  # (C, 4, C, 4)
     return index.reshape(16 * C * C)
+
+
+def _baddbmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    """``bias + a @ b`` per member: a (S, M, K) or (1, M, K), b (S, K, N) or (1, K, N), bias broadcastable to
+    (S, M, N) or None -> (S, M, N); on the same kernel for every S, so that a member's result does not
+    depend on how many members share the call.
+
+    Why: ATen's CPU bmm/baddbmm gives a batch of one to a plain gemm (``addmm`` per batch item) and a
+    larger batch of contiguous or transposed items to MKL's batched gemm (``_baddbmm_mkl_``), and the two
+    round differently for some shapes, mostly matrix-vector ones: the fc weight gradient at C=1,
+    (10 x 128) @ (128 x 1), and the stem's batch mean at C=64, (64 x 9) @ (9 x 1), differ in the last bit
+    (measured with torch 2.13 + MKL 2024.2; batches of 2, 3, 5 and 32 agree with each other). A
+    one-member pack trained on other numbers than the same seed in a pack of five. So a batch of one is run
+    as a batch of two, the same matrices twice through stride-0 views (no copy; twice the product's
+    arithmetic, for single-member packs only), and the first result kept. Its gradients also run as
+    batches of two, and summing the unused copy's exact zero gradient into the used one changes nothing.
+    A shared operand (batch 1 against S > 1) is expanded to S the same way. Products small enough for
+    ATen's naive loop (K * M * N < 400) take that loop for every S, which is per item anyway. CPU only: on
+    CUDA, cuBLAS chooses its batched kernel by batch count (batches of 2, 5 and 32 differ there too), which
+    no padding to two fixes.
+    """
+    S = max(a.shape[0], b.shape[0])
+    batch = max(S, 2)
+    a2, b2 = a.expand(batch, -1, -1), b.expand(batch, -1, -1)
+    out = torch.bmm(a2, b2) if bias is None else torch.baddbmm(bias.expand(batch, *bias.shape[1:]), a2, b2)
+    return out if batch == S else out[:S]
 
 
 @dataclass(frozen=True)
@@ -252,8 +282,8 @@ class PackedResNet(nn.Module):
             # then sum exactly) E[pp'] - E[p]E[p]' loses next to nothing.
             p_mean = (inputs.moments[:, 81:] / n).unsqueeze(2)  # (G, 9, 1)
             p_cov = inputs.moments[:, :81].view(G, 9, 9) / n - p_mean * p_mean.transpose(1, 2)  # (G, 9, 9)
-            mean = (weight @ p_mean).squeeze(2)  # (S, C)
-            var = ((weight @ p_cov) * weight).sum(dim=2).clamp(min=0)  # (S, C), biased
+            mean = _baddbmm(None, weight, p_mean).squeeze(2)  # (S, C)
+            var = (_baddbmm(None, weight, p_cov) * weight).sum(dim=2).clamp(min=0)  # (S, C), biased
             with torch.no_grad():
                 self.stem_bn_num_batches_tracked.add_(1)
                 running_mean.lerp_(mean, _MOMENTUM)
@@ -263,17 +293,15 @@ class PackedResNet(nn.Module):
         scale = self.stem_bn_weight * torch.rsqrt(var + _EPS)  # (S, C)
         bias = self.stem_bn_bias - mean * scale
         folded = weight * scale.unsqueeze(2)
-        if G == 1 and S > 1:  # shared input: one (S*C, 9) @ (9, n) product
-            out = torch.addmm(bias.reshape(S * C, 1), folded.reshape(S * C, 9), patches[0])
-        else:
-            out = torch.baddbmm(bias.unsqueeze(2), folded, patches)
-        return out.view(S, C, 16, N)
+        # A shared input (G = 1) is one (S*C, 9) @ (9, n) product in principle; it runs as S member products,
+        # so that a member's numbers do not depend on S (see _baddbmm).
+        return _baddbmm(bias.unsqueeze(2), folded, patches).view(S, C, 16, N)
 
     def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
         """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
         S, C, _, N = h.shape
         dense = weight.reshape(S, C * C * 9).index_select(1, self._block_index).view(S, 4 * C, 4 * C)
-        return torch.bmm(dense, h.reshape(S, 4 * C, N)).view(S, C, 4, N)
+        return _baddbmm(None, dense, h.reshape(S, 4 * C, N)).view(S, C, 4, N)
 
     def forward(self, x: Tensor | StemInputs) -> Tensor:
         """x: images (S, N, 1, 8, 8) or shared (N, 1, 8, 8), or their :class:`StemInputs` (S groups or 1)
@@ -302,4 +330,4 @@ class PackedResNet(nn.Module):
         pooled = h.mean(dim=2)  # (S, C, N): global average pool
         # Computed as (S, 10, N) = W @ pooled and returned as its (S, N, 10) transpose: several times faster
         # than pooled^T @ W^T here, and a loss over classes on dim 1 then reads contiguous memory.
-        return torch.baddbmm(self.fc_bias.unsqueeze(2), self.fc_weight, pooled).transpose(1, 2)
+        return _baddbmm(self.fc_bias.unsqueeze(2), self.fc_weight, pooled).transpose(1, 2)

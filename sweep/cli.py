@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--eval-every", type=int, default=None, help="default: 25 updates / 10 epochs")
     t.add_argument("--split-seed", type=int, default=0)
+    t.add_argument("--label-noise", type=float, default=0.0,
+                   help="fraction of training labels replaced by a different class, in [0, 1)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
@@ -88,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         config = TrainConfig(C=args.C, protocol=args.protocol, budget=args.budget, lr=args.lr,
                              batch_size=args.batch_size, eval_every=args.eval_every,
-                             split_seed=args.split_seed, device=args.device)
+                             split_seed=args.split_seed, label_noise=args.label_noise, device=args.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     torch.set_num_threads(args.threads)
@@ -103,11 +105,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"C={args.C} seed={args.seed}: diverged ({reason})")
         sys.exit(1)
     r = last.records[0]
-    print(f"C={args.C} seed={args.seed} protocol={args.protocol} step={r.step} "
-          f"split={trainer.data.split_hash}")
-    print(f"train_error={r.train_error:.4f} test_error={r.test_error:.4f} "
-          f"generalization_gap={r.generalization_gap:.4f} train_loss={r.train_loss:.4f} "
-          f"test_loss={r.test_loss:.4f}")
+    print(f"C={args.C} seed={args.seed} protocol={args.protocol} step={r.step} split={trainer.data.split_hash} "
+          f"label_noise={args.label_noise} ({trainer.data.n_flipped} labels flipped)")
+    print(f"train_error={r.train_error:.4f} train_error_clean={r.train_error_clean:.4f} "
+          f"test_error={r.test_error:.4f} generalization_gap={r.generalization_gap:.4f} "
+          f"train_loss={r.train_loss:.4f} test_loss={r.test_loss:.4f}")
     print(f"{trainer.ms_per_update:.3f} ms per update ({trainer.updates} updates, {seconds:.1f} s wall "
           f"including evaluations, {args.threads} thread(s), {args.device})")
 
@@ -232,11 +234,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'C':>4} {'seed':>5} {'train_error':>12} {'test_error':>11} {'gap':>8}  status")
+    """One line per run: its grid point (every axis value), seed, final errors, status."""
+    width = max([len("grid point"), *(len(row["grid_point"]) for row in rows)])
+    print(f"\n{'grid point':<{width}} {'seed':>5} {'train_error':>12} {'test_error':>11} {'gap':>8}  status")
     for row in rows:
         reason = f"  ({row['failure_reason']})" if row["failure_reason"] else ""
-        print(f"{row['C']:>4} {row['seed']:>5} {row['train_error']:>12.4f} {row['test_error']:>11.4f} "
-              f"{row['generalization_gap']:>8.4f}  {row['status']}{reason}")
+        print(f"{row['grid_point']:<{width}} {row['seed']:>5} {row['train_error']:>12.4f} "
+              f"{row['test_error']:>11.4f} {row['generalization_gap']:>8.4f}  {row['status']}{reason}")
 
 
 def print_next_steps(sweep_id: str, tracking_uri: str, analyzed: bool) -> None:

@@ -16,6 +16,12 @@ PROTOCOLS: tuple[str, ...] = ("handout", "epochs")
 DEFAULT_EVAL_EVERY = {"handout": 25, "epochs": 10}
 
 
+def n_flipped_labels(label_noise: float) -> int:
+    """Training labels replaced at noise level ``label_noise``: ``round(label_noise * 898)`` (Python's
+    round, half to even)."""
+    return round(label_noise * N_TRAIN)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a trial except its seed.
@@ -33,6 +39,7 @@ class TrainConfig:
     batch_size: int = 128
     eval_every: int | None = None
     split_seed: int = 0
+    label_noise: float = 0.0
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -45,6 +52,17 @@ class TrainConfig:
             raise ValueError(f"batch_size must be in 1..{N_TRAIN}, got {self.batch_size}")
         if not 0 < self.eval_interval <= self.budget:
             raise ValueError(f"eval_every must be in 1..budget ({self.budget}), got {self.eval_every}")
+        if not 0 <= self.label_noise < 1:  # also refuses NaN
+            raise ValueError(f"label_noise must be a fraction in [0, 1), got {self.label_noise}")
+
+    @property
+    def n_flipped_labels(self) -> int:
+        """How many training labels label noise replaces: ``round(label_noise * 898)``."""
+        return n_flipped_labels(self.label_noise)
+
+    def axis_value(self, axis: str) -> object:
+        """The value of grid axis ``axis`` (a :data:`sweep.names.AXES` name) for this config, as logged."""
+        return self.eval_interval if axis == "eval_every" else getattr(self, axis)
 
     @property
     def eval_interval(self) -> int:

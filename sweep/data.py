@@ -1,4 +1,10 @@
-"""scikit-learn's digits as tensors, split 50/50 by a ``split_seed`` that is separate from training seeds."""
+"""scikit-learn's digits as tensors, split 50/50 by a ``split_seed`` that is separate from training seeds.
+
+Label noise (``data.label_noise`` in a spec) replaces ``round(f * 898)`` of the training half's labels by a
+uniformly drawn different class, before training; which images and which wrong labels are fixed by
+``split_seed`` and ``f`` alone (:func:`noisy_labels`), so every width and seed of a sweep trains on the same
+corrupted labels. The test half is never touched.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +16,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sweep.config import N_TRAIN, TrainConfig
+from sweep.config import N_TRAIN, TrainConfig, n_flipped_labels
 
 N_DIGITS = 1797
+N_CLASSES = 10
+_NOISE_STREAM = 0x1AB31  # tells the label-noise generator apart from any other stream drawn from split_seed
 
 
 @dataclass(frozen=True)
 class Digits:
     """One train/test split, already on its device.
 
-    x_train: (898, 1, 8, 8) pixels in [0, 1]; y_train: (898,) int64 labels 0..9; likewise the test half (899).
-    split_hash: 12 hex characters identifying the split's indices, so a run can prove which split it used.
+    x_train: (898, 1, 8, 8) pixels in [0, 1]; y_train: (898,) int64 labels 0..9, the labels the model is
+    trained on (with label noise: some replaced); y_train_clean: (898,) the true labels; likewise the test
+    half (899), whose labels are always the true ones. split_hash: 12 hex characters identifying the
+    split's indices, so a run can prove which split it used. label_noise: the fraction asked for;
+    n_flipped: how many of y_train differ from y_train_clean.
     """
 
     x_train: Tensor
@@ -29,6 +40,9 @@ class Digits:
     y_test: Tensor
     split_seed: int
     split_hash: str
+    y_train_clean: Tensor
+    label_noise: float = 0.0
+    n_flipped: int = 0
 
 
 DigitsArrays = tuple[np.ndarray, np.ndarray]
@@ -57,33 +71,64 @@ def split_hash(split_seed: int) -> str:
     return digest.hexdigest()[:12]
 
 
+def noisy_labels(labels: np.ndarray, split_seed: int, label_noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """The training half's labels with ``round(label_noise * 898)`` of them replaced by a wrong class.
+
+    labels: (898,) int labels 0..9 of the training half, in split order. Returns (noisy labels (898,),
+    sorted positions that were flipped). The positions are a uniform sample without replacement; each new
+    label is ``(old + k) % 10`` with k uniform in 1..9, i.e. uniform over the nine other classes. Both come
+    from a generator seeded by ``(split_seed, round(label_noise * 1e6))`` and nothing else: the same
+    corruption for every width, training seed and pack of a sweep.
+    """
+    if not 0 <= label_noise < 1:
+        raise ValueError(f"label_noise must be a fraction in [0, 1), got {label_noise}")
+    if labels.shape != (N_TRAIN,):
+        raise ValueError(f"expected the {N_TRAIN} training labels, got shape {labels.shape}")
+    n = n_flipped_labels(label_noise)
+    noisy = labels.copy()
+    if n == 0:
+        return noisy, np.empty(0, dtype=np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([split_seed, round(label_noise * 1e6), _NOISE_STREAM]))
+    flipped = np.sort(rng.choice(N_TRAIN, size=n, replace=False))
+    noisy[flipped] = (labels[flipped] + rng.integers(1, N_CLASSES, size=n)) % N_CLASSES
+    return noisy, flipped
+
+
 def load_digits_split(
     split_seed: int = 0,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     arrays: DigitsArrays | None = None,
+    label_noise: float = 0.0,
 ) -> Digits:
-    """Split digits by ``split_seed`` and move both halves to ``device`` in ``dtype``.
+    """Split digits by ``split_seed``, corrupt ``label_noise`` of the training labels (:func:`noisy_labels`)
+    and move both halves to ``device`` in ``dtype``.
 
     ``arrays``: the output of :func:`digits_arrays`, when the caller already has it (a Ray worker gets it
     from the object store); loaded here otherwise.
     """
     images, labels = arrays if arrays is not None else digits_arrays()
     train_idx, test_idx = split_indices(split_seed)
+    clean = labels[train_idx]
+    noisy, flipped = noisy_labels(clean, split_seed, label_noise)
 
     def to(a: np.ndarray, dt: torch.dtype) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
 
     return Digits(
         x_train=to(images[train_idx], dtype),
-        y_train=to(labels[train_idx], torch.int64),
+        y_train=to(noisy, torch.int64),
         x_test=to(images[test_idx], dtype),
         y_test=to(labels[test_idx], torch.int64),
         split_seed=split_seed,
         split_hash=split_hash(split_seed),
+        y_train_clean=to(clean, torch.int64),
+        label_noise=label_noise,
+        n_flipped=len(flipped),
     )
 
 
 def load_for_config(config: TrainConfig, arrays: DigitsArrays | None = None) -> Digits:
-    """The split, device and dtype ``config`` names, as :func:`load_digits_split` loads them."""
-    return load_digits_split(config.split_seed, config.device, getattr(torch, config.dtype), arrays)
+    """The split, label noise, device and dtype ``config`` names, as :func:`load_digits_split` loads them."""
+    return load_digits_split(config.split_seed, config.device, getattr(torch, config.dtype), arrays,
+                             config.label_noise)

@@ -5,6 +5,7 @@ config -> plan of trials -> Ray Tune -> trainer -> metric records -> MLflow -> a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -17,16 +18,20 @@ from typing import Any
 import yaml
 
 from sweep.names import (
+    KNOB,
     ROLE_PARENT,
     ROLE_TRIAL,
+    TAG_AXES,
     TAG_FAILURE,
+    TAG_GRID_POINT,
+    TAG_KNOB,
     TAG_PRESET,
     TAG_ROLE,
     TAG_SWEEP_ID,
     TAG_TUNE_PATH,
 )
-from sweep.plan import TrialGroup, plan_trials, run_name
-from sweep.spec import SweepSpec, validate
+from sweep.plan import TrialGroup, plan_trials
+from sweep.spec import SpecError, SweepSpec, validate
 
 SPEC_ARTIFACT = "spec.yaml"
 
@@ -128,6 +133,8 @@ def concurrent_slots(spec: SweepSpec) -> int:
 def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, slots: int = 1) -> Sweep:
     """Create the experiment, the parent run and one SCHEDULED child run per (grid point, seed).
 
+    The parent is tagged with the grid's axes (``sweep.axes``, JSON) and knob (``sweep.knob``); each child is
+    named by its grid point and seed (``C=4 lr=0.05 seed=1``, see :mod:`sweep.names`).
     ``slots``: trials the cluster runs at once, used to split expensive packed grid points (plan_trials).
     """
     from mlflow import MlflowClient
@@ -142,7 +149,8 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
     tune_path = f"{storage.rstrip('/')}/{sweep_id}"
     resolved = spec.model_dump(mode="json")
     parent = tracking.create_parent_run(client, experiment_id, sweep_id, {
-        TAG_PRESET: source, TAG_TUNE_PATH: tune_path, **tracking.library_tags()})
+        TAG_PRESET: source, TAG_TUNE_PATH: tune_path, TAG_AXES: json.dumps(list(spec.axes)), TAG_KNOB: KNOB,
+        **tracking.library_tags()})
     tracking.log_params(client, parent, tracking.flatten(resolved))
     client.log_text(parent, yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
 
@@ -150,8 +158,8 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
     digest = split_hash(spec.split_seed)
     for group in plan_trials(spec, slots):
         run_ids = {
-            seed: tracking.create_trial_run(client, experiment_id, sweep_id, parent,
-                                            run_name(group.config.C, seed), group.member_params(seed, digest))
+            seed: tracking.create_trial_run(client, experiment_id, sweep_id, parent, group.run_name(seed),
+                                            group.member_params(seed, digest), group.grid_point)
             for seed in group.seeds
         }
         sweep.trials.append({"group": group.to_dict(), "run_ids": run_ids})
@@ -173,7 +181,10 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
                          else f"no sweep found in {tracking_uri}")
     parent = parents[0]
     text = Path(client.download_artifacts(parent.info.run_id, SPEC_ARTIFACT)).read_text()
-    spec = validate(yaml.safe_load(text))
+    try:
+        spec = validate(yaml.safe_load(text))
+    except SpecError as exc:  # e.g. a sweep made before a rule was added (name pattern, distinct grid values)
+        raise SweepError(f"sweep {parent.data.tags[TAG_SWEEP_ID]}'s spec.yaml is no longer valid: {exc}") from None
     return Sweep(spec, parent.data.tags[TAG_SWEEP_ID], tracking_uri, parent.info.experiment_id,
                  parent.info.run_id, parent.data.tags[TAG_TUNE_PATH])
 
@@ -244,7 +255,7 @@ def run_tuner(sweep: Sweep, restore: bool = False) -> Any:
 def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     """End every run: trials Tune gave up on and runs left open become FAILED; the parent FINISHED.
 
-    Returns one row per member: C, seed, final errors, gap, status, failure reason.
+    Returns one row per member: grid point, C, seed, final errors, gap, status, failure reason.
     """
     from mlflow import MlflowClient
 
@@ -260,12 +271,13 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     tracking.end_unfinished_runs(client, [r.info.run_id for r in runs], "trial did not finish")
     runs = trial_runs(sweep)
     rows = sorted(
-        ({"C": int(r.data.params["C"]), "seed": int(r.data.params["seed"]),
+        ({"grid_point": r.data.tags.get(TAG_GRID_POINT, f"C={r.data.params['C']}"),
+          "C": int(r.data.params["C"]), "seed": int(r.data.params["seed"]),
           "train_error": r.data.metrics.get("train_error", float("nan")),
           "test_error": r.data.metrics.get("test_error", float("nan")),
           "generalization_gap": r.data.metrics.get("generalization_gap", float("nan")),
           "status": r.info.status, "failure_reason": r.data.tags.get(TAG_FAILURE, "")} for r in runs),
-        key=lambda row: (row["C"], row["seed"]),
+        key=lambda row: (row["C"], row["grid_point"], row["seed"]),
     )
     n_failed = sum(row["status"] != "FINISHED" for row in rows)
     share = logging_share(results)

@@ -3,17 +3,34 @@
 MLflow layout of one sweep:
   * experiment: the spec's ``tracking.experiment``, else the sweep's ``name``;
   * one parent run named ``<sweep_id>`` with tags ``sweep_id``, ``sweep.role=parent``, ``preset``,
-    ``git_commit``, ``host`` and library versions; params = the resolved spec; artifact ``spec.yaml``;
-    analysis outputs under the artifact folder ``analysis/``;
-  * one child run per (grid point, seed) named ``C=4 seed=1`` with tags ``sweep_id``, ``sweep.role=trial``,
-    ``mlflow.parentRunId``, ``C``, ``seed``, ``ray.node_id``; params ``C``, ``seed``, ``protocol``, ``budget``,
-    ``lr``, ``batch_size``, ``eval_every``, ``split_seed``, ``split_hash``, ``model_family``,
-    ``param_count``, ``dtype``; metrics :data:`METRICS` with ``step`` = update (handout) or epoch (epochs);
+    ``git_commit``, ``host``, library versions, ``sweep.axes`` (JSON list of the grid's axis names, see
+    below) and ``sweep.knob`` (the model family's complexity knob, ``"C"`` for the ResNet); params = the
+    resolved spec; artifact ``spec.yaml``; analysis outputs under the artifact folder ``analysis/``;
+  * one child run per (grid point, seed). Its name lists ``<axis>=<value>`` for every axis of
+    ``sweep.axes`` in that order, then ``seed=<seed>``, space-separated, values printed with Python's
+    ``str()`` (``C=4 lr=0.05 seed=1``; ``C=4 seed=1`` when C is the only axis). Tags ``sweep_id``,
+    ``sweep.role=trial``, ``mlflow.parentRunId``, ``C``, ``seed``, ``grid_point`` (the name without the
+    seed part: ``C=4 lr=0.05``), ``ray.node_id``, ``ray.worker_pid``. Params :data:`TRIAL_PARAMS`: every
+    TrainConfig field (so every axis value) plus ``split_hash``, ``model_family``, ``param_count`` and
+    ``n_flipped_labels``. Metrics :data:`METRICS` with ``step`` = update (handout) or epoch (epochs);
     a diverged trial ends FAILED with tag ``failure_reason``.
+
+Axes (:func:`sweep.spec.SweepSpec.axes`): the knob ``C`` first, always, even with one value; then, in the
+order of :data:`AXES`, every other hyperparameter the spec gives more than one value. A trial's identity is
+(every axis value, seed): two runs of one sweep with the same name are the same trial (a restart), never
+two grid points.
 """
 
 # The metric keys a trial logs, in the trainer's MetricRecord field names.
-METRICS = ("train_error", "test_error", "train_loss", "test_loss", "generalization_gap", "minibatch_loss")
+# train_error/train_loss: against the labels trained on (noisy with label noise); train_error_clean: against
+# the true training labels (equal to train_error when label_noise is 0).
+METRICS = ("train_error", "test_error", "train_loss", "test_loss", "generalization_gap", "minibatch_loss",
+           "train_error_clean")
+
+KNOB = "C"  # the ResNet family's complexity knob: always the first axis
+# Every other hyperparameter that may be a grid axis, in axis order (spec order); each is a TrainConfig field
+# and a trial param of the same name.
+AXES = ("protocol", "budget", "lr", "batch_size", "eval_every", "label_noise")
 
 TAG_SWEEP_ID = "sweep_id"
 TAG_ROLE = "sweep.role"
@@ -25,13 +42,17 @@ TAG_WORKER_PID = "ray.worker_pid"
 TAG_FAILURE = "failure_reason"
 TAG_PRESET = "preset"
 TAG_TUNE_PATH = "tune_path"
+TAG_AXES = "sweep.axes"
+TAG_KNOB = "sweep.knob"
+TAG_GRID_POINT = "grid_point"
 ANALYSIS_ARTIFACT_DIR = "analysis"
 TRIAL_PARAMS = (
     "C", "seed", "protocol", "budget", "lr", "batch_size", "eval_every", "split_seed", "split_hash",
-    "model_family", "param_count", "dtype",
+    "model_family", "param_count", "dtype", "label_noise", "n_flipped_labels",
 )
 
 __all__ = [
-    "METRICS", "TAG_SWEEP_ID", "TAG_ROLE", "ROLE_PARENT", "ROLE_TRIAL", "TAG_PARENT_RUN", "TAG_NODE_ID",
+    "METRICS", "KNOB", "AXES", "TAG_AXES", "TAG_KNOB", "TAG_GRID_POINT", "TAG_SWEEP_ID", "TAG_ROLE",
+    "ROLE_PARENT", "ROLE_TRIAL", "TAG_PARENT_RUN", "TAG_NODE_ID",
     "TAG_WORKER_PID", "TAG_FAILURE", "TAG_PRESET", "TAG_TUNE_PATH", "ANALYSIS_ARTIFACT_DIR", "TRIAL_PARAMS",
 ]

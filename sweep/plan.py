@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from sweep.config import TrainConfig
+from sweep.names import KNOB
 from sweep.spec import SweepSpec
 
 
@@ -18,14 +19,25 @@ class TrialGroup:
 
     config: TrainConfig
     seeds: tuple[int, ...]
+    axes: tuple[str, ...] = (KNOB,)  # the sweep's axes (SweepSpec.axes): what names this grid point
+
+    @property
+    def grid_point(self) -> str:
+        """The grid point's name, the ``grid_point`` tag: ``C=4 lr=0.05`` (see :func:`grid_point`)."""
+        return grid_point(self.config, self.axes)
 
     @property
     def label(self) -> str:
+        """Ray Tune's name for this trial: ``C=4 lr=0.05 seed=1``, or ``... seeds=0,1,2`` for a pack."""
         seeds = ",".join(map(str, self.seeds))
-        return f"C={self.config.C} seed={seeds}" if len(self.seeds) == 1 else f"C={self.config.C} seeds={seeds}"
+        return f"{self.grid_point} {'seed' if len(self.seeds) == 1 else 'seeds'}={seeds}"
+
+    def run_name(self, seed: int) -> str:
+        """One member's MLflow run name: the grid point, then ``seed=<seed>`` (``C=4 lr=0.05 seed=1``)."""
+        return f"{self.grid_point} seed={seed}"
 
     def member_params(self, seed: int, split_hash: str) -> dict[str, object]:
-        """Every hyperparameter of one member, as logged on its MLflow run."""
+        """Every hyperparameter of one member, as logged on its MLflow run (:data:`sweep.names.TRIAL_PARAMS`)."""
         from models import parameter_count  # torch: imported here so that planning needs none
 
         c = self.config
@@ -33,19 +45,23 @@ class TrialGroup:
             "C": c.C, "seed": seed, "protocol": c.protocol, "budget": c.budget, "lr": c.lr,
             "batch_size": c.batch_size, "eval_every": c.eval_interval, "split_seed": c.split_seed,
             "split_hash": split_hash, "model_family": "resnet", "param_count": parameter_count(c.C),
-            "dtype": c.dtype,
+            "dtype": c.dtype, "label_noise": c.label_noise, "n_flipped_labels": c.n_flipped_labels,
         }
 
     def to_dict(self) -> dict[str, object]:
-        return {"config": asdict(self.config), "seeds": list(self.seeds)}
+        return {"config": asdict(self.config), "seeds": list(self.seeds), "axes": list(self.axes)}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialGroup:
-        return cls(config=TrainConfig(**d["config"]), seeds=tuple(d["seeds"]))
+        # Tune state written before axes existed has none: C was then the only name part.
+        return cls(config=TrainConfig(**d["config"]), seeds=tuple(d["seeds"]), axes=tuple(d.get("axes", [KNOB])))
 
 
-def run_name(C: int, seed: int) -> str:
-    return f"C={C} seed={seed}"
+def grid_point(config: TrainConfig, axes: tuple[str, ...]) -> str:
+    """``<axis>=<value>`` for every axis in order, space-separated, values as Python's ``str()`` prints them
+    (``C=4 lr=0.05 label_noise=0.2``): a run's name without its seed, unique within a sweep because grid
+    lists hold distinct values."""
+    return " ".join(f"{axis}={config.axis_value(axis)}" for axis in axes)
 
 
 def relative_cost(config: TrainConfig) -> float:
@@ -71,6 +87,7 @@ def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
     """
     seeds = spec.seed_list
     configs = spec.configs()
+    axes = spec.axes
     total = sum(relative_cost(c) for c in configs) * len(seeds)
     share = total / max(1, slots)
     groups = []
@@ -82,5 +99,6 @@ def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
         else:
             chunks = min(len(seeds), max(1, round(relative_cost(config) * len(seeds) / share)))
         size = -(-len(seeds) // chunks)
-        groups += [TrialGroup(config=config, seeds=tuple(seeds[i : i + size])) for i in range(0, len(seeds), size)]
+        groups += [TrialGroup(config=config, seeds=tuple(seeds[i : i + size]), axes=axes)
+                   for i in range(0, len(seeds), size)]
     return sorted(groups, key=lambda g: -relative_cost(g.config) * len(g.seeds))  # stable: grid order on ties

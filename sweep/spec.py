@@ -1,7 +1,16 @@
 """The sweep spec: a YAML file (or a shipped preset) validated with pydantic, expanded into a plan of trials.
 
-Any hyperparameter given as a list is a grid axis. Errors are :class:`SpecError`, one line each, naming the
-key or value and what is allowed; nothing here touches Ray or MLflow.
+Any hyperparameter given as a list of more than one value is a grid axis (:meth:`SweepSpec.axes`): the
+model's knob ``model.C`` (always the first axis), then ``protocol``, ``budget``, ``lr``, ``batch_size``,
+``eval_every`` and ``data.label_noise``, in that order. A grid list must be non-empty and its values
+distinct (``model.C: [4, 4]`` would make two trials with one identity); numbers must be finite.
+
+``name`` must match ``^[A-Za-z0-9][A-Za-z0-9._-]*$`` and have at most 100 characters: letters, digits,
+``.``, ``_`` and ``-``, starting with a letter or digit. It becomes part of the sweep id, which goes into
+MLflow filter strings (a quote would end the string) and Ray Tune folder paths (a slash would nest them).
+
+Errors are :class:`SpecError`, one line each, naming the key or value and what is allowed; nothing here
+touches Ray or MLflow.
 """
 
 from __future__ import annotations
@@ -16,10 +25,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sweep.config import DEFAULT_EVAL_EVERY, N_TRAIN, TrainConfig
+from sweep.names import AXES, KNOB
 
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NoiseFraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 ProtocolName = Literal["handout", "epochs"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_MAX_LENGTH = 100
 
 
 class SpecError(ValueError):
@@ -30,14 +43,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _grid_list(v: Any) -> Any:
+    """A grid list must name at least one value and no value twice (each value is one trial identity)."""
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("an empty list is no grid: give at least one value")
+        seen: list[Any] = []
+        for item in v:
+            if item in seen:
+                raise ValueError(f"the value {item!r} is repeated: grid values must be distinct")
+            seen.append(item)
+    return v
+
+
 class ModelSpec(_Strict):
     family: Literal["resnet"] = "resnet"
     C: PositiveInt | list[PositiveInt] = Field(description="ResNet width(s); the complexity knob")
 
+    _C_grid = field_validator("C")(_grid_list)
+
+
+class DataSpec(_Strict):
+    label_noise: NoiseFraction | list[NoiseFraction] = Field(
+        0.0, description="fraction of training labels replaced by a different class, in [0, 1); a list = an axis"
+    )
+
+    _noise_grid = field_validator("label_noise")(_grid_list)
+
 
 class ResourcesSpec(_Strict):
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial; torch uses this many threads")
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial; 0.25 puts four trials on one GPU")
+    cpu: float = Field(1.0, gt=0, allow_inf_nan=False, description="CPUs per trial; torch uses this many threads")
+    gpu: float = Field(0.0, ge=0, allow_inf_nan=False, description="GPUs per trial; 0.25 puts four trials on one GPU")
 
 
 class TrackingSpec(_Strict):
@@ -46,8 +82,9 @@ class TrackingSpec(_Strict):
 
 
 class SweepSpec(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)
     model: ModelSpec
+    data: DataSpec = DataSpec()
     seeds: PositiveInt | list[Annotated[int, Field(ge=0, strict=True)]] = Field(
         description="a count n meaning seeds 0..n-1, or an explicit list"
     )
@@ -72,12 +109,7 @@ class SweepSpec(_Strict):
         # YAML 1.1 reads a bare `off` as false and `on` as true.
         return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds_not_empty(cls, v: int | list[int]) -> int | list[int]:
-        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
-            raise ValueError("seeds must be a count > 0 or a non-empty list of distinct integers >= 0")
-        return v
+    _grids = field_validator("seeds", "protocol", "budget", "lr", "batch_size", "eval_every")(_grid_list)
 
     @field_validator("batch_size")
     @classmethod
@@ -101,16 +133,29 @@ class SweepSpec(_Strict):
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
+    def values(self, axis: str) -> list[Any]:
+        """The values the spec gives hyperparameter ``axis`` (``C`` or a :data:`sweep.names.AXES` name)."""
+        if axis == KNOB:
+            return _as_list(self.model.C)
+        if axis == "label_noise":
+            return _as_list(self.data.label_noise)
+        if axis not in AXES:
+            raise KeyError(f"{axis!r} is not a grid axis; axes are {KNOB}, {', '.join(AXES)}")
+        return _as_list(getattr(self, axis))
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The grid's axes in spec order: the knob ``C`` always, then every hyperparameter of
+        :data:`sweep.names.AXES` that has more than one value. A trial is identified by its value on each."""
+        return (KNOB, *(axis for axis in AXES if len(self.values(axis)) > 1))
+
     def configs(self) -> list[TrainConfig]:
-        """Every grid point except the seed, in a stable order (C varies slowest)."""
-        axes = itertools.product(
-            _as_list(self.model.C), _as_list(self.protocol), _as_list(self.budget), _as_list(self.lr),
-            _as_list(self.batch_size), _as_list(self.eval_every),
-        )
+        """Every grid point except the seed, in a stable order: C varies slowest, then the other axes in
+        :data:`sweep.names.AXES` order, each list in the order the spec gives it."""
+        points = itertools.product(self.values(KNOB), *(self.values(axis) for axis in AXES))
         return [
-            TrainConfig(C=C, protocol=p, budget=b, lr=lr, batch_size=bs, eval_every=e,
-                        split_seed=self.split_seed, dtype=self.dtype)
-            for C, p, b, lr, bs, e in axes
+            TrainConfig(C=C, **dict(zip(AXES, rest, strict=True)), split_seed=self.split_seed, dtype=self.dtype)
+            for C, *rest in points
         ]
 
 
@@ -204,17 +249,21 @@ def _did_you_mean(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+_LIST = "a non-empty list of distinct ones"
 ALLOWED = {
-    "model.C": "a positive integer or a list of them",
+    "name": f"letters, digits, '.', '_' and '-', starting with a letter or digit, at most {NAME_MAX_LENGTH} "
+            "characters (it goes into MLflow filter strings and folder paths)",
+    "model.C": f"a positive integer or {_LIST}",
+    "data.label_noise": f"a fraction in [0, 1) or {_LIST}",
     "seeds": "a count n > 0 (seeds 0..n-1) or a non-empty list of distinct integers >= 0",
-    "protocol": "'handout' or 'epochs', or a list of them",
-    "budget": "an integer > 0 or a list of them",
-    "lr": "a number > 0 or a list of them",
-    "batch_size": f"an integer in 1..{N_TRAIN} or a list of them",
-    "eval_every": "an integer in 1..budget, a list of them, or null for the protocol's default",
+    "protocol": "'handout' or 'epochs', or a non-empty list of distinct ones",
+    "budget": f"an integer > 0 or {_LIST}",
+    "lr": f"a finite number > 0 or {_LIST}",
+    "batch_size": f"an integer in 1..{N_TRAIN} or {_LIST}",
+    "eval_every": f"an integer in 1..budget, {_LIST}, or null for the protocol's default",
     "split_seed": "an integer >= 0",
-    "resources.cpu": "a number > 0",
-    "resources.gpu": "a number >= 0 (fractions share a GPU)",
+    "resources.cpu": "a finite number > 0",
+    "resources.gpu": "a finite number >= 0 (fractions share a GPU)",
 }
 
 

@@ -24,6 +24,7 @@ from sweep.names import (
     ROLE_PARENT,
     ROLE_TRIAL,
     TAG_FAILURE,
+    TAG_GRID_POINT,
     TAG_NODE_ID,
     TAG_PARENT_RUN,
     TAG_ROLE,
@@ -126,11 +127,15 @@ def create_parent_run(client: MlflowClient, experiment_id: str, sweep_id: str, t
 
 
 def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
-                     name: str, params: dict[str, Any]) -> str:
-    """A child run for one trial, left SCHEDULED until its trial starts."""
+                     name: str, params: dict[str, Any], grid_point: str) -> str:
+    """A child run for one member, left SCHEDULED until its trial starts.
+
+    name: ``<grid point> seed=<seed>``; params: :data:`sweep.names.TRIAL_PARAMS`; grid_point: the name
+    without its seed part, tagged ``grid_point`` (the trial's identity together with the ``seed`` tag).
+    """
     run = with_retry(client.create_run, experiment_id, run_name=name, tags={
         TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id,
-        "C": str(params["C"]), "seed": str(params["seed"])})
+        "C": str(params["C"]), "seed": str(params["seed"]), TAG_GRID_POINT: grid_point})
     run_id = run.info.run_id
     log_params(client, run_id, params)
     with_retry(client.update_run, run_id, status="SCHEDULED")

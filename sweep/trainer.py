@@ -1,9 +1,12 @@
 """The training loop: pure PyTorch, no Ray, no MLflow.
 
-A :class:`Trainer` trains S members (one per seed) of the same configuration, either as one plain
-``ResNet`` (S = 1, unpacked) or as one ``PackedResNet`` computation (any S). Either way each member
-starts from the weights ``ResNet(C)`` gets under ``torch.manual_seed(seed)`` and draws its minibatches from
-its own generator, so a member's records do not depend on what it is packed with.
+A :class:`Trainer` trains S members (one per seed) of the same configuration as one ``PackedResNet``
+computation, for every S including 1: one code path, so a member's float32 records depend only on its
+config and seed, never on how many seeds share its pack (which the plan decides from the cluster's size;
+tests/test_packed.py checks packs of 1, 2 and 5 bit for bit). Each member starts from the weights
+``ResNet(C)`` gets under ``torch.manual_seed(seed)`` and draws its minibatches from its own generator.
+``packed=False`` (one seed only) trains a plain ``ResNet`` instead: the reference the packed path is tested
+against, and a column of the benchmark; nothing chooses it implicitly.
 
 Protocols (see HANDOUT.md):
   * ``handout``: ``budget`` SGD updates, each on ``batch_size`` distinct training images drawn at random;
@@ -37,7 +40,10 @@ from sweep.names import METRICS
 class MetricRecord:
     """One evaluation of one member. Errors are misclassification rates in [0, 1] on the whole train half
     and the whole test half (eval mode); losses are mean cross-entropy in nats; ``minibatch_loss`` is the
-    training-mode loss of the last minibatch before the evaluation."""
+    training-mode loss of the last minibatch before the evaluation. ``train_error`` and ``train_loss`` are
+    measured against the labels the model is trained on (with label noise, partly wrong ones);
+    ``train_error_clean`` against the true labels (equal to ``train_error`` without label noise).
+    ``generalization_gap`` is ``test_error - train_error``."""
 
     seed: int
     step: int
@@ -47,6 +53,7 @@ class MetricRecord:
     test_loss: float
     generalization_gap: float
     minibatch_loss: float
+    train_error_clean: float
 
     def metrics(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in METRICS}
@@ -111,7 +118,11 @@ class _Single(nn.Module):
 
 
 class Trainer:
-    """Trains one member per seed; ``packed=None`` packs when there is more than one seed.
+    """Trains one member per seed as one ``PackedResNet`` (any number of seeds, one included).
+
+    ``packed=False`` (exactly one seed) trains a plain ``ResNet`` instead, for comparisons only. ``data``:
+    the split :func:`sweep.data.load_for_config` gives for ``config`` (loaded here when None); it must have
+    the config's split seed and label noise.
 
     Usage::
 
@@ -124,12 +135,11 @@ class Trainer:
         self,
         config: TrainConfig,
         seeds: Sequence[int],
-        packed: bool | None = None,
+        packed: bool = True,
         data: Digits | None = None,
     ) -> None:
         if not seeds:
             raise ValueError("at least one seed is needed")
-        packed = len(seeds) > 1 if packed is None else packed
         if not packed and len(seeds) != 1:
             raise ValueError("an unpacked trainer trains exactly one seed")
         self.config = config
@@ -137,6 +147,9 @@ class Trainer:
         self.device = torch.device(config.device)
         dtype = getattr(torch, config.dtype)
         self.data = data or load_for_config(config)
+        if (self.data.split_seed, self.data.label_noise) != (config.split_seed, config.label_noise):
+            raise ValueError(f"data has split_seed={self.data.split_seed}, label_noise={self.data.label_noise}; "
+                             f"the config asks for {config.split_seed}, {config.label_noise}")
         members = [init_model(config.C, s, dtype) for s in self.seeds]
         if packed:
             self.model: nn.Module = PackedResNet.from_models(members)
@@ -277,13 +290,14 @@ class Trainer:
         self.model.eval()
         d = self.data
         per_split = []
+        predictions = []
         for xs, ys in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
             logits = self.model(xs)  # shared input -> (S, N, 10)
             loss = F.cross_entropy(logits.transpose(1, 2), ys.expand(logits.shape[0], -1), reduction="none")
-            # Counted in integers so an error rate is exactly (mistakes / N), whatever the dtype.
-            mistakes = (logits.argmax(dim=2) != ys).sum(dim=1)
-            per_split.append(((mistakes.double() / ys.numel()).tolist(), loss.mean(dim=1).tolist()))
+            predictions.append(logits.argmax(dim=2))
+            per_split.append((_error_rates(predictions[-1], ys), loss.mean(dim=1).tolist()))
         (train_err, train_loss), (test_err, test_loss) = per_split
+        train_err_clean = train_err if d.n_flipped == 0 else _error_rates(predictions[0], d.y_train_clean)
         return [
             MetricRecord(
                 seed=self.seeds[i],
@@ -294,6 +308,13 @@ class Trainer:
                 test_loss=test_loss[i],
                 generalization_gap=test_err[i] - train_err[i],
                 minibatch_loss=float(minibatch_losses[i]),
+                train_error_clean=train_err_clean[i],
             )
             for i in self._live()
         ]
+
+
+def _error_rates(predictions: Tensor, labels: Tensor) -> list[float]:
+    """predictions (S, N), labels (N,) -> S misclassification rates, each exactly mistakes / N: counted in
+    integers, so the rate does not depend on the dtype."""
+    return ((predictions != labels).sum(dim=1).double() / labels.numel()).tolist()

@@ -81,7 +81,7 @@ def sim_test(c: int, seed: int, step: int) -> float:
 def metric_values(c: int, seed: int, step: int) -> dict[str, float]:
     tr, te = sim_train(c, seed, step), sim_test(c, seed, step)
     return {"train_error": tr, "test_error": te, "train_loss": 2 * tr, "test_loss": 2 * te,
-            "generalization_gap": te - tr, "minibatch_loss": 2 * tr + 0.1}
+            "generalization_gap": te - tr, "minibatch_loss": 2 * tr + 0.1, "train_error_clean": tr}
 
 
 #: Two-sided 97.5% Student t quantiles (scipy.stats.t.ppf(0.975, dof), written down as literals so the
@@ -98,7 +98,7 @@ def hand_ci(values: list[float]) -> tuple[float, float]:
 def _trial_params(c: int, seed: int, point: dict | None = None) -> list[Param]:
     values = {"C": c, "seed": seed, "protocol": "handout", "budget": 50, "lr": 0.1, "batch_size": 128,
               "eval_every": 10, "split_seed": 0, "split_hash": "deadbeef", "model_family": "resnet",
-              "param_count": PARAM_COUNTS.get(c, 0), "dtype": "float32"}
+              "param_count": PARAM_COUNTS.get(c, 0), "dtype": "float32", "label_noise": 0.0, "n_flipped_labels": 0}
     assert set(values) == set(TRIAL_PARAMS)
     values.update({"label_noise": 0.0, "n_flipped_labels": 0})
     values.update(point or {})

@@ -57,6 +57,19 @@ CASES = [
     (["run", "smoke", "--set", "model.C=[1,2"], ["malformed --set", "not valid YAML"]),
     (["run", "missing.yaml"], ["spec file 'missing.yaml' does not exist"]),
     (["run", "smoke", "--set", "resources.gpu=1"], ["resources.gpu=1.0 requested", "no GPU"]),
+    # issue 15 item 4 and issue 12: empty or repeated grid lists, non-finite numbers, unsafe names, bad noise
+    (["run", "smoke", "--set", "model.C=[]"], ["'model.C'", "empty list", "non-empty list of distinct"]),
+    (["run", "smoke", "--set", "lr=[]"], ["'lr'", "empty list"]),
+    (["run", "smoke", "--set", "lr=.inf"], ["'lr'", "finite number"]),
+    (["run", "smoke", "--set", "lr=.nan"], ["'lr'", "finite number"]),
+    (["run", "smoke", "--set", "model.C=[4,4]"], ["'model.C'", "value 4 is repeated"]),
+    (["run", "smoke", "--set", "lr=[0.1,0.1]"], ["'lr'", "value 0.1 is repeated"]),
+    (["run", "smoke", "--set", "seeds=[1,1]"], ["'seeds'", "value 1 is repeated"]),
+    (["run", "smoke", "--set", "name=a/b"], ["'name'", "'a/b'", "letters, digits, '.', '_' and '-'"]),
+    (["run", "smoke", "--set", "name=it's"], ["'name'", "letters, digits"]),
+    (["run", "smoke", "--set", "data.label_noise=1"], ["'data.label_noise'", "a fraction in [0, 1)"]),
+    (["run", "smoke", "--set", "data.label_noise=-0.1"], ["'data.label_noise'", "a fraction in [0, 1)"]),
+    (["run", "smoke", "--set", "data.label_noise=[0,1.5]"], ["'data.label_noise[1]'", "less than 1"]),
 ]
 
 
@@ -115,7 +128,7 @@ def test_console_script_exit_code_and_stderr(tmp_path):
 def test_presets_listed_one_line_each(capsys):
     cli.main(["presets"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["hw2", "hw2-epochs", "smoke", "width"]
+    assert [ln.split()[0] for ln in lines] == ["double-descent", "hw2", "hw2-epochs", "smoke", "width"]
     assert all(len(ln.split(maxsplit=1)[1]) > 20 for ln in lines)
 
 
@@ -123,3 +136,20 @@ def test_train_command_prints_metrics_and_time(capsys):
     cli.main(["train", "--C", "2", "--budget", "50", "--eval-every", "25"])
     out = capsys.readouterr().out
     assert "train_error=" in out and "test_error=" in out and "ms per update" in out
+
+
+def test_a_stored_spec_that_the_rules_now_refuse_is_one_line(tmp_path):
+    """A sweep made before a validation rule existed (here: a repeated width, a name with a space) cannot be
+    resumed; load_sweep says so in one line (the CLI's exit 2) instead of a traceback."""
+    from mlflow import MlflowClient
+
+    from sweep.names import ROLE_PARENT, TAG_ROLE, TAG_SWEEP_ID, TAG_TUNE_PATH
+
+    uri = f"sqlite:///{tmp_path}/old.db"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("old"), run_name="old sweep-1", tags={
+        TAG_ROLE: ROLE_PARENT, TAG_SWEEP_ID: "old sweep-1", TAG_TUNE_PATH: str(tmp_path / "tune")})
+    client.log_text(run.info.run_id, "name: old sweep\nmodel: {C: [4, 4]}\nseeds: 1\n", driver.SPEC_ARTIFACT)
+    with pytest.raises(driver.SweepError, match="no longer valid") as info:
+        driver.load_sweep(None, uri)
+    assert "\n" not in str(info.value) and "'name'" in str(info.value)

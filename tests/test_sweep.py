@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from mlflow import MlflowClient
 
 from sweep import driver
 from sweep.data import split_hash
-from sweep.names import METRICS, TAG_NODE_ID, TAG_PARENT_RUN, TAG_SWEEP_ID
+from sweep.names import (
+    METRICS,
+    TAG_AXES,
+    TAG_GRID_POINT,
+    TAG_KNOB,
+    TAG_NODE_ID,
+    TAG_PARENT_RUN,
+    TAG_SWEEP_ID,
+    TRIAL_PARAMS,
+)
 from sweep.trainer import TrainConfig, Trainer
 from tests.conftest import histories, run_sweep
 
@@ -34,12 +45,16 @@ def test_smoke_makes_one_parent_and_four_finished_children(smoke):
     assert {"torch_version", "ray_version", "mlflow_version", "host", "preset"} <= set(parent.data.tags)
     assert parent.data.params["model.C"] == "[1, 4]" and parent.data.params["budget"] == "50"
     assert [a.path for a in client.list_artifacts(sweep.parent_run_id)] == ["spec.yaml"]
+    assert json.loads(parent.data.tags[TAG_AXES]) == ["C"] and parent.data.tags[TAG_KNOB] == "C"
     runs = children(sweep)
     assert sorted(runs) == [(1, 0), (1, 1), (4, 0), (4, 1)]
     for (C, seed), run in runs.items():
         assert run.info.status == "FINISHED"
-        assert run.info.run_name == f"C={C} seed={seed}"
+        assert run.info.run_name == f"C={C} seed={seed}"  # C the only axis: the names of before
+        assert run.data.tags[TAG_GRID_POINT] == f"C={C}"
         assert run.data.tags[TAG_PARENT_RUN] == sweep.parent_run_id
+        assert set(TRIAL_PARAMS) <= set(run.data.params)
+        assert (run.data.params["label_noise"], run.data.params["n_flipped_labels"]) == ("0.0", "0")
         assert run.data.tags[TAG_NODE_ID]
         assert run.data.params["split_hash"] == split_hash(0)
         assert run.data.params["protocol"] == "handout" and run.data.params["eval_every"] == "10"
@@ -90,6 +105,29 @@ def test_user_yaml_with_overrides_and_two_sweeps_apart(smoke, tmp_path):
         records = [e.records[0] for e in Trainer(TrainConfig(C=2, budget=30, eval_every=15), [seed]).run()]
         assert [s for s, _ in histories(client, run.info.run_id, "test_error")] == [15, 30]
         assert [v for _, v in histories(client, run.info.run_id, "test_error")] == [r.test_error for r in records]
+
+
+def test_every_axis_names_its_runs(smoke):
+    """C x lr x 2 seeds with label noise (issue 12): 8 runs, 8 names, each grid point's values reached the
+    trainer (its logged numbers are the Trainer's for that lr and noise), nothing pooled or skipped."""
+    folder, _, client = smoke
+    sweep = run_sweep(folder, "smoke", "--set", "lr=[0.05,0.1]", "--set", "data.label_noise=0.1",
+                      "--set", "budget=20", "--no-analyze")
+    parent = client.get_run(sweep.parent_run_id)
+    assert json.loads(parent.data.tags[TAG_AXES]) == ["C", "lr"] and parent.data.tags[TAG_KNOB] == "C"
+    runs = {r.info.run_name: r for r in driver.trial_runs(sweep)}
+    assert sorted(runs) == sorted(f"C={C} lr={lr} seed={s}" for C in (1, 4) for lr in ("0.05", "0.1") for s in (0, 1))
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[TAG_GRID_POINT] == name.rsplit(" seed=", 1)[0]
+        assert run.data.params["lr"] == name.split("lr=")[1].split()[0]
+        assert (run.data.params["label_noise"], run.data.params["n_flipped_labels"]) == ("0.1", "90")  # 89.8
+    torch.set_num_threads(1)
+    trainer = Trainer(TrainConfig(C=4, budget=20, eval_every=10, lr=0.05, label_noise=0.1), seeds=[1])
+    records = [e.records[0] for e in trainer.run()]
+    run_id = runs["C=4 lr=0.05 seed=1"].info.run_id
+    for key in ("train_error", "train_error_clean", "test_error", "minibatch_loss"):
+        assert histories(client, run_id, key) == [(r.step, getattr(r, key)) for r in records], key
 
 
 def test_analyze_a_real_smoke_sweep(smoke, tmp_path):

@@ -131,3 +131,71 @@ def test_draw_minibatches_is_a_uniform_ordered_sample_without_replacement():
     assert np.abs(counts / 40000 - 1 / 20).max() < 0.006  # ~5 standard deviations
     with pytest.raises(ValueError, match="cannot draw 6 distinct indices out of 5"):
         draw_minibatches(np.zeros((1, 6)), 5)
+
+
+# -- label noise (issue 12) ---------------------------------------------------------------------------
+
+# round(f * 898) worked out by hand: 0.05 -> 44.9 -> 45, 0.2 -> 179.6 -> 180, 0.5 -> 449, 0.9 -> 808.2 -> 808.
+FLIPS = [(0.0, 0), (0.05, 45), (0.2, 180), (0.5, 449), (0.9, 808)]
+
+
+@pytest.mark.parametrize(("noise", "n_flipped"), FLIPS)
+def test_label_noise_flips_exactly_round_f_898_labels_each_to_another_class(noise, n_flipped):
+    clean = load_digits_split(0)
+    noisy = load_digits_split(0, label_noise=noise)
+    changed = noisy.y_train != clean.y_train
+    assert int(changed.sum()) == n_flipped == noisy.n_flipped  # != : each flipped label is a different class
+    assert torch.equal(noisy.y_train_clean, clean.y_train)
+    assert int(noisy.y_train.min()) >= 0 and int(noisy.y_train.max()) <= 9
+    # images and the test half untouched
+    assert torch.equal(noisy.x_train, clean.x_train) and torch.equal(noisy.x_test, clean.x_test)
+    assert torch.equal(noisy.y_test, clean.y_test)
+    assert noisy.split_hash == clean.split_hash
+
+
+def test_label_noise_is_the_same_for_every_width_and_seed():
+    """Fixed by split_seed and the noise level alone: two trainers that share nothing else see the same labels."""
+    a = Trainer(TrainConfig(C=1, budget=10, eval_every=10, label_noise=0.2), [0]).data
+    b = Trainer(TrainConfig(C=64, budget=20, eval_every=10, lr=0.05, label_noise=0.2), [3, 7]).data
+    assert torch.equal(a.y_train, b.y_train) and int((a.y_train != a.y_train_clean).sum()) == 180
+    # ... and another split seed or another level gives another corruption
+    other_split = load_digits_split(1, label_noise=0.2)
+    assert not torch.equal(other_split.y_train != other_split.y_train_clean, a.y_train != a.y_train_clean)
+    other_level = load_digits_split(0, label_noise=0.3)
+    assert int((other_level.y_train != other_level.y_train_clean).sum()) == 269  # 0.3 x 898 = 269.4
+    # a Trainer refuses data that was corrupted differently from what its config says
+    with pytest.raises(ValueError, match="label_noise"):
+        Trainer(TrainConfig(C=1, budget=10, eval_every=10, label_noise=0.2), [0], data=load_digits_split(0))
+
+
+def test_wrong_labels_are_spread_over_the_nine_other_classes():
+    d = load_digits_split(0, label_noise=0.5)
+    flipped = d.y_train != d.y_train_clean
+    offsets = ((d.y_train - d.y_train_clean) % 10)[flipped]
+    counts = torch.bincount(offsets, minlength=10).tolist()
+    assert counts[0] == 0
+    # 449 flips over 9 offsets: 49.9 each, standard deviation sqrt(449 * 1/9 * 8/9) = 6.7; allow 5 of them
+    assert all(abs(c - 449 / 9) < 5 * 6.7 for c in counts[1:]), counts
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
+def test_label_noise_outside_0_1_is_refused(bad):
+    with pytest.raises(ValueError, match="label_noise"):
+        TrainConfig(C=1, label_noise=bad)
+    with pytest.raises(ValueError, match="label_noise"):
+        load_digits_split(0, label_noise=bad)
+
+
+def test_train_error_is_against_the_noisy_labels_and_train_error_clean_against_the_true_ones():
+    # float64 so that the plain ResNet's predictions below are the packed model's (they agree to 1e-10)
+    trainer = Trainer(TrainConfig(C=8, budget=100, eval_every=100, label_noise=0.2, dtype="float64"), [0])
+    record = run_all(trainer)[-1].records[0]
+    net = trainer.members()[0].eval()
+    with torch.no_grad():
+        predicted = net(trainer.data.x_train).argmax(dim=1)
+    noisy_mistakes = int((predicted != trainer.data.y_train).sum())
+    clean_mistakes = int((predicted != trainer.data.y_train_clean).sum())
+    assert record.train_error == noisy_mistakes / 898 and record.train_error_clean == clean_mistakes / 898
+    assert noisy_mistakes != clean_mistakes
+    clean = run_all(Trainer(TrainConfig(C=8, budget=25, eval_every=25), [0]))[-1].records[0]
+    assert clean.train_error_clean == clean.train_error
