@@ -333,3 +333,19 @@ def test_sentences_follow_the_data_not_a_template() -> None:
     assert "largest at C=2 (0.20 ± 0.03)" in text and "smallest at C=32" in text
     assert "no interpolation threshold" in text and "0.30 at C=2" in text
     assert "at most 0.100, at C=2" in text
+
+
+def test_parent_description_is_the_findings_and_summary_md_has_no_relative_links(store: dict) -> None:
+    """Issue 16 items 2 and 7: the parent's Description in the MLflow UI (``mlflow.note.content``) lists
+    the report's findings; summary.md names figures by artifact path instead of relative links, which
+    404 inside MLflow's artifact viewer."""
+    import re
+
+    result = store["result"]
+    note = store["client"].get_run(result.parent_run_id).data.tags["mlflow.note.content"]
+    assert result.sentences and all(f"- {s}" in note for s in result.sentences)
+    assert SWEEP_ID in note
+    md = (store["out"] / "summary.md").read_text()
+    assert re.findall(r"\]\((?!https?://)[^)]*\)", md) == []  # no [text](relative) link or image
+    for figure in ("curves.png", "complexity.png", "heatmap.png"):
+        assert f"`analysis/{figure}`" in md
