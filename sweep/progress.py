@@ -54,6 +54,8 @@ class Progress(tune.Callback):
     def eta_s(self, trials: list[Any]) -> float | None:
         """Seconds left at the rate measured since the first progress, or None while not yet measured."""
         now, fraction = self.clock(), self.fraction(trials)
+        if fraction >= 1.0:
+            return 0.0
         if self.first is None:
             if fraction > 0:
                 self.first = (now, fraction)
