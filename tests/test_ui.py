@@ -279,6 +279,8 @@ def test_parent_overview_shows_the_findings(ui_sweep, ui_server, browser):
     open_page(browser, f"{ui_server.uri}/#/experiments/{exp}/runs/{parent_id}?{ML_VIEW}")
     wait_for(browser, lambda d: d.find_elements(By.XPATH, "//*[starts-with(normalize-space(.), 'Findings of sweep')]"),
              message="the findings in the Description")
+    for name, run in ui_sweep["children"].items():  # "Child runs", by name, on the parent's page
+        assert wait_for(browser, lambda d, r=run: run_links(d, r.info.run_id), message=name)[0].text == name
     screenshot(browser, "parent")
 
 
