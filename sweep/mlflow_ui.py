@@ -16,6 +16,7 @@ tests). MLflow 3.17's UI reads these keys (found in its JS bundle, ``mlflow/serv
 
 from __future__ import annotations
 
+import functools
 import getpass
 import math
 import time
@@ -125,15 +126,20 @@ def runs_url(experiment_id: str, tracking_uri: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?{UI_QUERY}"
 
 
-def source_tags(source: str) -> dict[str, str]:
-    """MLflow's own provenance tags: Version (git commit), User, Source columns."""
+@functools.lru_cache(maxsize=8)  # one git subprocess per sweep, not one per child run
+def _source_tags(source: str) -> tuple[tuple[str, str], ...]:
     from sweep.tracking import git_commit
 
     tags = {"mlflow.user": _user(), "mlflow.source.name": f"sweep run {source}", "mlflow.source.type": "LOCAL"}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    return tags
+    return tuple(tags.items())
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """MLflow's own provenance tags: Version (git commit), User, Source columns."""
+    return dict(_source_tags(source))
 
 
 def _user() -> str:
