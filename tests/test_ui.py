@@ -272,6 +272,27 @@ def test_parent_complexity_png_loads_in_the_artifact_viewer(ui_sweep, ui_server,
     screenshot(browser, "artifact")
 
 
+def test_summary_md_reads_in_the_artifact_viewer(ui_sweep, ui_server, browser):
+    """Item 7: rendered there, summary.md names its figures by artifact path (no relative link to 404)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    parent_id, exp = ui_sweep["sweep"].parent_run_id, ui_sweep["sweep"].experiment_id
+    # Opened from the run's page and picked in the file tree, as a user does (a hash-only change of the
+    # artifact path in the URL does not make the open page switch files).
+    open_page(browser, f"{ui_server.uri}/#/experiments/{exp}/runs/{parent_id}/artifacts?{ML_VIEW}")
+    folder = wait_for(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='analysis']"), message="analysis/")
+    if not browser.find_elements(By.XPATH, "//*[text()='summary.md']"):
+        ActionChains(browser).click(folder[0]).perform()
+    item = wait_for(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='summary.md']"), message="summary.md")
+    ActionChains(browser).click(item[0]).perform()
+    code = wait_for(browser, lambda d: d.find_elements(By.XPATH, "//code[text()='analysis/complexity.png']"),
+                    message="the figure paths in the rendered summary.md")
+    assert not code[0].find_elements(By.XPATH, "./ancestor::a")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", code[0])
+    screenshot(browser, "summary_md")
+
+
 def test_parent_overview_shows_the_findings(ui_sweep, ui_server, browser):
     from selenium.webdriver.common.by import By
 
@@ -315,6 +336,7 @@ def test_group_by_width_in_the_chart_view(ui_sweep, ui_server, browser):
 def test_screenshots_are_small_pngs():
     """Run last: every screenshot this module made is a PNG under 300 kB (they are committed)."""
     shots = sorted(SHOTS.glob("*.png"))
-    assert {p.stem for p in shots} >= {"runs", "child_metrics", "artifact", "parent", "grouped_by_width"}
+    assert {p.stem for p in shots} >= {"runs", "child_metrics", "artifact", "summary_md", "parent",
+                                       "grouped_by_width"}
     for path in shots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 300_000, path
