@@ -236,6 +236,9 @@ def write_summary_md(
     lines += _markdown_table(summary, axes)
     if skipped:
         lines += ["", "## Skipped trials", ""] + [f"- {t.describe()}" for t in skipped]
-    lines += ["", "## Figures", ""] + [f"- [{f}]({f})" for f in figures]
+    # Plain artifact paths, not relative links: inside MLflow's artifact viewer a relative link resolves
+    # against the UI's own URL and 404s; the files sit next to this one, under the parent run's analysis/.
+    lines += ["", "## Figures", "", "Next to this file; on the sweep's parent run in MLflow under the artifact "
+              "folder `analysis/`:", ""] + [f"- `analysis/{f}`" for f in figures]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

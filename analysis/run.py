@@ -15,6 +15,7 @@ from analysis.aggregate import Aggregates, aggregate
 from analysis.load import SkippedTrial, SweepData, load_sweep, make_client
 from analysis.plots import plot_complexity, plot_curves, plot_heatmap
 from analysis.report import trend_sentences, write_summary_csv, write_summary_md
+from sweep.mlflow_ui import set_findings
 from sweep.names import ANALYSIS_ARTIFACT_DIR
 
 #: Files :func:`analyze` writes, in this order.
@@ -155,6 +156,7 @@ def analyze(
                 shutil.copy2(path, Path(stage) / path.name)
             run_id = data.parent.info.run_id
             client.log_artifacts(run_id, stage, ANALYSIS_ARTIFACT_DIR)
+        set_findings(client, data.parent.info.run_id, name, sentences)  # the parent's Description in the UI
         artifact_uri = f"{data.parent.info.artifact_uri.rstrip('/')}/{ANALYSIS_ARTIFACT_DIR}"
     return AnalysisResult(
         sweep_id=name, parent_run_id=data.parent.info.run_id, out_dir=out_dir, files=files,

@@ -161,7 +161,8 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
 
         analyze(sweep.sweep_id, sweep.tracking_uri, out)
         print(f"\nFigures and report: {out.resolve()}/ (complexity.png, curves.png, heatmap.png, summary.md)")
-    print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=not args.no_analyze)
+    print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=not args.no_analyze,
+                     experiment_id=sweep.experiment_id)
     # A diverged trial is a finding, reported in the table; a trial Ray gave up on is an error.
     if any(row["status"] != "FINISHED" and not row["failure_reason"].startswith("diverged") for row in rows):
         sys.exit(1)
@@ -231,6 +232,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     except (store.TrackingError, LookupError, AxisError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     print(result)
+    from sweep.mlflow_ui import runs_url
+
+    print(f"In the MLflow UI: {runs_url(result.data.parent.info.experiment_id, tracking_uri)}")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -243,12 +247,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{row['test_error']:>11.4f} {row['generalization_gap']:>8.4f}  {row['status']}{reason}")
 
 
-def print_next_steps(sweep_id: str, tracking_uri: str, analyzed: bool) -> None:
+def print_next_steps(sweep_id: str, tracking_uri: str, analyzed: bool, experiment_id: str) -> None:
+    from sweep.mlflow_ui import runs_url
+
     print("\nOpen the MLflow UI:")
-    if tracking_uri.startswith(("http://", "https://")):
-        print(f"  open {tracking_uri} in a browser")
-    else:
-        print(f"  mlflow ui --backend-store-uri {tracking_uri}   # then open http://127.0.0.1:5000")
+    if not tracking_uri.startswith(("http://", "https://")):
+        print(f"  mlflow ui --backend-store-uri {tracking_uri}")
+    print(f"  then open {runs_url(experiment_id, tracking_uri)}   # this sweep's runs, model-training view")
     uri_flag = "" if tracking_uri.endswith(str(Path("mlflow.db").resolve())) else f" --tracking-uri {tracking_uri}"
     print(f"{'Re-analyze' if analyzed else 'Analyze'} this sweep:\n  sweep analyze {sweep_id}{uri_flag}")
 

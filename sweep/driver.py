@@ -139,7 +139,7 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
     """
     from mlflow import MlflowClient
 
-    from sweep import tracking
+    from sweep import mlflow_ui, tracking
     from sweep.data import split_hash
 
     tracking.init_store(tracking_uri)
@@ -151,18 +151,24 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
     parent = tracking.create_parent_run(client, experiment_id, sweep_id, {
         TAG_PRESET: source, TAG_TUNE_PATH: tune_path, TAG_AXES: json.dumps(list(spec.axes)), TAG_KNOB: KNOB,
         **tracking.library_tags()})
-    tracking.log_params(client, parent, tracking.flatten(resolved))
+    tracking.log_params(client, parent, mlflow_ui.parent_params(resolved))
     client.log_text(parent, yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
 
     sweep = Sweep(spec, sweep_id, tracking_uri, experiment_id, parent, tune_path)
     digest = split_hash(spec.split_seed)
-    for group in plan_trials(spec, slots):
-        run_ids = {
-            seed: tracking.create_trial_run(client, experiment_id, sweep_id, parent, group.run_name(seed),
-                                            group.member_params(seed, digest), group.grid_point)
-            for seed in group.seeds
-        }
+    groups = plan_trials(spec, slots)
+    widths = sorted({g.config.C for g in groups})
+    for group in groups:
+        run_ids = {}
+        for seed in group.seeds:
+            params = group.member_params(seed, digest)
+            run_ids[seed] = tracking.create_trial_run(client, experiment_id, sweep_id, parent, group.run_name(seed),
+                                                      params, group.grid_point)
+            mlflow_ui.decorate_child(client, run_ids[seed], params, source, widths)
         sweep.trials.append({"group": group.to_dict(), "run_ids": run_ids})
+    mlflow_ui.decorate_experiment(client, experiment_id, spec.model.family)
+    mlflow_ui.decorate_parent(client, parent, sweep_id, source, sum(len(g.seeds) for g in groups), digest,
+                              spec.split_seed)
     return sweep
 
 
@@ -260,6 +266,7 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     from mlflow import MlflowClient
 
     from sweep import tracking
+    from sweep.mlflow_ui import TAG_LOGGING_SHARE
 
     client = MlflowClient(sweep.tracking_uri)
     for result in results:
@@ -281,10 +288,10 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     )
     n_failed = sum(row["status"] != "FINISHED" for row in rows)
     share = logging_share(results)
-    if share is not None:
-        tracking.with_retry(client.log_metric, sweep.parent_run_id, "logging_share", share)
+    # A tag, not a metric: a parent metric would get a chart of its own among the trials' metrics.
+    share_tag = {} if share is None else {TAG_LOGGING_SHARE: f"{share:.4f}"}
     tracking.log_params(client, sweep.parent_run_id, {}, tags={"n_trials": str(len(rows)),
-                                                               "n_failed": str(n_failed)})
+                                                               "n_failed": str(n_failed), **share_tag})
     tracking.with_retry(client.set_terminated, sweep.parent_run_id, "FINISHED")
     return rows
 

@@ -649,3 +649,19 @@ def test_protocol_axis_splits_panels_with_their_own_step_unit(grid_store: dict, 
         ("protocol=epochs", "epoch"), ("protocol=handout", "SGD update")]
     ax = [a for a in result.figures["complexity"].axes if a.get_visible()][0]  # protocol: lines, not panels
     assert "final test error, protocol=handout" in _containers(ax)
+
+
+def test_parent_description_is_the_findings_and_summary_md_has_no_relative_links(store: dict) -> None:
+    """Issue 16 items 2 and 7: the parent's Description in the MLflow UI (``mlflow.note.content``) lists
+    the report's findings; summary.md names figures by artifact path instead of relative links, which
+    404 inside MLflow's artifact viewer."""
+    import re
+
+    result = store["result"]
+    note = store["client"].get_run(result.parent_run_id).data.tags["mlflow.note.content"]
+    assert result.sentences and all(f"- {s}" in note for s in result.sentences)
+    assert SWEEP_ID in note
+    md = (store["out"] / "summary.md").read_text()
+    assert re.findall(r"\]\((?!https?://)[^)]*\)", md) == []  # no [text](relative) link or image
+    for figure in ("curves.png", "complexity.png", "heatmap.png"):
+        assert f"`analysis/{figure}`" in md

@@ -43,7 +43,7 @@ def test_smoke_makes_one_parent_and_four_finished_children(smoke):
     assert parent.info.status == "FINISHED" and parent.info.run_name == sweep.sweep_id
     assert parent.data.tags[TAG_SWEEP_ID] == sweep.sweep_id
     assert {"torch_version", "ray_version", "mlflow_version", "host", "preset"} <= set(parent.data.tags)
-    assert parent.data.params["model.C"] == "[1, 4]" and parent.data.params["budget"] == "50"
+    assert parent.data.params["sweep.model.C"] == "[1, 4]" and parent.data.params["sweep.budget"] == "50"
     assert [a.path for a in client.list_artifacts(sweep.parent_run_id)] == ["spec.yaml"]
     assert json.loads(parent.data.tags[TAG_AXES]) == ["C"] and parent.data.tags[TAG_KNOB] == "C"
     runs = children(sweep)

@@ -1,0 +1,205 @@
+"""What a sweep looks like in the MLflow UI: descriptions, grouping tags, run colours, dataset inputs, links.
+
+Everything here decorates runs the driver already created; nothing reads it back except the UI (and the
+tests). MLflow 3.17's UI reads these keys (found in its JS bundle, ``mlflow/server/js/build``):
+
+* experiment tag ``mlflow.experimentKind``: ``custom_model_development`` makes the experiment a model
+  training experiment, so its page opens on the runs table instead of the GenAI overview;
+* URL query ``workflowType=machine_learning`` on ``#/experiments/<id>/runs``: the sidebar's
+  "Model training" switch (without it the UI uses the last choice stored in the browser, GenAI by default);
+* run and experiment tag ``mlflow.note.content``: the Description (Markdown);
+* run tag ``mlflow.runColor``: the run's colour in the runs table and every chart (the UI itself writes this
+  tag when a user picks a colour, and reads it for every run it loads);
+* run tags ``mlflow.source.git.commit`` (Version column), ``mlflow.user`` (User), ``mlflow.source.name`` and
+  ``mlflow.source.type`` (Source); a dataset input fills the Dataset column.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
+
+TAG_NOTE = "mlflow.note.content"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+TAG_RUN_COLOR = "mlflow.runColor"
+TAG_WIDTH = "width"  # the grouping tag: "C=04", zero-padded so groups sort by C
+TAG_LOGGING_SHARE = "sweep.logging_share"  # a tag, not a metric: it must not get a chart among trial metrics
+PARENT_PARAM_PREFIX = "sweep."
+DATASET_NAME = "digits-8x8-split"
+DATASET_CONTEXT = "train"  # MLflow's usual context value; the split's both halves are described by its name
+UI_QUERY = "workflowType=machine_learning"
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+FAMILY_NAMES = {"resnet": "ResNet"}
+
+
+# -- names and texts (pure: no MLflow call) ----------------------------------------------------------------
+
+def width_tag(C: int, widths: Sequence[int]) -> str:
+    """``C=04`` for C=4 in a sweep whose widest C has two digits: zero-padded to the widest C of the sweep
+    (at least two digits), so that the UI's text sort of the group names is the numeric order of C."""
+    digits = max(2, *(len(str(int(c))) for c in widths))
+    return f"C={int(C):0{digits}d}"
+
+
+def width_colours(widths: Sequence[int]) -> dict[int, str]:
+    """One ``#rrggbb`` colour per C, the same viridis positions as the figures (``analysis.plots.c_colours``):
+    dark to light as C grows, the pale yellow end left out."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    ws = sorted({int(c) for c in widths})
+    cmap = colormaps["viridis"]
+    positions = [0.35] if len(ws) == 1 else [0.85 * i / (len(ws) - 1) for i in range(len(ws))]
+    return {c: to_hex(cmap(p)) for c, p in zip(ws, positions, strict=True)}
+
+
+def parent_params(resolved: dict[str, Any]) -> dict[str, str]:
+    """The resolved spec as parent-run params: ``sweep.``-prefixed dotted keys, None values dropped.
+
+    The prefix keeps the spec's lists (``sweep.model.C = [1, 2, 4, 64]``, ``sweep.seeds = 5``) apart from
+    the children's per-run values (``C``, ``seed``) in the UI's column picker: one name per concept per role.
+    """
+    out: dict[str, str] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif v is not None:
+                out[f"{PARENT_PARAM_PREFIX}{prefix}{k}"] = str(v)
+
+    walk(resolved, "")
+    return out
+
+
+def experiment_note(family: str) -> str:
+    """The experiment's description: what a run of it is."""
+    name = FAMILY_NAMES.get(family, family)
+    return (
+        f"Model-complexity sweeps of the {name} family (CS 446 hw2, problem 3) on scikit-learn's 8x8 digits, "
+        "split 50/50. Each top-level run is one sweep (named by its sweep id); the runs nested under it are "
+        "its trials, one per width C and seed, named like `C=4 seed=0`.\n\n"
+        "Compare widths: group the runs by the tag `width` (Group by > Tags > width); "
+        "the parent's artifacts `analysis/` hold the figures and `summary.md`."
+    )
+
+
+def parent_note(sweep_id: str, source: str, n_runs: int) -> str:
+    """The parent's description until the analysis replaces it with the findings."""
+    return (f"Sweep `{sweep_id}` (from `{source}`): {n_runs} trial runs nested below. "
+            f"Findings appear here once `sweep analyze {sweep_id}` has run.")
+
+
+def findings_note(sweep_id: str, sentences: Sequence[str]) -> str:
+    """The parent's description after analysis: the report's findings as a Markdown list."""
+    lines = [f"**Findings of sweep `{sweep_id}`** (from `analysis/summary.md`):", ""]
+    lines += [f"- {s}" for s in sentences]
+    lines += ["", "Figures: artifacts `analysis/complexity.png`, `analysis/curves.png`, `analysis/heatmap.png`."]
+    return "\n".join(lines)
+
+
+def child_note(params: dict[str, Any]) -> str:
+    """E.g. ``ResNet C=4 (398 params), seed 0, handout protocol, 4000 updates, lr 0.1``."""
+    family = FAMILY_NAMES.get(str(params.get("model_family", "resnet")), str(params.get("model_family")))
+    unit = "epochs" if params.get("protocol") == "epochs" else "updates"
+    text = (f"{family} C={params['C']} ({params['param_count']} params), seed {params['seed']}, "
+            f"{params['protocol']} protocol, {params['budget']} {unit}, lr {params['lr']}, "
+            f"batch size {params['batch_size']}")
+    if params.get("label_noise"):
+        text += f", label noise {params['label_noise']}"
+    return text
+
+
+def runs_url(experiment_id: str, tracking_uri: str) -> str:
+    """The experiment's runs table in the model-training view: on the tracking server itself when the
+    store is one (http[s]://), else on a local ``mlflow ui`` at its default address."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
+    return f"{base}/#/experiments/{experiment_id}/runs?{UI_QUERY}"
+
+
+@functools.lru_cache(maxsize=8)  # one git subprocess per sweep, not one per child run
+def _source_tags(source: str) -> tuple[tuple[str, str], ...]:
+    from sweep.tracking import git_commit
+
+    tags = {"mlflow.user": _user(), "mlflow.source.name": f"sweep run {source}", "mlflow.source.type": "LOCAL"}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tuple(tags.items())
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """MLflow's own provenance tags: Version (git commit), User, Source columns."""
+    return dict(_source_tags(source))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
+
+
+def split_dataset(split_hash: str, split_seed: int) -> Dataset:
+    """The data split as an MLflow dataset: digest = the split's hash, so two runs on one split show the
+    same ``name (digest)`` in the Dataset column."""
+    return Dataset(
+        name=DATASET_NAME, digest=split_hash, source_type="code",
+        source=f'{{"loader": "sklearn.datasets.load_digits", "split_seed": {split_seed}, '
+               f'"n_train": 898, "n_test": 899}}',
+    )
+
+
+# -- writes -----------------------------------------------------------------------------------------------
+
+def decorate_experiment(client: MlflowClient, experiment_id: str, family: str) -> None:
+    from sweep.tracking import with_retry
+
+    with_retry(client.set_experiment_tag, experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    with_retry(client.set_experiment_tag, experiment_id, TAG_NOTE, experiment_note(family))
+
+
+def decorate_parent(client: MlflowClient, run_id: str, sweep_id: str, source: str, n_runs: int,
+                    split_hash: str, split_seed: int) -> None:
+    from sweep.tracking import with_retry
+
+    tags = {**source_tags(source), TAG_NOTE: parent_note(sweep_id, source, n_runs)}
+    with_retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+    with_retry(client.log_inputs, run_id, [_input(split_hash, split_seed)])
+
+
+def decorate_child(client: MlflowClient, run_id: str, params: dict[str, Any], source: str,
+                   widths: Sequence[int]) -> None:
+    """Description, ``width`` tag, run colour, provenance tags, the dataset input, and the per-run summary
+    metrics ``param_count`` and ``log2_C`` (step 0) that make the UI's scatter view useful."""
+    from sweep.tracking import with_retry
+
+    C = int(params["C"])
+    tags = {**source_tags(source), TAG_NOTE: child_note(params), TAG_WIDTH: width_tag(C, widths),
+            TAG_RUN_COLOR: width_colours(widths)[C]}
+    now = int(time.time() * 1000)
+    metrics = [Metric("param_count", float(params["param_count"]), now, 0), Metric("log2_C", math.log2(C), now, 0)]
+    with_retry(client.log_batch, run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()],
+               synchronous=True)
+    with_retry(client.log_inputs, run_id, [_input(str(params["split_hash"]), int(params["split_seed"]))])
+
+
+def _input(split_hash: str, split_seed: int) -> DatasetInput:
+    return DatasetInput(split_dataset(split_hash, split_seed), tags=[InputTag("mlflow.data.context",
+                                                                               DATASET_CONTEXT)])
+
+
+def set_findings(client: MlflowClient, parent_run_id: str, sweep_id: str, sentences: Sequence[str]) -> None:
+    """Replace the parent's description with the analysis's findings."""
+    from sweep.tracking import with_retry
+
+    with_retry(client.set_tag, parent_run_id, TAG_NOTE, findings_note(sweep_id, sentences))
