@@ -7,16 +7,17 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.aggregate import Aggregates, aggregate
-from analysis.load import SkippedTrial, SweepData, load_sweep, make_client
+from analysis.load import SkippedTrial, SweepData, find_parent_run, load_sweep, make_client
 from analysis.plots import plot_complexity, plot_curves, plot_heatmap
 from analysis.report import trend_sentences, write_summary_csv, write_summary_md
 from sweep.mlflow_ui import set_findings
-from sweep.names import ANALYSIS_ARTIFACT_DIR
+from sweep.names import ANALYSIS_ARTIFACT_DIR, TAG_FAMILY, TAG_SWEEP_ID
 
 #: Files :func:`analyze` writes, in this order.
 OUTPUT_FILES = (
@@ -64,13 +65,15 @@ class AnalysisResult:
     artifact_uri: str | None
     figures: dict[str, Figure] = field(repr=False)
     data: SweepData = field(repr=False)
-    aggregates: Aggregates = field(repr=False)
+    aggregates: Aggregates | None = field(repr=False)  # None for a family other than the ResNet
     x: str = "C"
+    family: str = "resnet"
 
     @property
     def threshold(self) -> int | None:
-        """The single line's threshold (see :attr:`analysis.aggregate.Aggregates.threshold`)."""
-        return self.aggregates.threshold
+        """The single line's threshold (see :attr:`analysis.aggregate.Aggregates.threshold`); None for a family
+        other than the ResNet."""
+        return self.aggregates.threshold if self.aggregates is not None else None
 
     @property
     def failed(self) -> list[SkippedTrial]:
@@ -108,6 +111,11 @@ def analyze(
     """
     out_dir = Path(out_dir)
     client = make_client(tracking_uri)
+    parent = find_parent_run(client, sweep_id)
+    family = sweep_family(parent)
+    if family.name != "resnet":
+        return _analyze_family(family, parent.data.tags.get(TAG_SWEEP_ID, sweep_id), client, out_dir, x,
+                               log_artifacts)
     data = load_sweep(sweep_id, client=client)
     x = check_x(x, data)
     axes, knob = data.axes, data.knob
@@ -147,19 +155,55 @@ def analyze(
     write_summary_md(agg.summary, sentences, out_dir / "summary.md", sweep_id=name, header=header,
                      skipped=data.skipped, axes=axes, x=x)
     files = {f: out_dir / f for f in OUTPUT_FILES}
-
-    artifact_uri = None
-    if log_artifacts:
-        # Stage exactly our files, so whatever else lives in out_dir is never uploaded.
-        with tempfile.TemporaryDirectory(prefix="sweep-analysis-") as stage:
-            for path in files.values():
-                shutil.copy2(path, Path(stage) / path.name)
-            run_id = data.parent.info.run_id
-            client.log_artifacts(run_id, stage, ANALYSIS_ARTIFACT_DIR)
-        set_findings(client, data.parent.info.run_id, name, sentences)  # the parent's Description in the UI
-        artifact_uri = f"{data.parent.info.artifact_uri.rstrip('/')}/{ANALYSIS_ARTIFACT_DIR}"
+    artifact_uri = _log(client, data, files, sentences) if log_artifacts else None
     return AnalysisResult(
         sweep_id=name, parent_run_id=data.parent.info.run_id, out_dir=out_dir, files=files,
         summary=agg.summary, thresholds=agg.thresholds, sentences=sentences, skipped=data.skipped,
         artifact_uri=artifact_uri, figures=figures, data=data, aggregates=agg, x=x,
     )
+
+
+def sweep_family(parent: Any) -> Any:
+    """The :class:`models.family.Family` of a sweep: its parent's ``sweep.family`` tag (sweeps made before
+    families existed are ResNet sweeps). LookupError (one line) for a family not registered here."""
+    from models.family import get_family
+
+    name = parent.data.tags.get(TAG_FAMILY, "resnet")
+    try:
+        return get_family(name)
+    except KeyError as exc:
+        raise LookupError(f"sweep {parent.data.tags.get(TAG_SWEEP_ID)} is of family {name!r}, which is not "
+                          f"registered in this process ({exc.args[0]})") from None
+
+
+def _analyze_family(family: Any, sweep_id: str | None, client: Any, out_dir: Path, x: str | None,
+                    log_artifacts: bool) -> AnalysisResult:
+    """:func:`analyze` for a family other than the ResNet: everything from the family's declared metrics
+    (:mod:`analysis.family_report`)."""
+    from analysis.family_report import analyze_family
+
+    data = load_sweep(sweep_id, client=client, metrics=family.metric_names)
+    x = check_x(x, data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = analyze_family(data, family, out_dir, x)
+    files = {f: out_dir / f for f in OUTPUT_FILES}
+    artifact_uri = _log(client, data, files, out["sentences"]) if log_artifacts else None
+    return AnalysisResult(
+        sweep_id=data.sweep_id, parent_run_id=data.parent.info.run_id, out_dir=out_dir, files=files,
+        summary=out["summary"], thresholds={}, sentences=out["sentences"], skipped=data.skipped,
+        artifact_uri=artifact_uri, figures=out["figures"], data=data, aggregates=None, x=x, family=family.name,
+    )
+
+
+def _log(client: Any, data: SweepData, files: dict[str, Path], sentences: list[str]) -> str:
+    """Log ``files`` on the sweep's parent run under ``analysis/`` and put the findings in its description;
+    returns the artifact folder's URI."""
+    name = data.sweep_id
+    # Stage exactly our files, so whatever else lives in out_dir is never uploaded.
+    with tempfile.TemporaryDirectory(prefix="sweep-analysis-") as stage:
+        for path in files.values():
+            shutil.copy2(path, Path(stage) / path.name)
+        run_id = data.parent.info.run_id
+        client.log_artifacts(run_id, stage, ANALYSIS_ARTIFACT_DIR)
+    set_findings(client, data.parent.info.run_id, name, sentences)  # the parent's Description in the UI
+    return f"{data.parent.info.artifact_uri.rstrip('/')}/{ANALYSIS_ARTIFACT_DIR}"

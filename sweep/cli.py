@@ -151,7 +151,7 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
     from sweep import driver
 
     rows = driver.finish_sweep(sweep, results)
-    print_table(rows)
+    print_table(rows, sweep.spec.family.table_metrics)
     share = driver.logging_share(results)
     if share is not None:
         print(f"MLflow logging took {100 * share:.2f}% of the trials' wall time")
@@ -237,14 +237,19 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     print(f"In the MLflow UI: {runs_url(result.data.parent.info.experiment_id, tracking_uri)}")
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    """One line per run: its grid point (every axis value), seed, final errors, status."""
+def print_table(rows: list[dict[str, Any]],
+                columns: tuple[tuple[str, str], ...] = (("train_error", "train_error"), ("test_error", "test_error"),
+                                                        ("generalization_gap", "gap"))) -> None:
+    """One line per run: its grid point (every axis value), seed, the final value of each (metric, title) of
+    ``columns`` (the family's ``table_metrics``; the ResNet's by default), status."""
     width = max([len("grid point"), *(len(row["grid_point"]) for row in rows)])
-    print(f"\n{'grid point':<{width}} {'seed':>5} {'train_error':>12} {'test_error':>11} {'gap':>8}  status")
+    widths = [max(8, len(title) + 1) for _, title in columns]
+    titles = " ".join(f"{title:>{w}}" for (_, title), w in zip(columns, widths, strict=True))
+    print(f"\n{'grid point':<{width}} {'seed':>5} {titles}  status")
     for row in rows:
         reason = f"  ({row['failure_reason']})" if row["failure_reason"] else ""
-        print(f"{row['grid_point']:<{width}} {row['seed']:>5} {row['train_error']:>12.4f} "
-              f"{row['test_error']:>11.4f} {row['generalization_gap']:>8.4f}  {row['status']}{reason}")
+        values = " ".join(f"{row[key]:>{w}.4f}" for (key, _), w in zip(columns, widths, strict=True))
+        print(f"{row['grid_point']:<{width}} {row['seed']:>5} {values}  {row['status']}{reason}")
 
 
 def print_next_steps(sweep_id: str, tracking_uri: str, analyzed: bool, experiment_id: str) -> None:

@@ -18,11 +18,11 @@ from typing import Any
 import yaml
 
 from sweep.names import (
-    KNOB,
     ROLE_PARENT,
     ROLE_TRIAL,
     TAG_AXES,
     TAG_FAILURE,
+    TAG_FAMILY,
     TAG_GRID_POINT,
     TAG_KNOB,
     TAG_PRESET,
@@ -147,9 +147,11 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
     experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment or spec.name)
     sweep_id = new_sweep_id(spec.name)
     tune_path = f"{storage.rstrip('/')}/{sweep_id}"
+    family = spec.family
     resolved = spec.model_dump(mode="json")
     parent = tracking.create_parent_run(client, experiment_id, sweep_id, {
-        TAG_PRESET: source, TAG_TUNE_PATH: tune_path, TAG_AXES: json.dumps(list(spec.axes)), TAG_KNOB: KNOB,
+        TAG_PRESET: source, TAG_TUNE_PATH: tune_path, TAG_AXES: json.dumps(list(spec.axes)),
+        TAG_KNOB: family.knob, TAG_FAMILY: family.name,
         **tracking.library_tags()})
     tracking.log_params(client, parent, mlflow_ui.parent_params(resolved))
     client.log_text(parent, yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
@@ -157,14 +159,14 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
     sweep = Sweep(spec, sweep_id, tracking_uri, experiment_id, parent, tune_path)
     digest = split_hash(spec.split_seed)
     groups = plan_trials(spec, slots)
-    widths = sorted({g.config.C for g in groups})
+    widths = sorted({g.config.axis_value(family.knob) for g in groups})  # the knob's values
     for group in groups:
         run_ids = {}
         for seed in group.seeds:
-            params = group.member_params(seed, digest)
+            params = group.member_params(seed, digest, family)
             run_ids[seed] = tracking.create_trial_run(client, experiment_id, sweep_id, parent, group.run_name(seed),
-                                                      params, group.grid_point)
-            mlflow_ui.decorate_child(client, run_ids[seed], params, source, widths)
+                                                      params, group.grid_point, family.knob)
+            mlflow_ui.decorate_child(client, run_ids[seed], params, source, widths, family.knob)
         sweep.trials.append({"group": group.to_dict(), "run_ids": run_ids})
     mlflow_ui.decorate_experiment(client, experiment_id, spec.model.family)
     mlflow_ui.decorate_parent(client, parent, sweep_id, source, sum(len(g.seeds) for g in groups), digest,
@@ -211,8 +213,9 @@ def _trainable(spec: SweepSpec) -> Any:
     from sweep.data import digits_arrays
     from sweep.trainable import train_group
 
-    # The data set goes into Ray's object store once, instead of every worker importing scikit-learn.
-    trainable = tune.with_parameters(train_group, digits=digits_arrays())
+    # The data set goes into Ray's object store once, instead of every worker importing scikit-learn; the
+    # family object travels by value, so a family registered only in this process trains on workers too.
+    trainable = tune.with_parameters(train_group, digits=digits_arrays(), family=spec.family)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -261,7 +264,8 @@ def run_tuner(sweep: Sweep, restore: bool = False) -> Any:
 def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     """End every run: trials Tune gave up on and runs left open become FAILED; the parent FINISHED.
 
-    Returns one row per member: grid point, C, seed, final errors, gap, status, failure reason.
+    Returns one row per member: grid point, the knob's value (under the knob's name, ``C`` or ``K``), seed,
+    the final value of each of the family's table metrics, status, failure reason.
     """
     from mlflow import MlflowClient
 
@@ -277,14 +281,14 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     runs = trial_runs(sweep)
     tracking.end_unfinished_runs(client, [r.info.run_id for r in runs], "trial did not finish")
     runs = trial_runs(sweep)
+    family = sweep.spec.family
+    knob = family.knob
     rows = sorted(
-        ({"grid_point": r.data.tags.get(TAG_GRID_POINT, f"C={r.data.params['C']}"),
-          "C": int(r.data.params["C"]), "seed": int(r.data.params["seed"]),
-          "train_error": r.data.metrics.get("train_error", float("nan")),
-          "test_error": r.data.metrics.get("test_error", float("nan")),
-          "generalization_gap": r.data.metrics.get("generalization_gap", float("nan")),
+        ({"grid_point": r.data.tags.get(TAG_GRID_POINT, f"{knob}={r.data.params[knob]}"),
+          knob: int(r.data.params[knob]), "seed": int(r.data.params["seed"]),
+          **{key: r.data.metrics.get(key, float("nan")) for key, _ in family.table_metrics},
           "status": r.info.status, "failure_reason": r.data.tags.get(TAG_FAILURE, "")} for r in runs),
-        key=lambda row: (row["C"], row["grid_point"], row["seed"]),
+        key=lambda row: (row[knob], row["grid_point"], row["seed"]),
     )
     n_failed = sum(row["status"] != "FINISHED" for row in rows)
     share = logging_share(results)

@@ -30,7 +30,7 @@ TAG_NOTE = "mlflow.note.content"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 TAG_RUN_COLOR = "mlflow.runColor"
-TAG_WIDTH = "width"  # the grouping tag: "C=04", zero-padded so groups sort by C
+TAG_WIDTH = "width"  # the grouping tag: "C=04" (ResNet), "K=05" (mixture): zero-padded so groups sort by the knob
 TAG_LOGGING_SHARE = "sweep.logging_share"  # a tag, not a metric: it must not get a chart among trial metrics
 PARENT_PARAM_PREFIX = "sweep."
 DATASET_NAME = "digits-8x8-split"
@@ -38,16 +38,26 @@ DATASET_CONTEXT = "train"  # MLflow's usual context value; the split's both halv
 UI_QUERY = "workflowType=machine_learning"
 DEFAULT_UI = "http://127.0.0.1:5000"
 
-FAMILY_NAMES = {"resnet": "ResNet"}
+
+
+def _family(name: str | None) -> Any:
+    """The registered family ``name`` (None: the ResNet), or None for a name no longer registered."""
+    from models.family import get_family
+
+    try:
+        return get_family(name or "resnet")
+    except KeyError:
+        return None
 
 
 # -- names and texts (pure: no MLflow call) ----------------------------------------------------------------
 
-def width_tag(C: int, widths: Sequence[int]) -> str:
-    """``C=04`` for C=4 in a sweep whose widest C has two digits: zero-padded to the widest C of the sweep
-    (at least two digits), so that the UI's text sort of the group names is the numeric order of C."""
+def width_tag(C: int, widths: Sequence[int], knob: str = "C") -> str:
+    """``C=04`` for C=4 in a sweep whose widest C has two digits: zero-padded to the largest knob value of
+    the sweep (at least two digits), so that the UI's text sort of the group names is the numeric order of
+    the knob. ``knob``: the family's knob (``K=05`` for the mixture)."""
     digits = max(2, *(len(str(int(c))) for c in widths))
-    return f"C={int(C):0{digits}d}"
+    return f"{knob}={int(C):0{digits}d}"
 
 
 def width_colours(widths: Sequence[int]) -> dict[int, str]:
@@ -83,12 +93,21 @@ def parent_params(resolved: dict[str, Any]) -> dict[str, str]:
 
 def experiment_note(family: str) -> str:
     """The experiment's description: what a run of it is."""
-    name = FAMILY_NAMES.get(family, family)
+    fam = _family(family)
+    if fam is None or fam.name == "resnet":
+        return (
+            "Model-complexity sweeps of the ResNet family (CS 446 hw2, problem 3) on scikit-learn's 8x8 digits, "
+            "split 50/50. Each top-level run is one sweep (named by its sweep id); the runs nested under it are "
+            "its trials, one per width C and seed, named like `C=4 seed=0`.\n\n"
+            "Compare widths: group the runs by the tag `width` (Group by > Tags > width); "
+            "the parent's artifacts `analysis/` hold the figures and `summary.md`."
+        )
+    k = fam.knob
     return (
-        f"Model-complexity sweeps of the {name} family (CS 446 hw2, problem 3) on scikit-learn's 8x8 digits, "
-        "split 50/50. Each top-level run is one sweep (named by its sweep id); the runs nested under it are "
-        "its trials, one per width C and seed, named like `C=4 seed=0`.\n\n"
-        "Compare widths: group the runs by the tag `width` (Group by > Tags > width); "
+        f"Model-complexity sweeps of the {fam.display_name} family on scikit-learn's 8x8 digits, split 50/50. "
+        "Each top-level run is one sweep (named by its sweep id); the runs nested under it are its trials, "
+        f"one per {fam.knob_meaning} {k} and seed, named like `{k}=5 seed=0`.\n\n"
+        f"Compare values of {k}: group the runs by the tag `width` (Group by > Tags > width; values `{k}=05`); "
         "the parent's artifacts `analysis/` hold the figures and `summary.md`."
     )
 
@@ -108,15 +127,11 @@ def findings_note(sweep_id: str, sentences: Sequence[str]) -> str:
 
 
 def child_note(params: dict[str, Any]) -> str:
-    """E.g. ``ResNet C=4 (398 params), seed 0, handout protocol, 4000 updates, lr 0.1``."""
-    family = FAMILY_NAMES.get(str(params.get("model_family", "resnet")), str(params.get("model_family")))
-    unit = "epochs" if params.get("protocol") == "epochs" else "updates"
-    text = (f"{family} C={params['C']} ({params['param_count']} params), seed {params['seed']}, "
-            f"{params['protocol']} protocol, {params['budget']} {unit}, lr {params['lr']}, "
-            f"batch size {params['batch_size']}")
-    if params.get("label_noise"):
-        text += f", label noise {params['label_noise']}"
-    return text
+    """The family's one-line description of a member, e.g. ``ResNet C=4 (398 params), seed 0, handout
+    protocol, 4000 updates, lr 0.1, batch size 128`` (:meth:`models.family.Family.describe`)."""
+    name = str(params.get("model_family", "resnet"))
+    fam = _family(name)
+    return fam.describe(params) if fam is not None else f"{name} run, seed {params.get('seed')}"
 
 
 def runs_url(experiment_id: str, tracking_uri: str) -> str:
@@ -178,16 +193,18 @@ def decorate_parent(client: MlflowClient, run_id: str, sweep_id: str, source: st
 
 
 def decorate_child(client: MlflowClient, run_id: str, params: dict[str, Any], source: str,
-                   widths: Sequence[int]) -> None:
+                   widths: Sequence[int], knob: str = "C") -> None:
     """Description, ``width`` tag, run colour, provenance tags, the dataset input, and the per-run summary
-    metrics ``param_count`` and ``log2_C`` (step 0) that make the UI's scatter view useful."""
+    metrics ``param_count`` and ``log2_<knob>`` (``log2_C``, ``log2_K``; step 0) that make the UI's scatter
+    view useful. ``widths``: the sweep's knob values; ``knob``: the family's knob, a key of ``params``."""
     from sweep.tracking import with_retry
 
-    C = int(params["C"])
-    tags = {**source_tags(source), TAG_NOTE: child_note(params), TAG_WIDTH: width_tag(C, widths),
+    C = int(params[knob])
+    tags = {**source_tags(source), TAG_NOTE: child_note(params), TAG_WIDTH: width_tag(C, widths, knob),
             TAG_RUN_COLOR: width_colours(widths)[C]}
     now = int(time.time() * 1000)
-    metrics = [Metric("param_count", float(params["param_count"]), now, 0), Metric("log2_C", math.log2(C), now, 0)]
+    metrics = [Metric("param_count", float(params["param_count"]), now, 0),
+               Metric(f"log2_{knob}", math.log2(C), now, 0)]
     with_retry(client.log_batch, run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()],
                synchronous=True)
     with_retry(client.log_inputs, run_id, [_input(str(params["split_hash"]), int(params["split_seed"]))])

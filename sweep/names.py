@@ -4,15 +4,19 @@ MLflow layout of one sweep:
   * experiment: the spec's ``tracking.experiment``, else the sweep's ``name``;
   * one parent run named ``<sweep_id>`` with tags ``sweep_id``, ``sweep.role=parent``, ``preset``,
     ``git_commit``, ``host``, library versions, ``sweep.axes`` (JSON list of the grid's axis names, see
-    below) and ``sweep.knob`` (the model family's complexity knob, ``"C"`` for the ResNet); params = the
+    below), ``sweep.knob`` (the model family's complexity knob, ``"C"`` for the ResNet, ``"K"`` for the
+    Bernoulli mixture) and ``sweep.family`` (the family's name, :mod:`models.family`); params = the
     resolved spec; artifact ``spec.yaml``; analysis outputs under the artifact folder ``analysis/``;
   * one child run per (grid point, seed). Its name lists ``<axis>=<value>`` for every axis of
     ``sweep.axes`` in that order, then ``seed=<seed>``, space-separated, values printed with Python's
     ``str()`` (``C=4 lr=0.05 seed=1``; ``C=4 seed=1`` when C is the only axis). Tags ``sweep_id``,
-    ``sweep.role=trial``, ``mlflow.parentRunId``, ``C``, ``seed``, ``grid_point`` (the name without the
-    seed part: ``C=4 lr=0.05``), ``ray.node_id``, ``ray.worker_pid``. Params :data:`TRIAL_PARAMS`: every
-    TrainConfig field (so every axis value) plus ``split_hash``, ``model_family``, ``param_count`` and
-    ``n_flipped_labels``. Metrics :data:`METRICS` with ``step`` = update (handout) or epoch (epochs);
+    ``sweep.role=trial``, ``mlflow.parentRunId``, the knob (``C``; ``K`` for the mixture), ``seed``,
+    ``grid_point`` (the name without the
+    seed part: ``C=4 lr=0.05``), ``ray.node_id``, ``ray.worker_pid``. Params (ResNet) :data:`TRIAL_PARAMS`:
+    every TrainConfig field (so every axis value) plus ``split_hash``, ``model_family``, ``param_count`` and
+    ``n_flipped_labels``; another family logs its ``member_params``. Metrics (ResNet) :data:`METRICS` with
+    ``step`` = update (handout) or epoch (epochs); another family logs its own metric keys, step = its
+    budget unit (EM iteration for the mixture);
     a diverged trial ends FAILED with tag ``failure_reason``.
 
 Axes (:func:`sweep.spec.SweepSpec.axes`): the knob ``C`` first, always, even with one value; then, in the
@@ -44,6 +48,7 @@ TAG_PRESET = "preset"
 TAG_TUNE_PATH = "tune_path"
 TAG_AXES = "sweep.axes"
 TAG_KNOB = "sweep.knob"
+TAG_FAMILY = "sweep.family"  # the model family's name (models.family), e.g. "resnet", "bernoulli_mixture"
 TAG_GRID_POINT = "grid_point"
 ANALYSIS_ARTIFACT_DIR = "analysis"
 TRIAL_PARAMS = (
@@ -52,7 +57,7 @@ TRIAL_PARAMS = (
 )
 
 __all__ = [
-    "METRICS", "KNOB", "AXES", "TAG_AXES", "TAG_KNOB", "TAG_GRID_POINT", "TAG_SWEEP_ID", "TAG_ROLE",
+    "METRICS", "KNOB", "AXES", "TAG_AXES", "TAG_KNOB", "TAG_FAMILY", "TAG_GRID_POINT", "TAG_SWEEP_ID", "TAG_ROLE",
     "ROLE_PARENT", "ROLE_TRIAL", "TAG_PARENT_RUN", "TAG_NODE_ID",
     "TAG_WORKER_PID", "TAG_FAILURE", "TAG_PRESET", "TAG_TUNE_PATH", "ANALYSIS_ARTIFACT_DIR", "TRIAL_PARAMS",
 ]

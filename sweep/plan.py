@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from sweep.config import TrainConfig
+from models.family import Family, get_family
 from sweep.names import KNOB
 from sweep.spec import SweepSpec
 
@@ -17,9 +18,14 @@ class TrialGroup:
     per trial); with ``pack: off`` every seed is its own trial.
     """
 
-    config: TrainConfig
+    config: Any  # the family's config dataclass (TrainConfig for the ResNet)
     seeds: tuple[int, ...]
     axes: tuple[str, ...] = (KNOB,)  # the sweep's axes (SweepSpec.axes): what names this grid point
+    family_name: str = "resnet"
+
+    @property
+    def family(self) -> Family:
+        return get_family(self.family_name)
 
     @property
     def grid_point(self) -> str:
@@ -36,42 +42,37 @@ class TrialGroup:
         """One member's MLflow run name: the grid point, then ``seed=<seed>`` (``C=4 lr=0.05 seed=1``)."""
         return f"{self.grid_point} seed={seed}"
 
-    def member_params(self, seed: int, split_hash: str) -> dict[str, object]:
-        """Every hyperparameter of one member, as logged on its MLflow run (:data:`sweep.names.TRIAL_PARAMS`)."""
-        from models import parameter_count  # torch: imported here so that planning needs none
-
-        c = self.config
-        return {
-            "C": c.C, "seed": seed, "protocol": c.protocol, "budget": c.budget, "lr": c.lr,
-            "batch_size": c.batch_size, "eval_every": c.eval_interval, "split_seed": c.split_seed,
-            "split_hash": split_hash, "model_family": "resnet", "param_count": parameter_count(c.C),
-            "dtype": c.dtype, "label_noise": c.label_noise, "n_flipped_labels": c.n_flipped_labels,
-        }
+    def member_params(self, seed: int, split_hash: str, family: Family | None = None) -> dict[str, object]:
+        """Every hyperparameter of one member, as logged on its MLflow run (the family's
+        :meth:`~models.family.Family.member_params`; the ResNet's are :data:`sweep.names.TRIAL_PARAMS`)."""
+        return (family or self.family).member_params(self.config, seed, split_hash)
 
     def to_dict(self) -> dict[str, object]:
-        return {"config": asdict(self.config), "seeds": list(self.seeds), "axes": list(self.axes)}
+        return {"config": asdict(self.config), "seeds": list(self.seeds), "axes": list(self.axes),
+                "family": self.family_name}
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrialGroup:
-        # Tune state written before axes existed has none: C was then the only name part.
-        return cls(config=TrainConfig(**d["config"]), seeds=tuple(d["seeds"]), axes=tuple(d.get("axes", [KNOB])))
+    def from_dict(cls, d: dict, family: Family | None = None) -> TrialGroup:
+        """``family``: the family object when the caller has it (a Ray worker gets it from the driver, so a
+        family registered only there works); else looked up by name. Tune state written before families
+        existed is a ResNet's; before axes existed, C was the only name part."""
+        name = d.get("family", "resnet")
+        family = family or get_family(name)
+        return cls(config=family.config_from_dict(d["config"]), seeds=tuple(d["seeds"]),
+                   axes=tuple(d.get("axes", [family.knob])), family_name=name)
 
 
-def grid_point(config: TrainConfig, axes: tuple[str, ...]) -> str:
+def grid_point(config: Any, axes: tuple[str, ...]) -> str:
     """``<axis>=<value>`` for every axis in order, space-separated, values as Python's ``str()`` prints them
     (``C=4 lr=0.05 label_noise=0.2``): a run's name without its seed, unique within a sweep because grid
     lists hold distinct values."""
     return " ".join(f"{axis}={config.axis_value(axis)}" for axis in axes)
 
 
-def relative_cost(config: TrainConfig) -> float:
-    """Rough CPU cost of one packed member's whole run, in units of one C=1 update.
-
-    Packed updates cost about 0.09 ms + 0.0005 ms * C^2 per member on one core (issue 7's measurements),
-    so a C=64 member costs ~21 C=1 members.
-    """
-    updates = config.budget * config.updates_per_step
-    return updates * (1.0 + config.C**2 / 200.0)
+def relative_cost(config: Any, family: Family | None = None) -> float:
+    """Rough CPU cost of one member's whole run (the family's :meth:`~models.family.Family.relative_cost`;
+    the ResNet's is in units of one C=1 update)."""
+    return (family or get_family("resnet")).relative_cost(config)
 
 
 def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
@@ -88,7 +89,12 @@ def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
     seeds = spec.seed_list
     configs = spec.configs()
     axes = spec.axes
-    total = sum(relative_cost(c) for c in configs) * len(seeds)
+    family = spec.family
+
+    def cost(config: Any) -> float:
+        return family.relative_cost(config)
+
+    total = sum(cost(c) for c in configs) * len(seeds)
     share = total / max(1, slots)
     groups = []
     for config in configs:
@@ -97,8 +103,8 @@ def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
         elif spec.pack_size:
             chunks = -(-len(seeds) // spec.pack_size)
         else:
-            chunks = min(len(seeds), max(1, round(relative_cost(config) * len(seeds) / share)))
+            chunks = min(len(seeds), max(1, round(cost(config) * len(seeds) / share)))
         size = -(-len(seeds) // chunks)
-        groups += [TrialGroup(config=config, seeds=tuple(seeds[i : i + size]), axes=axes)
+        groups += [TrialGroup(config=config, seeds=tuple(seeds[i : i + size]), axes=axes, family_name=family.name)
                    for i in range(0, len(seeds), size)]
-    return sorted(groups, key=lambda g: -relative_cost(g.config) * len(g.seeds))  # stable: grid order on ties
+    return sorted(groups, key=lambda g: -cost(g.config) * len(g.seeds))  # stable: grid order on ties

@@ -31,7 +31,7 @@ from sweep.names import (
     TAG_SWEEP_ID,
     TAG_WORKER_PID,
 )
-from sweep.trainer import Evaluation
+from sweep.records import Evaluation
 
 T = TypeVar("T")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
@@ -127,15 +127,16 @@ def create_parent_run(client: MlflowClient, experiment_id: str, sweep_id: str, t
 
 
 def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
-                     name: str, params: dict[str, Any], grid_point: str) -> str:
+                     name: str, params: dict[str, Any], grid_point: str, knob: str = "C") -> str:
     """A child run for one member, left SCHEDULED until its trial starts.
 
     name: ``<grid point> seed=<seed>``; params: :data:`sweep.names.TRIAL_PARAMS`; grid_point: the name
     without its seed part, tagged ``grid_point`` (the trial's identity together with the ``seed`` tag).
+    knob: the family's knob, tagged with the run's value (``C=4``, ``K=10``).
     """
     run = with_retry(client.create_run, experiment_id, run_name=name, tags={
         TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id,
-        "C": str(params["C"]), "seed": str(params["seed"]), TAG_GRID_POINT: grid_point})
+        knob: str(params[knob]), "seed": str(params["seed"]), TAG_GRID_POINT: grid_point})
     run_id = run.info.run_id
     log_params(client, run_id, params)
     with_retry(client.update_run, run_id, status="SCHEDULED")
@@ -153,8 +154,11 @@ class TrialRunLogger:
     histories and never logs a (metric, step) pair that is already there: every step appears once.
     """
 
-    def __init__(self, tracking_uri: str, run_ids: dict[int, str], flush_seconds: float = 5.0) -> None:
+    def __init__(self, tracking_uri: str, run_ids: dict[int, str], flush_seconds: float = 5.0,
+                 metric_names: tuple[str, ...] = METRICS) -> None:
+        """``metric_names``: the family's metric keys (read back on resume); the ResNet's by default."""
         self.client = MlflowClient(tracking_uri)
+        self.metric_names = tuple(metric_names)
         self.run_ids = run_ids
         self.flush_seconds = flush_seconds
         self._buffer: dict[int, list[Metric]] = {seed: [] for seed in run_ids}
@@ -173,7 +177,7 @@ class TrialRunLogger:
     def start(self, node_id: str, resumed: bool) -> None:
         for seed, run_id in self.run_ids.items():
             if resumed:
-                for key in METRICS:
+                for key in self.metric_names:
                     history = self._send(self.client.get_metric_history, run_id, key)
                     self._logged[seed].update((key, m.step) for m in history)
             self._send(self.client.update_run, run_id, status="RUNNING")

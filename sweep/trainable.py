@@ -16,10 +16,11 @@ import ray
 import torch
 from ray import tune
 
-from sweep.data import DigitsArrays, load_for_config
+from models.family import Family, Trainer
+from sweep.data import DigitsArrays
 from sweep.plan import TrialGroup
+from sweep.records import Evaluation
 from sweep.tracking import TrialRunLogger
-from sweep.trainer import Evaluation, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -29,31 +30,36 @@ def checkpoint_interval(n_evaluations: int, checkpoint_every: int | None) -> int
     return checkpoint_every or max(1, math.ceil(n_evaluations / 10))
 
 
-def _report_metrics(trainer: Trainer, evaluation: Evaluation, logger: TrialRunLogger) -> dict[str, Any]:
+def _report_metrics(trainer: Trainer, evaluation: Evaluation, logger: TrialRunLogger,
+                    metric_names: tuple[str, ...] = ("train_error", "test_error", "generalization_gap")
+                    ) -> dict[str, Any]:
     records = evaluation.records
     metrics: dict[str, Any] = {"step": evaluation.step, "progress": evaluation.step / trainer.config.budget,
                                "live_members": len(records), "seconds_logging": logger.seconds_logging,
                                "ms_per_update": trainer.ms_per_update}
-    for key in ("train_error", "test_error", "generalization_gap"):
-        values = [getattr(r, key) for r in records]
+    for key in metric_names:  # the mean over live members of each of the family's metrics
+        values = [r.metrics()[key] for r in records]
         metrics[key] = sum(values) / len(values) if values else float("nan")
     return metrics
 
 
-def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> None:
+def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, family: Family | None = None) -> None:
     """Ray Tune function trainable. ``config``: trial {group: TrialGroup.to_dict(), run_ids: {seed: id}},
     tracking_uri, cpus, checkpoint_every. ``digits``: :func:`sweep.data.digits_arrays` (bound with
-    ``tune.with_parameters``, so workers need not import scikit-learn); loaded here when None."""
+    ``tune.with_parameters``, so workers need not import scikit-learn); loaded here when None. ``family``:
+    the sweep's :class:`models.family.Family` object, bound the same way so that a family registered only
+    in the driver process trains here too; looked up by the group's family name when None."""
     # Tune logs every checkpoint at INFO; one sweep makes hundreds.
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    group = TrialGroup.from_dict(config["trial"]["group"])
+    group = TrialGroup.from_dict(config["trial"]["group"], family=family)
+    family = family or group.family
     # Ray gives each trial `cpus` CPUs; more torch threads than that only fight over them.
     torch.set_num_threads(max(1, int(config["cpus"])))
     train_config = replace(group.config, device="cuda" if ray.get_gpu_ids() else "cpu")
-    trainer = Trainer(train_config, group.seeds, data=load_for_config(train_config, digits))
+    trainer = family.trainer(train_config, group.seeds, digits)
     run_ids = {int(seed): run_id for seed, run_id in config["trial"]["run_ids"].items()}
-    logger = TrialRunLogger(config["tracking_uri"], run_ids)
+    logger = TrialRunLogger(config["tracking_uri"], run_ids, metric_names=family.metric_names)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -69,7 +75,7 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> N
     every = checkpoint_interval(len(eval_steps), config.get("checkpoint_every"))
     for evaluation in trainer.run():
         logger.add(evaluation)
-        metrics = _report_metrics(trainer, evaluation, logger)
+        metrics = _report_metrics(trainer, evaluation, logger, family.metric_names)
         finished = trainer.step >= group.config.budget or not evaluation.records
         if position.get(evaluation.step, 0) % every and not finished:
             tune.report(metrics)
@@ -81,10 +87,10 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> N
 
     logger.flush()
     with tempfile.TemporaryDirectory() as folder:
-        for seed, member in zip(trainer.seeds, trainer.members(), strict=True):
+        for seed in trainer.seeds:
             if seed in trainer.diverged:
                 continue
-            path = Path(folder) / f"model_C{group.config.C}_seed{seed}.pt"
-            torch.save(member.state_dict(), path)
+            path = Path(folder) / family.weights_name(group.config, seed)  # model_C4_seed1.pt, model_K10_seed0.pt
+            torch.save(family.export(trainer, seed), path)
             logger.log_weights(seed, path)
             logger.end(seed, "FINISHED")

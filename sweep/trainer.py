@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from models.packed import PackedResNet, StemInputs
 from sweep.config import N_TRAIN, TrainConfig
 from sweep.data import Digits, load_for_config
 from sweep.names import METRICS
+from sweep.records import Evaluation
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,6 @@ class MetricRecord:
 
     def metrics(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in METRICS}
-
-
-@dataclass
-class Evaluation:
-    """What :meth:`Trainer.run` yields at each evaluation step: records of the members still training, and
-    the members whose loss turned non-finite since the last evaluation (seed -> (step, reason))."""
-
-    step: int
-    records: list[MetricRecord]
-    diverged: dict[int, tuple[int, str]] = field(default_factory=dict)
 
 
 def init_model(C: int, seed: int, dtype: torch.dtype = torch.float32) -> ResNet:

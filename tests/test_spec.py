@@ -8,7 +8,7 @@ from sweep.spec import SpecError, apply_overrides, load_spec, preset_names
 
 
 def test_presets_match_the_issue():
-    assert preset_names() == ["double-descent", "hw2", "hw2-epochs", "smoke", "width"]
+    assert preset_names() == ["double-descent", "em", "hw2", "hw2-epochs", "smoke", "width"]
     hw2, _ = load_spec("hw2")
     assert (hw2.model.C, hw2.seed_list, hw2.protocol, hw2.budget, hw2.lr, hw2.batch_size) == (
         [1, 2, 4, 64], [0, 1, 2, 3, 4], "handout", 4000, 0.1, 128)

@@ -1,0 +1,166 @@
+"""The ResNet family (CS 446 hw2, problem 3): width C is the knob; trained by ``sweep.trainer.Trainer``.
+
+This file is the ResNet's registration under :mod:`models.family`: its spec keys (``model.C``,
+``protocol``, ``lr``, ``batch_size``, ``data.label_noise``, ...), metrics, trial config
+(:class:`sweep.config.TrainConfig`) and trainer. The numbers are exactly those of the trainer it wraps.
+No torch import at module level (the CLI validates specs through it).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from models.family import Family, MetricInfo
+from sweep.config import DEFAULT_EVAL_EVERY, N_TRAIN, TrainConfig
+from sweep.spec_base import (
+    CommonSpec,
+    PositiveFloat,
+    PositiveInt,
+    Strict,
+    as_list,
+    grid_list,
+)
+
+ProtocolName = Literal["handout", "epochs"]
+_LIST = "a non-empty list of distinct ones"
+_Noise = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+
+
+class ResNetModelSpec(Strict):
+    family: Literal["resnet"] = "resnet"
+    C: PositiveInt | list[PositiveInt] = Field(description="ResNet width(s); the complexity knob")
+
+    _C_grid = field_validator("C")(grid_list)
+
+
+
+
+class ResNetDataSpec(Strict):
+    label_noise: _Noise | list[_Noise] = Field(
+        0.0, description="fraction of training labels replaced by a different class, in [0, 1); a list = an axis"
+    )
+
+    _noise_grid = field_validator("label_noise")(grid_list)
+
+
+class ResNetSpec(CommonSpec):
+    """A ResNet sweep: the spec of issue 12 (``model.C`` first axis, then protocol, budget, lr, batch_size,
+    eval_every, data.label_noise)."""
+
+    family_name = "resnet"
+
+    model: ResNetModelSpec
+    data: ResNetDataSpec = ResNetDataSpec()
+    protocol: ProtocolName | list[ProtocolName] = "handout"
+    budget: PositiveInt | list[PositiveInt] = 4000
+    lr: PositiveFloat | list[PositiveFloat] = 0.1
+    batch_size: PositiveInt | list[PositiveInt] = 128
+    eval_every: PositiveInt | list[PositiveInt] | None = None
+    dtype: Literal["float32", "float64"] = "float32"
+
+    _grids = field_validator("protocol", "budget", "lr", "batch_size", "eval_every")(grid_list)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_fits(cls, v: int | list[int]) -> int | list[int]:
+        for b in as_list(v):
+            if b > N_TRAIN:
+                raise ValueError(f"batch_size {b} is larger than the training half ({N_TRAIN} images)")
+        return v
+
+    @model_validator(mode="after")
+    def _eval_fits_budget(self) -> ResNetSpec:
+        for protocol, budget, every in itertools.product(
+            as_list(self.protocol), as_list(self.budget), as_list(self.eval_every)
+        ):
+            every = every or DEFAULT_EVAL_EVERY[protocol]
+            if every > budget:
+                raise ValueError(f"eval_every {every} is larger than the budget {budget} ({protocol} protocol)")
+        return self
+
+
+class ResNetFamily(Family):
+    name = "resnet"
+    display_name = "ResNet"
+    knob = "C"
+    knob_meaning = "ResNet width"
+    metrics = (
+        MetricInfo("train_error", "misclassification rate on the training half, against the labels trained on",
+                   "", False),
+        MetricInfo("test_error", "misclassification rate on the test half", "", False),
+        MetricInfo("train_loss", "mean cross-entropy on the training half (labels trained on)", "nats", False),
+        MetricInfo("test_loss", "mean cross-entropy on the test half", "nats", False),
+        MetricInfo("generalization_gap", "test_error - train_error", "", False),
+        MetricInfo("minibatch_loss", "training-mode loss of the last minibatch before the evaluation", "nats",
+                   False),
+        MetricInfo("train_error_clean", "train error against the true labels", "", False),
+    )
+    complexity_panels = (("train_error", "test_error", "generalization_gap"),)
+    curve_metrics = ("train_error", "test_error")
+    table_metrics = (("train_error", "train_error"), ("test_error", "test_error"), ("generalization_gap", "gap"))
+    budget_unit = "update"
+    axis_keys = {"C": "model.C", "protocol": "protocol", "budget": "budget", "lr": "lr",
+                 "batch_size": "batch_size", "eval_every": "eval_every", "label_noise": "data.label_noise"}
+    spec_class = ResNetSpec
+    allowed = {
+        "model.C": f"a positive integer or {_LIST}",
+        "data.label_noise": f"a fraction in [0, 1) or {_LIST}",
+        "protocol": "'handout' or 'epochs', or a non-empty list of distinct ones",
+        "budget": f"an integer > 0 or {_LIST}",
+        "lr": f"a finite number > 0 or {_LIST}",
+        "batch_size": f"an integer in 1..{N_TRAIN} or {_LIST}",
+        "eval_every": f"an integer in 1..budget, {_LIST}, or null for the protocol's default",
+    }
+
+    def make_config(self, values: dict[str, Any], spec: Any) -> TrainConfig:
+        return TrainConfig(**values, split_seed=spec.split_seed, dtype=spec.dtype)
+
+    def config_from_dict(self, d: dict[str, Any]) -> TrainConfig:
+        return TrainConfig(**d)
+
+    def param_count(self, config: TrainConfig) -> int:
+        from models.resnet import parameter_count  # torch: only when a count is asked for
+
+        return parameter_count(config.C)
+
+    def relative_cost(self, config: TrainConfig) -> float:
+        """In units of one C=1 update: packed updates cost about 0.09 ms + 0.0005 ms * C^2 per member on one
+        core (issue 7's measurements), so a C=64 member costs ~21 C=1 members."""
+        return config.budget * config.updates_per_step * (1.0 + config.C**2 / 200.0)
+
+    def member_params(self, config: TrainConfig, seed: int, split_hash: str) -> dict[str, Any]:
+        c = config
+        return {
+            "C": c.C, "seed": seed, "protocol": c.protocol, "budget": c.budget, "lr": c.lr,
+            "batch_size": c.batch_size, "eval_every": c.eval_interval, "split_seed": c.split_seed,
+            "split_hash": split_hash, "model_family": self.name, "param_count": self.param_count(c),
+            "dtype": c.dtype, "label_noise": c.label_noise, "n_flipped_labels": c.n_flipped_labels,
+        }
+
+    def describe(self, params: dict[str, Any]) -> str:
+        """E.g. ``ResNet C=4 (398 params), seed 0, handout protocol, 4000 updates, lr 0.1, batch size 128``."""
+        unit = "epochs" if params.get("protocol") == "epochs" else "updates"
+        text = (f"ResNet C={params['C']} ({params['param_count']} params), seed {params['seed']}, "
+                f"{params['protocol']} protocol, {params['budget']} {unit}, lr {params['lr']}, "
+                f"batch size {params['batch_size']}")
+        if params.get("label_noise"):
+            text += f", label noise {params['label_noise']}"
+        return text
+
+    def trainer(self, config: TrainConfig, seeds: Sequence[int], arrays: Any = None) -> Any:
+        from sweep.data import load_for_config
+        from sweep.trainer import Trainer
+
+        return Trainer(config, seeds, data=load_for_config(config, arrays))
+
+    def export(self, trainer: Any, seed: int) -> Any:
+        """The member's plain ``ResNet(C)`` state dict (loads with ``ResNet(C).load_state_dict``)."""
+        return trainer.members()[trainer.seeds.index(seed)].state_dict()
+
+
+RESNET = ResNetFamily()
+__all__ = ["RESNET", "ResNetFamily", "ResNetSpec"]

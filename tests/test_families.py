@@ -1,0 +1,421 @@
+"""Model families (issue 13): the interface, the Bernoulli mixture through the whole sweep path, and a third
+toy family defined in this file and registered through the public interface only.
+
+Fast tests run anywhere; the ones using ``ray_local`` start Ray and MLflow (run them under the heavy lock).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from pydantic import Field
+
+from models import family_names, get_family, register
+from models.bernoulli_mixture import BernoulliMixtureEM
+from models.family import Family, MetricInfo
+from models.mixture_family import MixtureConfig, mixture_data
+from sweep import cli, driver
+from sweep.data import digits_arrays, split_indices
+from sweep.names import TAG_AXES, TAG_FAMILY, TAG_GRID_POINT, TAG_KNOB, TAG_WORKER_PID
+from sweep.plan import plan_trials
+from sweep.records import Evaluation, MetricRecord
+from sweep.spec import SpecError, load_spec
+from sweep.spec_base import CommonSpec, PositiveInt, Strict
+from tests.conftest import histories, run_sweep
+from tests.test_cli import no_compute, run_cli  # noqa: F401  (no_compute is a fixture)
+
+MIXTURE_METRICS = ("train_loglik", "test_loglik", "loglik_gap", "train_error", "test_error", "bic")
+
+
+# -- a third family, defined here and registered through models.family only ---------------------------------
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """W: the toy knob. The toy "trains" by a closed form, so every expected value is a formula."""
+
+    W: int
+    budget: int = 6
+    eval_every: int | None = None
+    split_seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
+
+    @property
+    def eval_interval(self) -> int:
+        return self.eval_every or 2
+
+    def axis_value(self, axis: str) -> object:
+        return self.eval_interval if axis == "eval_every" else getattr(self, axis)
+
+    def eval_steps(self) -> list[int]:
+        steps = list(range(self.eval_interval, self.budget + 1, self.eval_interval))
+        return steps if steps[-1] == self.budget else [*steps, self.budget]
+
+
+def toy_scores(W: int, seed: int, step: int) -> tuple[float, float]:
+    """(fit, held_out) of the toy after ``step`` steps: fit -> 1 as W * step grows; held_out pays 0.01 * W."""
+    fit = 1.0 - 1.0 / (1.0 + W * step) + seed / 1000.0
+    return fit, fit - 0.01 * W
+
+
+class ToyTrainer:
+    def __init__(self, config: ToyConfig, seeds: Sequence[int]) -> None:
+        self.config, self.seeds, self.step, self.diverged = config, list(seeds), 0, {}
+
+    ms_per_update = 0.0
+
+    def run(self) -> Iterator[Evaluation]:
+        for step in self.config.eval_steps():
+            if step <= self.step:
+                continue
+            self.step = step
+            records = []
+            for seed in self.seeds:
+                fit, held = toy_scores(self.config.W, seed, step)
+                records.append(MetricRecord(seed, step, {"fit": fit, "held_out": held, "fit_gap": fit - held}))
+            yield Evaluation(step, records)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+
+
+class ToyModelSpec(Strict):
+    family: Literal["toy"] = "toy"
+    W: PositiveInt | list[PositiveInt]
+
+
+class ToySpec(CommonSpec):
+    family_name = "toy"
+    model: ToyModelSpec
+    budget: PositiveInt = 6
+    eval_every: PositiveInt | None = None
+    dtype: Literal["float64"] = "float64"
+    shrink: float = Field(0.5, gt=0, description="a key only the toy family owns")
+
+
+class ToyFamily(Family):
+    name = "toy"
+    display_name = "Toy"
+    knob = "W"
+    knob_meaning = "toy width"
+    metrics = (MetricInfo("fit", "toy training score", "", True), MetricInfo("held_out", "toy test score", "", True),
+               MetricInfo("fit_gap", "fit - held_out", "", False))
+    complexity_panels = (("fit", "held_out", "fit_gap"),)
+    curve_metrics = ("fit", "held_out")
+    table_metrics = (("fit", "fit"), ("held_out", "held_out"))
+    budget_unit = "toy step"
+    axis_keys = {"W": "model.W"}
+    spec_class = ToySpec
+
+    def make_config(self, values: dict[str, Any], spec: Any) -> ToyConfig:
+        return ToyConfig(**values, budget=spec.budget, eval_every=spec.eval_every, split_seed=spec.split_seed)
+
+    def config_from_dict(self, d: dict[str, Any]) -> ToyConfig:
+        return ToyConfig(**d)
+
+    def param_count(self, config: ToyConfig) -> int:
+        return 3 * config.W
+
+    def relative_cost(self, config: ToyConfig) -> float:
+        return float(config.W)
+
+    def member_params(self, config: ToyConfig, seed: int, split_hash: str) -> dict[str, Any]:
+        return {"W": config.W, "seed": seed, "budget": config.budget, "eval_every": config.eval_interval,
+                "split_seed": config.split_seed, "split_hash": split_hash, "model_family": self.name,
+                "param_count": self.param_count(config), "dtype": config.dtype}
+
+    def trainer(self, config: ToyConfig, seeds: Sequence[int], arrays: Any = None) -> ToyTrainer:
+        return ToyTrainer(config, seeds)
+
+    def export(self, trainer: ToyTrainer, seed: int) -> dict[str, Any]:
+        return {"family": self.name, "config": asdict(trainer.config), "seed": seed, "step": trainer.step}
+
+
+@pytest.fixture
+def toy_family():
+    """Register the toy family for one test; Ray workers get it by value (this module is not imported there)."""
+    import cloudpickle
+    from ray import cloudpickle as ray_cloudpickle
+
+    module = sys.modules[__name__]
+    for pickler in (cloudpickle, ray_cloudpickle):
+        pickler.register_pickle_by_value(module)
+    register(ToyFamily())
+    yield get_family("toy")
+    from models import family as registry
+
+    registry._REGISTRY.pop("toy", None)
+    for pickler in (cloudpickle, ray_cloudpickle):
+        pickler.unregister_pickle_by_value(module)
+
+
+# -- spec validation: one line, exit 2, before Ray ----------------------------------------------------------
+
+BAD = [
+    (["--set", "model.K=0"], ["'model.K'", "greater than 0", "1..898"]),
+    (["--set", "model.K=[1,-2]"], ["'model.K[1]'", "greater than 0"]),
+    (["--set", "model.K=899"], ["'model.K'", "less than or equal to 898", "training half"]),
+    (["--set", "data.binarize_threshold=0"], ["'data.binarize_threshold'", "1..16"]),
+    (["--set", "data.binarize_threshold=17"], ["'data.binarize_threshold'", "1..16"]),
+    (["--set", "model.eps=0"], ["'model.eps'", "(0, 0.5)"]),
+    (["--set", "model.eps=0.5"], ["'model.eps'", "(0, 0.5)"]),
+    (["--set", "model.eps=-1e-3"], ["'model.eps'"]),
+    (["--set", "lr=0.1"], ["'lr' belongs to family resnet", "not bernoulli_mixture"]),
+    (["--set", "protocol=epochs"], ["'protocol' belongs to family resnet"]),
+    (["--set", "model.C=4"], ["'model.C' belongs to family resnet", "under model: family, K, eps"]),
+    (["--set", "data.label_noise=0.1"], ["'data.label_noise' belongs to family resnet"]),
+    (["--set", "model.family=gmm"], ["unknown model.family 'gmm'", "known families: resnet, bernoulli_mixture"]),
+    (["--set", "budget=0"], ["'budget'", "greater than 0"]),
+    (["--set", "eval_every=101"], ["eval_every 101 is larger than the budget 100"]),
+]
+BAD_RESNET = [
+    (["--set", "model.K=4"], ["'model.K' belongs to family bernoulli_mixture", "not resnet"]),
+    (["--set", "data.binarize_threshold=8"], ["'data.binarize_threshold' belongs to family bernoulli_mixture"]),
+    (["--set", "model.eps=0.1"], ["'model.eps' belongs to family bernoulli_mixture"]),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), [(["run", "em", *a], e) for a, e in BAD]
+                         + [(["run", "smoke", *a], e) for a, e in BAD_RESNET])
+def test_bad_mixture_input_is_one_line_and_exit_2_before_ray(args, expected, no_compute, capsys):  # noqa: F811
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("sweep: error: "), err
+    for part in expected:
+        assert part in err, (part, err)
+
+
+def test_unknown_family_lists_the_registered_ones_including_a_new_one(toy_family):
+    with pytest.raises(SpecError) as info:
+        load_spec("em", ["model.family=nope"])
+    assert str(info.value) == "unknown model.family 'nope'; known families: resnet, bernoulli_mixture, toy"
+    assert family_names() == ["resnet", "bernoulli_mixture", "toy"]
+
+
+# -- the em preset and the plan ----------------------------------------------------------------------------
+
+def test_em_preset_is_the_issues_grid():
+    spec, resolved = load_spec("em")
+    assert spec.model.K == [1, 2, 3, 5, 10, 20, 40, 80] and spec.seed_list == [0, 1, 2, 3, 4]
+    assert (spec.budget, spec.dtype, spec.model.eps, spec.data.binarize_threshold) == (100, "float64", 1e-6, 8)
+    assert spec.axes == ("K",) and resolved["model"]["family"] == "bernoulli_mixture"
+    configs = spec.configs()
+    assert [c.K for c in configs] == [1, 2, 3, 5, 10, 20, 40, 80]
+    assert all(c.eval_steps() == list(range(1, 101)) for c in configs)  # evaluated after every iteration
+    groups = plan_trials(spec, slots=1)
+    assert sorted((g.config.K, g.seeds) for g in groups) == [(k, (0, 1, 2, 3, 4)) for k in spec.model.K]
+    assert [g.config.K for g in groups] == [80, 40, 20, 10, 5, 3, 2, 1]  # most expensive first
+    group = next(g for g in groups if g.config.K == 10)
+    params = group.member_params(3, "abc")
+    assert group.run_name(3) == "K=10 seed=3" and group.grid_point == "K=10"
+    assert params["param_count"] == 10 * 64 + 9 and params["model_family"] == "bernoulli_mixture"
+    assert (params["K"], params["seed"], params["eps"], params["binarize_threshold"]) == (10, 3, 1e-6, 8)
+
+
+def test_a_list_of_thresholds_is_an_axis_after_K():
+    spec, _ = load_spec("em", ["data.binarize_threshold=[4,8]", "model.K=[2,3]"])
+    assert spec.axes == ("K", "binarize_threshold")
+    assert [g.run_name(0) for g in plan_trials(spec, slots=1) if 0 in g.seeds] == [
+        "K=3 binarize_threshold=4 seed=0", "K=3 binarize_threshold=8 seed=0",
+        "K=2 binarize_threshold=4 seed=0", "K=2 binarize_threshold=8 seed=0"]
+
+
+# -- the mixture's data and trainer -------------------------------------------------------------------------
+
+def test_mixture_data_is_the_split_binarized_at_the_threshold():
+    images, labels = digits_arrays()
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images.reshape(-1, 64)  # pixels 0..16 as scikit-learn ships them
+    train_idx, test_idx = split_indices(3)
+    for threshold in (1, 8, 16):
+        x_train, y_train, x_test, y_test = mixture_data(3, threshold)
+        assert x_train.shape == (898, 64) and x_test.shape == (899, 64) and x_train.dtype == torch.float64
+        assert torch.equal(x_train, torch.from_numpy((raw[train_idx] >= threshold).astype("float64")))
+        assert torch.equal(x_test, torch.from_numpy((raw[test_idx] >= threshold).astype("float64")))
+        assert y_train.tolist() == labels[train_idx].tolist() and y_test.tolist() == labels[test_idx].tolist()
+
+
+def em_reference(K: int, seeds: list[int], budget: int, threshold: int = 8, every: int = 1) -> dict:
+    """{(seed, step): metrics} from BernoulliMixtureEM driven directly, one member at a time."""
+    x_train, y_train, x_test, y_test = mixture_data(0, threshold)
+    out = {}
+    for seed in seeds:
+        em = BernoulliMixtureEM(K, [seed], x_train)
+        for step in range(1, budget + 1):
+            em.step()
+            if step % every == 0 or step == budget:
+                (row,) = em.evaluate(x_train, y_train, x_test, y_test)
+                out[(seed, step)] = {k: row[k] for k in MIXTURE_METRICS}
+    return out
+
+
+def test_mixture_trainer_records_are_the_em_class_run_directly():
+    family = get_family("bernoulli_mixture")
+    trainer = family.trainer(MixtureConfig(K=5, budget=12, eval_every=5), [0, 3])
+    got = {(r.seed, r.step): r.metrics() for e in trainer.run() for r in e.records}
+    expected = em_reference(5, [0, 3], 12, every=5)
+    assert sorted(got) == sorted(expected) == [(s, t) for s in (0, 3) for t in (5, 10, 12)]
+    for key, metrics in expected.items():
+        for name, value in metrics.items():
+            assert got[key][name] == pytest.approx(value, abs=1e-12, rel=1e-12), (key, name)
+    exported = family.export(trainer, 3)
+    assert exported["family"] == "bernoulli_mixture" and exported["iteration"] == 12
+    assert exported["p"].shape == (5, 64) and float(exported["pi"].sum()) == pytest.approx(1.0, abs=1e-12)
+    assert family.weights_name(trainer.config, 3) == "model_K5_seed3.pt"
+
+
+def test_mixture_trainer_resumes_bit_for_bit_from_its_state_dict():
+    family = get_family("bernoulli_mixture")
+    config = MixtureConfig(K=4, budget=10, eval_every=2)
+    whole = [r.metrics() for e in family.trainer(config, [1]).run() for r in e.records]
+    first = family.trainer(config, [1])
+    head = []
+    for evaluation in first.run():
+        head += [r.metrics() for r in evaluation.records]
+        if evaluation.step == 4:
+            break
+    state = first.state_dict()
+    second = family.trainer(config, [1])
+    second.load_state_dict(state)
+    tail = [r.metrics() for e in second.run() for r in e.records]
+    assert head + tail == whole  # exact: same float64 operations in the same order
+    with pytest.raises(ValueError, match="another configuration"):
+        family.trainer(MixtureConfig(K=4, budget=10, eval_every=2, eps=1e-3), [1]).load_state_dict(state)
+
+
+# -- through Ray and MLflow (heavy) ---------------------------------------------------------------------------
+
+EM_SMOKE = ["--set", "model.K=[2,5]", "--set", "seeds=2", "--set", "budget=15", "--set", "name=em-smoke"]
+
+
+def test_em_smoke_sweep_through_ray_and_mlflow(ray_local, tmp_path):
+    sweep = run_sweep(tmp_path, "em", *EM_SMOKE)
+    client = MlflowClient(sweep.tracking_uri)
+    parent = client.get_run(sweep.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert (tags[TAG_FAMILY], tags[TAG_KNOB], json.loads(tags[TAG_AXES])) == ("bernoulli_mixture", "K", ["K"])
+    runs = {r.info.run_name: r for r in driver.trial_runs(sweep)}
+    assert sorted(runs) == ["K=2 seed=0", "K=2 seed=1", "K=5 seed=0", "K=5 seed=1"]
+    expected = {K: em_reference(K, [0, 1], 15) for K in (2, 5)}
+    for name, run in runs.items():
+        K, seed = int(name.split()[0][2:]), int(name.split("seed=")[1])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[TAG_GRID_POINT] == f"K={K}" and run.data.tags["K"] == str(K)
+        assert run.data.params["model_family"] == "bernoulli_mixture"
+        assert run.data.params["param_count"] == str(64 * K + K - 1)
+        assert run.data.tags["width"] == f"K=0{K}" and run.data.metrics["log2_K"] == math.log2(K)
+        assert run.data.tags["mlflow.note.content"].startswith(f"Bernoulli mixture K={K} ({64 * K + K - 1} params)")
+        for key in MIXTURE_METRICS:
+            history = histories(client, run.info.run_id, key)
+            assert [s for s, _ in history] == list(range(1, 16)), key  # every iteration, each once
+            want = [expected[K][(seed, s)][key] for s in range(1, 16)]
+            assert [v for _, v in history] == pytest.approx(want, abs=1e-12, rel=1e-12), key
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"model_K{K}_seed{seed}.pt"]
+        saved = torch.load(client.download_artifacts(run.info.run_id, f"model_K{K}_seed{seed}.pt"))
+        assert (saved["family"], saved["K"], saved["seed"], saved["iteration"]) == ("bernoulli_mixture", K, seed, 15)
+    logged = {a.path for a in client.list_artifacts(sweep.parent_run_id, "analysis")}
+    assert {"analysis/complexity.png", "analysis/curves.png", "analysis/heatmap.png", "analysis/summary.md",
+            "analysis/summary.csv"} <= logged
+
+    from analysis import analyze
+
+    result = analyze(sweep.sweep_id, sweep.tracking_uri, tmp_path / "again", log_artifacts=False)
+    row = result.summary.set_index("K").loc[5]
+    finals = [expected[5][(s, 15)] for s in (0, 1)]
+    for m in ("train_loglik", "test_loglik", "loglik_gap", "test_error"):
+        assert row[f"final_{m}_mean"] == pytest.approx(sum(f[m] for f in finals) / 2, abs=1e-12)
+    panels = result.figures["complexity"].axes
+    assert len(panels) == 2  # log-likelihoods and their gap; errors
+    assert {ln.get_label() for ln in panels[0].get_lines() if not ln.get_label().startswith("_")} <= {
+        "train_loglik", "test_loglik", "loglik_gap"}
+    text = (tmp_path / "again" / "summary.md").read_text()
+    assert "higher is better" in text and "train_loglik - test_loglik" in text
+
+
+def test_killed_mixture_trial_resumes_with_every_iteration_once(ray_local, tmp_path):
+    """Issue 6's rules for the mixture: SIGKILL the worker after some evaluations reached MLflow; the trial
+    continues the same run from its checkpoint and every step appears once, with the uninterrupted values."""
+    from tests.test_faults import wait_for
+
+    budget, every, K = 1500, 10, 400
+    (tmp_path / "long.yaml").write_text(
+        f"name: emlong\nmodel: {{family: bernoulli_mixture, K: {K}}}\nseeds: [0]\nbudget: {budget}\n"
+        f"eval_every: {every}\ncheckpoint_every: 6\npack: 'off'\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    killed: dict[str, int] = {}
+
+    def killer() -> None:
+        client = MlflowClient(uri)
+
+        def progressed_run():
+            try:
+                runs = driver.trial_runs(driver.load_sweep(None, uri))
+            except Exception:
+                return None
+            return next((r for r in runs if TAG_WORKER_PID in r.data.tags
+                         and len(client.get_metric_history(r.info.run_id, "train_loglik")) >= 15), None)
+
+        run = wait_for(progressed_run, 300, "the trial to log 15 evaluations")
+        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
+        killed["steps_before"] = len(client.get_metric_history(run.info.run_id, "train_loglik"))
+        os.kill(killed["pid"], signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
+    thread.join(timeout=10)
+    assert killed.get("pid"), "the trial was never killed"
+    client = MlflowClient(uri)
+    runs = driver.trial_runs(sweep)
+    assert len(runs) == 1
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "FINISHED" and int(run.data.tags[TAG_WORKER_PID]) != killed["pid"]
+    steps = list(range(every, budget + 1, every))
+    assert killed["steps_before"] < len(steps)
+    torch.set_num_threads(1)
+    trainer = get_family("bernoulli_mixture").trainer(MixtureConfig(K=K, budget=budget, eval_every=every), [0])
+    expected = [e.records[0].metrics() for e in trainer.run()]
+    for key in MIXTURE_METRICS:
+        history = histories(client, run.info.run_id, key)
+        assert [s for s, _ in history] == steps, key
+        assert [v for _, v in history] == [m[key] for m in expected], key
+
+
+def test_toy_family_from_a_test_file_runs_through_sweep_run_and_analyze(ray_local, tmp_path, toy_family, capsys):
+    (tmp_path / "toy.yaml").write_text("name: toy\nmodel: {family: toy, W: [1, 3]}\nseeds: 2\nbudget: 6\n")
+    sweep = run_sweep(tmp_path, str(tmp_path / "toy.yaml"), "--no-analyze")
+    client = MlflowClient(sweep.tracking_uri)
+    parent = client.get_run(sweep.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[TAG_FAMILY] == "toy"
+    runs = {r.info.run_name: r for r in driver.trial_runs(sweep)}
+    assert sorted(runs) == ["W=1 seed=0", "W=1 seed=1", "W=3 seed=0", "W=3 seed=1"]
+    for name, run in runs.items():
+        W, seed = int(name.split()[0][2:]), int(name.split("seed=")[1])
+        assert run.info.status == "FINISHED" and run.data.params["param_count"] == str(3 * W)
+        assert histories(client, run.info.run_id, "fit") == [(s, toy_scores(W, seed, s)[0]) for s in (2, 4, 6)]
+        assert histories(client, run.info.run_id, "held_out") == [(s, toy_scores(W, seed, s)[1]) for s in (2, 4, 6)]
+    capsys.readouterr()
+    cli.main(["analyze", sweep.sweep_id, "--tracking-uri", sweep.tracking_uri, "--out", str(tmp_path / "out")])
+    assert f"Sweep {sweep.sweep_id}" in capsys.readouterr().out
+    logged = {a.path for a in client.list_artifacts(sweep.parent_run_id, "analysis")}
+    assert {"analysis/complexity.png", "analysis/summary.md"} <= logged
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    # held_out at step 6: W=1 -> 1 - 1/7 - 0.01 (+ seed / 1000), W=3 -> 1 - 1/19 - 0.03: best at W=3
+    best = (1 - 1 / 19 - 0.03 + (1 - 1 / 19 - 0.03 + 0.001)) / 2
+    assert f"best (highest) {best:.4g} at W=3" in summary
