@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,20 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> N
     eval_steps = group.config.eval_steps()
     position = {step: i for i, step in enumerate(eval_steps, start=1)}  # absolute, so resumes keep cadence
     every = checkpoint_interval(len(eval_steps), config.get("checkpoint_every"))
-    for evaluation in trainer.run():
+    # Cheap marks for bench/overhead.py: when this trial's training began (unix s), when the trainer last
+    # handed over an evaluation (its last update, plus that evaluation), and the seconds spent inside the
+    # trainer (updates and evaluations); the rest of the trial is logging, reporting and checkpoints.
+    timing = {"training_started_unix": time.time(), "seconds_in_trainer": 0.0}
+    evaluations = trainer.run()
+    while True:
+        entered = time.perf_counter()
+        evaluation = next(evaluations, None)
+        timing["seconds_in_trainer"] += time.perf_counter() - entered
+        if evaluation is None:
+            break
+        timing["yielded_unix"] = time.time()
         logger.add(evaluation)
-        metrics = _report_metrics(trainer, evaluation, logger)
+        metrics = {**_report_metrics(trainer, evaluation, logger), **timing}
         finished = trainer.step >= group.config.budget or not evaluation.records
         if position.get(evaluation.step, 0) % every and not finished:
             tune.report(metrics)
