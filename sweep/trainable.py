@@ -70,8 +70,9 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> N
     every = checkpoint_interval(len(eval_steps), config.get("checkpoint_every"))
     # Cheap marks for bench/overhead.py: when this trial's training began (unix s), when the trainer last
     # handed over an evaluation (its last update, plus that evaluation), and the seconds spent inside the
-    # trainer (updates and evaluations); the rest of the trial is logging, reporting and checkpoints.
-    timing = {"training_started_unix": time.time(), "seconds_in_trainer": 0.0}
+    # trainer (updates and evaluations), and in Tune's reports and checkpoints (those before this report);
+    # with seconds_logging (MLflow), that is where the rest of a trial goes.
+    timing = {"training_started_unix": time.time(), "seconds_in_trainer": 0.0, "seconds_reporting": 0.0}
     evaluations = trainer.run()
     while True:
         entered = time.perf_counter()
@@ -84,12 +85,16 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> N
         metrics = {**_report_metrics(trainer, evaluation, logger), **timing}
         finished = trainer.step >= group.config.budget or not evaluation.records
         if position.get(evaluation.step, 0) % every and not finished:
+            reporting = time.perf_counter()
             tune.report(metrics)
+            timing["seconds_reporting"] += time.perf_counter() - reporting
             continue
         logger.flush()  # everything up to a checkpoint is in MLflow before the checkpoint exists
+        reporting = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"trainer": trainer.state_dict(), "run_ids": run_ids}, Path(folder) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        timing["seconds_reporting"] += time.perf_counter() - reporting
 
     logger.flush()
     with tempfile.TemporaryDirectory() as folder:
