@@ -207,25 +207,20 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     return times
 
 
-NEXT_STEPS = {
-    "block conv bmm (x2)": "the block convs' batched products run below torch.mm's rate at the same shapes "
-    "(bmm over S members, with the transposed operands of the backward): try a per-member torch.mm loop or a "
-    "layout that makes the backward operands contiguous, timed against this same-run ceiling",
-    "max-pool + ReLU": "the 2x2 max-pool runs on a permuted (channels-last) view and its backward scatters "
-    "through saved indices: take the maximum of the four strided (S, C, 4, N) slices of the stem output "
-    "instead (three elementwise maxima, a cheaper backward)",
-    "stem (folded conv + BN stats)": "the stem's (C x 9) @ (9 x 16N) product has k = 9, far below sgemm's "
-    "efficient shapes, and its weight gradient reads the (9 x 16N) patches again: fold the stem and the "
-    "max-pool's input layout so the product runs once over all members",
-    "block conv weight gathers (x2)": "the dense (4C x 4C) block matrices are gathered from the (C, C, 3, 3) "
-    "weights every update and their gradient is scattered back (index_add): keep the dense matrices as the "
-    "parameters between evaluations, or gather with one precomputed 0/1 matmul",
-    "block BatchNorm (x2)": "BatchNorm over (S*C, 4N) is a few elementwise passes per block: fold its "
-    "statistics into the block matmul as the stem already does",
-    "backward outside the pieces": "autograd's own bookkeeping and the accumulation of gradients into the "
-    "parameters: a hand-written backward for the block (one fused function, no graph)",
-    "forward outside the pieces": "the forward's views, reshapes and small ops between the pieces: fuse them",
-}
+PRODUCTS_STEP = (
+    "the block convs' batched products run below torch.mm's rate at the same shapes (bmm over S members, "
+    "with the transposed operands of the backward): try a layout that makes the backward operands "
+    "contiguous, timed against this same-run ceiling")
+# Rewrites of the largest non-product pieces measured on this machine (2026-11-29, C=64, S=32, forward +
+# backward against the current code): max-pool as a maximum of four strided slices 4-9x slower, as
+# torch.max over a taps-first layout 2.7x slower; the block weight gather as a one-hot (9 x 16) matmul
+# 3-4x slower. So the next step is no single cheaper op.
+NOT_PRODUCTS_STEP = (
+    "the work that is no product is spread over several pieces of 0.1-0.3 ms each (largest here: {largest}), "
+    "and the one-op rewrites tried for the largest (max over strided slices, torch.max over a taps-first "
+    "layout, a one-hot matmul weight gather) measured 2.7-9x slower; next: one hand-written autograd.Function "
+    "for the residual block (weight gathers, bmm, BatchNorm, ReLU, residual) with an analytic backward, to cut "
+    "passes over the (S, 4C, N) activations and autograd's per-op cost, timed against this same-run ceiling")
 
 
 def account(C: int, S: int, updates: int, ceiling_ms: float) -> dict:
@@ -251,8 +246,11 @@ def account(C: int, S: int, updates: int, ceiling_ms: float) -> dict:
     # next step is the largest single item of the larger side.
     shortfall = excess["block conv bmm (x2)"]
     others = {k: v for k, v in excess.items() if k != "block conv bmm (x2)"}
-    largest = "block conv bmm (x2)" if shortfall >= sum(others.values()) else max(others, key=lambda k: others[k])
-    step = NEXT_STEPS.get(largest, f"{largest}: the largest cost outside the products; make it cheaper first")
+    if shortfall >= sum(others.values()):
+        largest, step = "block conv bmm (x2)", PRODUCTS_STEP
+    else:
+        largest = max(others, key=lambda k: others[k])
+        step = NOT_PRODUCTS_STEP.format(largest=largest)
     return {"C": C, "S": S, "phases_ms": phases, "pieces_ms": parts, "conv_ceiling_ms": conv_ceiling,
             "excess_ms": excess, "products_shortfall_ms": shortfall, "not_products_ms": sum(others.values()),
             "largest": largest, "next_step": step}
@@ -274,5 +272,5 @@ def account_markdown(a: dict, ceiling_ms: float) -> list[str]:
     out += ["", f"Of the {total - a['conv_ceiling_ms']:.3f} ms above the block convs' ceiling: their shortfall against "
             f"torch.mm {a['products_shortfall_ms']:.3f} ms, work that is no product {a['not_products_ms']:.3f} ms. "
             f"Reaching 60% takes {needed:.3f} ms less per member-update.", "",
-            f"Next step: {a['largest']}: {a['next_step']}."]
+            f"Next step: {a['next_step']}."]
     return out
