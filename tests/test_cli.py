@@ -56,7 +56,6 @@ CASES = [
     (["run", "smoke", "--set", "=4"], ["malformed --set '=4'"]),
     (["run", "smoke", "--set", "model.C=[1,2"], ["malformed --set", "not valid YAML"]),
     (["run", "missing.yaml"], ["spec file 'missing.yaml' does not exist"]),
-    (["run", "smoke", "--set", "resources.gpu=1"], ["resources.gpu=1.0 requested", "no GPU"]),
 ]
 
 
@@ -67,6 +66,20 @@ def test_bad_input_exits_2_with_one_line(no_compute, capsys, argv, expected):
     assert err.count("\n") == 1 and err.startswith("sweep: error: ")
     for fragment in expected:
         assert fragment in err
+    assert not (no_compute / "mlflow.db").exists()
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@pytest.mark.skipif(_cuda_devices() > 0, reason="this machine has a GPU: resources.gpu=1 is valid here")
+def test_gpu_requested_on_a_machine_without_one(no_compute, capsys):
+    code, err = run_cli(["run", "smoke", "--set", "resources.gpu=1"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "resources.gpu=1.0 requested" in err and "no GPU" in err
     assert not (no_compute / "mlflow.db").exists()
 
 
@@ -123,3 +136,4 @@ def test_train_command_prints_metrics_and_time(capsys):
     cli.main(["train", "--C", "2", "--budget", "50", "--eval-every", "25"])
     out = capsys.readouterr().out
     assert "train_error=" in out and "test_error=" in out and "ms per update" in out
+
