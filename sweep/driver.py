@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from sweep.filters import FilterError, and_, tag_equals
 from sweep.names import (
     ROLE_PARENT,
     ROLE_TRIAL,
@@ -164,9 +165,10 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
 
     client = MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    query = f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'"
-    if sweep_id:
-        query += f" and tags.{TAG_SWEEP_ID} = '{sweep_id}'"
+    try:
+        query = and_(tag_equals(TAG_ROLE, ROLE_PARENT), tag_equals(TAG_SWEEP_ID, sweep_id) if sweep_id else "")
+    except FilterError as exc:
+        raise SweepError(f"no sweep can have id {sweep_id!r}: {exc}") from None
     parents = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise SweepError(f"no sweep {sweep_id!r} in {tracking_uri}" if sweep_id
@@ -182,7 +184,7 @@ def trial_runs(sweep: Sweep) -> list[Any]:
     from mlflow import MlflowClient
 
     client = MlflowClient(sweep.tracking_uri)
-    query = f"tags.{TAG_SWEEP_ID} = '{sweep.sweep_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
+    query = and_(tag_equals(TAG_SWEEP_ID, sweep.sweep_id), tag_equals(TAG_ROLE, ROLE_TRIAL))
     return list(client.search_runs([sweep.experiment_id], query, max_results=10000))
 
 
