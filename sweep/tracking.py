@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import socket
 import subprocess
 import time
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
+from sweep.filters import tag_equals
 from sweep.names import (
     METRICS,
     ROLE_PARENT,
@@ -34,19 +36,57 @@ from sweep.trainer import Evaluation
 
 T = TypeVar("T")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+TAG_CREATE_TOKEN = "sweep.create_token"  # one per run, so a retried create_run can find the first attempt
+DIVERGED = "diverged"  # how the trainer's reason for a member whose loss became NaN/inf starts
+
+
+def _transient(exc: MlflowException) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc) or exc.get_http_status_code() >= 500
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(0.05 * 2**attempt * (1 + random.random()))
 
 
 def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``, retried when it lost a race for a busy sqlite file or hit a transient
-    HTTP error."""
+    HTTP error. Only for idempotent calls (reads, status updates, tags, metric batches: MLflow skips a
+    metric row that is already there with the same key, step, timestamp and value), where a call that
+    committed and then reported an error may simply be done again. Runs are created with
+    :func:`create_run_once`."""
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
         except MlflowException as exc:
-            transient = "locked" in str(exc) or "busy" in str(exc) or exc.get_http_status_code() >= 500
-            if not transient or attempt == attempts - 1:
+            if not _transient(exc) or attempt == attempts - 1:
                 raise
-        time.sleep(0.05 * 2**attempt * (1 + random.random()))
+        _backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def create_run_once(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
+                    attempts: int = 8) -> Run:
+    """``client.create_run`` that never makes two runs.
+
+    create_run is not idempotent: sqlite can report "database is locked" (or a server a 5xx) after the
+    insert committed, and a plain retry then inserts a second run. The run carries a token made here
+    (tag ``sweep.create_token``); after a transient error the experiment is searched for that token, and
+    the call is retried only if no run has it. (MLflow already gives every sqlite session a 20 s busy
+    timeout, so this path is rare.)
+    """
+    token = secrets.token_hex(8)
+    tags = {**tags, TAG_CREATE_TOKEN: token}
+    for attempt in range(attempts):
+        try:
+            return client.create_run(experiment_id, run_name=run_name, tags=tags)
+        except MlflowException as exc:
+            if not _transient(exc) or attempt == attempts - 1:
+                raise
+        found = with_retry(client.search_runs, [experiment_id], tag_equals(TAG_CREATE_TOKEN, token),
+                           max_results=1)
+        if found:
+            return found[0]
+        _backoff(attempt)
     raise AssertionError("unreachable")
 
 
@@ -120,15 +160,14 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any], tags: 
 
 
 def create_parent_run(client: MlflowClient, experiment_id: str, sweep_id: str, tags: dict[str, str]) -> str:
-    run = with_retry(client.create_run, experiment_id, run_name=sweep_id,
-                     tags={TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, **tags})
+    run = create_run_once(client, experiment_id, sweep_id, {TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, **tags})
     return run.info.run_id
 
 
 def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
                      name: str, params: dict[str, Any]) -> str:
     """A child run for one trial, left SCHEDULED until its trial starts."""
-    run = with_retry(client.create_run, experiment_id, run_name=name, tags={
+    run = create_run_once(client, experiment_id, name, {
         TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id,
         "C": str(params["C"]), "seed": str(params["seed"])})
     run_id = run.info.run_id
@@ -217,5 +256,5 @@ def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: st
     return ended
 
 
-__all__ = ["TrialRunLogger", "create_parent_run", "create_trial_run", "end_unfinished_runs",
+__all__ = ["TrialRunLogger", "create_parent_run", "create_run_once", "create_trial_run", "end_unfinished_runs",
            "ensure_experiment", "library_tags", "with_retry"]
