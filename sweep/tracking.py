@@ -182,9 +182,15 @@ class TrialRunLogger:
     Records are buffered and sent with one ``log_batch`` per run at most every ``flush_seconds`` (and at
     every checkpoint and at the end), so logging costs a few requests per trial, never one per metric.
 
-    Resume rule: a restarted trial replays deterministically from its last checkpoint, so steps between
-    that checkpoint and the crash may already be in the run. On start the logger reads each run's
-    histories and never logs a (metric, step) pair that is already there: every step appears once.
+    Restart rules (a trial's worker can die at any moment, and Tune restarts it from its last checkpoint,
+    or from scratch when it had none):
+      * steps: the trial replays deterministically, so steps logged since that checkpoint (or since the
+        start) may already be in the run. On EVERY start the logger reads the histories of the keys each
+        run already has and never logs a (metric, step) pair that is there: every step appears once.
+      * ended members: a member that diverged stays FAILED with its reason. A run that is FAILED with a
+        ``diverged`` reason, or whose seed the checkpoint lists as diverged (the checkpoint is
+        authoritative), is never reopened, logged to or ended again. Every other run is set RUNNING (a
+        failure reason left by the driver on a resumed sweep is removed with it).
     """
 
     def __init__(self, tracking_uri: str, run_ids: dict[int, str], flush_seconds: float = 5.0) -> None:
@@ -193,6 +199,7 @@ class TrialRunLogger:
         self.flush_seconds = flush_seconds
         self._buffer: dict[int, list[Metric]] = {seed: [] for seed in run_ids}
         self._logged: dict[int, set[tuple[str, int]]] = {seed: set() for seed in run_ids}
+        self._ended: set[int] = set()  # seeds whose run this trial must not touch again
         self._last_flush = time.monotonic()
         self.seconds_logging = 0.0
 
@@ -204,25 +211,46 @@ class TrialRunLogger:
         finally:
             self.seconds_logging += time.perf_counter() - start
 
-    def start(self, node_id: str, resumed: bool) -> None:
+    def start(self, node_id: str, diverged: dict[int, tuple[int, str]] | None = None) -> None:
+        """Open this trial's runs. ``diverged``: the trainer's {seed: (step, reason)} from its checkpoint
+        (empty on a fresh start)."""
+        diverged = diverged or {}
         for seed, run_id in self.run_ids.items():
-            if resumed:
-                for key in METRICS:
+            run = self._send(self.client.get_run, run_id)
+            for key in METRICS:
+                if key in run.data.metrics:  # a run that never logged a key has no history to read
                     history = self._send(self.client.get_metric_history, run_id, key)
                     self._logged[seed].update((key, m.step) for m in history)
+            reason = run.data.tags.get(TAG_FAILURE, "")
+            if run.info.status == "FAILED" and reason.startswith(DIVERGED):
+                self._ended.add(seed)
+                continue
+            if seed in diverged:  # ended in the checkpoint, but the run was not closed before the crash
+                self.flush()
+                self.end(seed, "FAILED", diverged[seed][1])
+                continue
+            if reason:
+                self._send(self.client.delete_tag, run_id, TAG_FAILURE)
             self._send(self.client.update_run, run_id, status="RUNNING")
             tags = [RunTag(TAG_NODE_ID, node_id), RunTag(TAG_WORKER_PID, str(os.getpid()))]
             self._send(self.client.log_batch, run_id, tags=tags)
 
+    def ended(self, seed: int) -> bool:
+        """Whether ``seed``'s run is closed for good (it diverged, now or before a restart)."""
+        return seed in self._ended
+
     def add(self, evaluation: Evaluation) -> None:
         now = int(time.time() * 1000)
         for record in evaluation.records:
+            if record.seed in self._ended:
+                continue
             for key, value in record.metrics().items():
                 if (key, record.step) not in self._logged[record.seed]:
                     self._buffer[record.seed].append(Metric(key, value, now, record.step))
         for seed, (_, reason) in evaluation.diverged.items():
-            self.flush()
-            self.end(seed, "FAILED", reason)
+            if seed not in self._ended:
+                self.flush()
+                self.end(seed, "FAILED", reason)
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -236,13 +264,20 @@ class TrialRunLogger:
         self._last_flush = time.monotonic()
 
     def log_weights(self, seed: int, path: Path) -> None:
-        self._send(self.client.log_artifact, self.run_ids[seed], str(path))
+        if seed not in self._ended:
+            self._send(self.client.log_artifact, self.run_ids[seed], str(path))
 
     def end(self, seed: int, status: str, failure_reason: str | None = None) -> None:
+        """End ``seed``'s run with ``status``; a FAILED end closes it for the rest of this trial (and, with
+        a ``diverged`` reason, for every restart). No-op for a run already closed for good."""
+        if seed in self._ended:
+            return
         run_id = self.run_ids[seed]
         if failure_reason:
             self._send(self.client.set_tag, run_id, TAG_FAILURE, failure_reason)
         self._send(self.client.set_terminated, run_id, status)
+        if status == "FAILED":
+            self._ended.add(seed)
 
 
 def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: str) -> list[str]:

@@ -23,18 +23,18 @@ LONG = "name: long\nmodel: {{C: {C}}}\nseeds: [0]\nbudget: 1500\neval_every: 25\
 LONG_STEPS = list(range(25, 1501, 25))
 
 
-def uninterrupted(C: int, seed: int = 0) -> list[dict[str, float]]:
+def uninterrupted(C: int, seed: int = 0, budget: int = 1500) -> list[dict[str, float]]:
     torch.set_num_threads(1)
-    trainer = Trainer(TrainConfig(C=C, budget=1500, eval_every=25), [seed])
+    trainer = Trainer(TrainConfig(C=C, budget=budget, eval_every=25), [seed])
     return [e.records[0].metrics() for e in trainer.run()]
 
 
-def assert_complete_and_identical(client: MlflowClient, run_id: str, C: int) -> None:
+def assert_complete_and_identical(client: MlflowClient, run_id: str, C: int, budget: int = 1500) -> None:
     """Every step exactly once, and every value equal to an uninterrupted run's."""
-    expected = uninterrupted(C)
+    expected = uninterrupted(C, budget=budget)
     for key in METRICS:
         history = histories(client, run_id, key)
-        assert [s for s, _ in history] == LONG_STEPS, key
+        assert [s for s, _ in history] == list(range(25, budget + 1, 25)), key
         assert [v for _, v in history] == [m[key] for m in expected], key
 
 
@@ -123,6 +123,47 @@ def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED"
         assert_complete_and_identical(client, run.info.run_id, C=int(run.data.params["C"]))
+
+
+def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local, tmp_path):
+    """The logger flushes every 5 s, long before the first checkpoint (here: only the last evaluation); a
+    worker killed in between is restarted from scratch by Tune and replays steps already in its run."""
+    # Long enough (tens of seconds) that the 5 s flush happens well before the trial ends.
+    budget = 6000
+    (tmp_path / "long.yaml").write_text(LONG.format(C=4).replace("checkpoint_every: 6", "checkpoint_every: 1000")
+                                        .replace("budget: 1500", f"budget: {budget}"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    killed: dict[str, object] = {}
+
+    def killer() -> None:
+        client = MlflowClient(uri)
+
+        def progressed_run():
+            try:
+                sweep = driver.load_sweep(None, uri)
+            except Exception:
+                return None
+            runs = driver.trial_runs(sweep)
+            return next((r for r in runs if TAG_WORKER_PID in r.data.tags and logged_steps(client, r) >= 1), None)
+
+        run = wait_for(progressed_run, 300, "the trial's first flush")
+        killed["checkpoints"] = sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))
+        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
+        killed["steps_before"] = logged_steps(client, run)
+        os.kill(int(killed["pid"]), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
+    thread.join(timeout=10)
+    assert killed.get("pid"), "the trial was never killed"
+    assert killed["checkpoints"] == [], "a checkpoint existed: this is the other test's case"
+    assert 0 < int(killed["steps_before"]) < budget // 25
+    client = MlflowClient(sweep.tracking_uri)
+    [run] = driver.trial_runs(sweep)
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags[TAG_WORKER_PID]) != killed["pid"]
+    assert_complete_and_identical(client, run.info.run_id, C=4, budget=budget)
 
 
 def test_diverging_trial_fails_alone(ray_local, tmp_path):
