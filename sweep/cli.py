@@ -151,12 +151,17 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
     if share is not None:
         print(f"MLflow logging took {100 * share:.2f}% of the trials' wall time")
     out = args.out or RESULTS_DIR / sweep.sweep_id
-    if not args.no_analyze:
-        from analysis import analyze
+    analyzed = not args.no_analyze
+    if analyzed:
+        from analysis import NoTrialsError, analyze
 
-        analyze(sweep.sweep_id, sweep.tracking_uri, out)
-        print(f"\nFigures and report: {out.resolve()}/ (complexity.png, curves.png, heatmap.png, summary.md)")
-    print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=not args.no_analyze)
+        try:
+            analyze(sweep.sweep_id, sweep.tracking_uri, out)
+            print(f"\nFigures and report: {out.resolve()}/ (complexity.png, curves.png, heatmap.png, summary.md)")
+        except NoTrialsError as exc:  # every trial diverged: the table above is the whole finding
+            print(f"\nNo figures or report: nothing finished to plot ({exc})")
+            analyzed = False
+    print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=analyzed)
     # A diverged trial is a finding, reported in the table; a trial Ray gave up on is an error.
     if any(row["status"] != "FINISHED" and not row["failure_reason"].startswith("diverged") for row in rows):
         sys.exit(1)

@@ -187,6 +187,17 @@ def test_diverging_trial_fails_alone(ray_local, tmp_path):
     assert "diverged: minibatch loss became" in report and "1 trial(s) failed" in report
 
 
+def test_sweep_whose_every_trial_diverged_exits_0_with_the_table(ray_local, tmp_path, capsys):
+    """Nothing finished, so nothing to plot: the sweep still ends normally (exit 0), with the table."""
+    sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=[64]", "--set", "seeds=[0]", "--set", "lr=1000000")
+    out = capsys.readouterr().out
+    assert "FAILED  (diverged: minibatch loss became" in out
+    assert "nothing finished to plot" in out
+    client = MlflowClient(sweep.tracking_uri)
+    assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
+    assert [r.info.status for r in driver.trial_runs(sweep)] == ["FAILED"]
+
+
 @pytest.mark.parametrize("n", [2])
 def test_two_sweeps_share_one_sqlite_store(tmp_path, n):
     env = {**os.environ}
