@@ -166,13 +166,31 @@ def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local,
     assert_complete_and_identical(client, run.info.run_id, C=4, budget=budget)
 
 
+def smoke_records(C: int, lr: float) -> list[dict[str, float]]:
+    """The smoke preset's records for one (C, lr) and seed 0, from the trainer alone (no Ray, no MLflow)."""
+    torch.set_num_threads(1)
+    return [e.records[0].metrics() for e in Trainer(TrainConfig(C=C, budget=50, eval_every=10, lr=lr), [0]).run()
+            if e.records]
+
+
 def test_diverging_trial_fails_alone(ray_local, tmp_path):
+    """Two learning rates that both finish and one that diverges: each finished run holds its own lr's
+    numbers, the diverged one fails alone, and the analysis keeps BOTH finished runs (same C and seed,
+    different lr: different trials, never one "superseding" the other)."""
     sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=[64]", "--set", "seeds=[0]",
-                      "--set", "lr=[0.1,1000000]", "--no-analyze")
+                      "--set", "lr=[0.05,0.1,1000000]", "--no-analyze")
     client = MlflowClient(sweep.tracking_uri)
     runs = {float(r.data.params["lr"]): r for r in driver.trial_runs(sweep)}
-    assert runs[0.1].info.status == "FINISHED"
-    assert [s for s, _ in histories(client, runs[0.1].info.run_id, "test_error")] == [10, 20, 30, 40, 50]
+    assert sorted(runs) == [0.05, 0.1, 1e6]
+    for lr in (0.05, 0.1):
+        assert runs[lr].info.status == "FINISHED", lr
+        expected = smoke_records(64, lr)
+        for key in ("test_error", "train_loss"):
+            history = histories(client, runs[lr].info.run_id, key)
+            assert [s for s, _ in history] == [10, 20, 30, 40, 50], (lr, key)
+            assert [v for _, v in history] == pytest.approx([m[key] for m in expected], abs=1e-6), (lr, key)
+    assert histories(client, runs[0.05].info.run_id, "train_loss") != histories(
+        client, runs[0.1].info.run_id, "train_loss")
     failed = runs[1e6]
     assert failed.info.status == "FAILED"
     assert failed.data.tags[TAG_FAILURE].startswith("diverged: minibatch loss became")
@@ -182,7 +200,8 @@ def test_diverging_trial_fails_alone(ray_local, tmp_path):
 
     with pytest.warns(SkippedTrialsWarning, match="diverged"):
         result = analyze(sweep.sweep_id, sweep.tracking_uri, tmp_path / "out")
-    assert [(t.C, t.seed, t.status) for t in result.failed] == [(64, 0, "FAILED")]
+    assert [(t.C, t.seed, t.status) for t in result.skipped] == [(64, 0, "FAILED")]
+    assert sorted(result.data.runs["run_id"]) == sorted(runs[lr].info.run_id for lr in (0.05, 0.1))
     report = (tmp_path / "out" / "summary.md").read_text()
     assert "diverged: minibatch loss became" in report and "1 trial(s) failed" in report
 
