@@ -137,3 +137,32 @@ def test_train_command_prints_metrics_and_time(capsys):
     out = capsys.readouterr().out
     assert "train_error=" in out and "test_error=" in out and "ms per update" in out
 
+
+# -- issue 15: tracking URI forms ---------------------------------------------------------------------------
+
+def test_sqlite_uri_with_two_slashes_is_refused(no_compute, capsys):
+    code, err = run_cli(["run", "smoke", "--tracking-uri", "sqlite://rel.db"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "sqlite:///mlflow.db" in err and "three slashes" in err
+    assert not list(no_compute.iterdir())
+
+
+def test_file_store_refused_unless_mlflow_allows_it(no_compute, capsys):
+    code, err = run_cli(["run", "smoke", "--tracking-uri", "file:./mlruns"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "MLFLOW_ALLOW_FILE_STORE=true" in err
+    assert not list(no_compute.iterdir())
+
+
+def test_relative_file_uri_is_a_file_store_at_that_folder(no_compute, monkeypatch):
+    from mlflow import MlflowClient
+
+    from sweep import tracking_uri as store
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = store.resolve_tracking_uri("file:./mlruns", None)
+    store.check_reachable(uri)
+    MlflowClient(uri).create_experiment("e")
+    assert (no_compute / "mlruns").is_dir()
+    assert [p.name for p in no_compute.iterdir()] == ["mlruns"]  # not a folder named "file:."
+
+
