@@ -202,10 +202,14 @@ def cmd_resume(args: argparse.Namespace) -> None:
     from sweep import driver
     from sweep import tracking_uri as store
 
+    # The store is found from --tracking-uri / MLFLOW_TRACKING_URI (else ./mlflow.db): the spec, with its
+    # tracking.uri, is an artifact inside that store. Everything is checked before anything is written.
     tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
     try:
+        store.check_exists(tracking_uri)
         store.check_reachable(tracking_uri)
         sweep = driver.load_sweep(args.sweep_id, tracking_uri)
+        driver.check_resumable(sweep)
     except (store.TrackingError, driver.SweepError) as exc:
         raise UsageError(str(exc)) from None
     _, address = _prepare(sweep.spec, args)
@@ -225,6 +229,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
     tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
     try:
+        store.check_exists(tracking_uri)  # reading a store that is not there must not create it
         store.check_reachable(tracking_uri)
         result = analyze(args.sweep_id, tracking_uri, args.out or RESULTS_DIR / (args.sweep_id or "latest"))
     except (store.TrackingError, LookupError) as exc:

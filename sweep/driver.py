@@ -180,6 +180,21 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
                  parent.info.run_id, parent.data.tags[TAG_TUNE_PATH])
 
 
+def check_resumable(sweep: Sweep) -> None:
+    """Refuse, before anything is written, a sweep that already FINISHED or whose Ray Tune state is gone."""
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from sweep.tracking import with_retry
+
+    status = with_retry(MlflowClient(sweep.tracking_uri).get_run, sweep.parent_run_id).info.status
+    if status == "FINISHED":
+        raise SweepError(f"sweep {sweep.sweep_id} already FINISHED; nothing to resume "
+                         f"(sweep analyze {sweep.sweep_id} shows its results)")
+    if not tune.Tuner.can_restore(sweep.tune_path):
+        raise SweepError(f"no Ray Tune state at {sweep.tune_path} to resume sweep {sweep.sweep_id}")
+
+
 def trial_runs(sweep: Sweep) -> list[Any]:
     from mlflow import MlflowClient
 

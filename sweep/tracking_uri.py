@@ -66,6 +66,17 @@ def local_store_path(uri: str) -> Path | None:
     return None
 
 
+def check_exists(uri: str) -> None:
+    """For commands that only read a sweep (``resume``, ``analyze``): the store must already exist, because
+    opening a sqlite file or a file store that is not there creates an empty one."""
+    check_form(uri)
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        kind = "file" if uri.startswith("sqlite:") else "folder"
+        raise TrackingError(f"no MLflow store at {uri} (the {kind} {path} does not exist); pass the store the "
+                            "sweep was run with as --tracking-uri or MLFLOW_TRACKING_URI")
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, before any trial starts, when the store at ``uri`` cannot be reached or created."""
     check_form(uri)

@@ -138,7 +138,7 @@ def test_train_command_prints_metrics_and_time(capsys):
     assert "train_error=" in out and "test_error=" in out and "ms per update" in out
 
 
-# -- issue 15: tracking URI forms ---------------------------------------------------------------------------
+# -- issue 15: tracking URI forms, resume / analyze ----------------------------------------------------------
 
 def test_sqlite_uri_with_two_slashes_is_refused(no_compute, capsys):
     code, err = run_cli(["run", "smoke", "--tracking-uri", "sqlite://rel.db"], capsys)
@@ -166,3 +166,50 @@ def test_relative_file_uri_is_a_file_store_at_that_folder(no_compute, monkeypatc
     assert [p.name for p in no_compute.iterdir()] == ["mlruns"]  # not a folder named "file:."
 
 
+@pytest.mark.parametrize("command", ["analyze", "resume"])
+def test_reading_a_store_that_does_not_exist_creates_nothing(no_compute, capsys, command):
+    uri = f"sqlite:///{no_compute}/nowhere.db"
+    code, err = run_cli([command, "--tracking-uri", uri], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no MLflow store at" in err
+    assert not list(no_compute.iterdir())
+
+
+def recorded_sweep(folder, status: str) -> tuple[str, str, str]:
+    """A sweep as `sweep run` leaves it in MLflow (parent run with its spec and Tune path), whose Ray Tune
+    folder does not exist; the parent ends with ``status``. Returns (uri, sweep_id, parent run id)."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from sweep.names import ROLE_PARENT, TAG_ROLE, TAG_SWEEP_ID, TAG_TUNE_PATH
+    from sweep.spec import load_spec
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    client = MlflowClient(uri)
+    spec, _ = load_spec("smoke", [])
+    experiment = client.create_experiment("smoke")
+    sweep_id = "smoke-20260101-000000-abcd"
+    parent = client.create_run(experiment, run_name=sweep_id, tags={
+        TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, TAG_TUNE_PATH: str(folder / "ray_results" / sweep_id)})
+    client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(mode="json")), driver.SPEC_ARTIFACT)
+    client.set_terminated(parent.info.run_id, status)
+    return uri, sweep_id, parent.info.run_id
+
+
+def test_resume_without_tune_state_writes_nothing(no_compute, capsys):
+    from mlflow import MlflowClient
+
+    uri, sweep_id, parent = recorded_sweep(no_compute, "KILLED")
+    capsys.readouterr()  # MLflow's own log lines from creating the store
+    code, err = run_cli(["resume", sweep_id, "--tracking-uri", uri], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no Ray Tune state at" in err
+    assert MlflowClient(uri).get_run(parent).info.status == "KILLED"  # not reopened
+
+
+def test_resume_refuses_a_finished_sweep(no_compute, capsys):
+    from mlflow import MlflowClient
+
+    uri, sweep_id, parent = recorded_sweep(no_compute, "FINISHED")
+    capsys.readouterr()  # MLflow's own log lines from creating the store
+    code, err = run_cli(["resume", sweep_id, "--tracking-uri", uri], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"sweep {sweep_id} already FINISHED" in err
+    assert MlflowClient(uri).get_run(parent).info.status == "FINISHED"
