@@ -123,6 +123,7 @@ def _prepare(spec: Any, args: argparse.Namespace) -> tuple[str, str]:
     try:
         driver.check_ray_address(address)
         driver.check_local_gpus(spec, address)
+        driver.check_local_cpus(spec, address)
     except driver.SweepError as exc:
         raise UsageError(str(exc)) from None
     return tracking_uri, address
@@ -136,6 +137,7 @@ def _connect(spec: Any, address: str, gpus_may_autoscale: bool = False) -> None:
     try:
         driver.connect_ray(address)
         driver.check_cluster_gpus(spec, gpus_may_autoscale)
+        driver.check_node_cpus(spec, gpus_may_autoscale)
     except driver.SweepError as exc:
         if ray.is_initialized():
             ray.shutdown()

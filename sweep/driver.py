@@ -82,6 +82,41 @@ def check_local_gpus(spec: SweepSpec, address: str) -> None:
                          "(torch sees 0 CUDA devices); use resources.gpu=0 or a cluster with GPUs")
 
 
+def local_ray_cpus() -> float:
+    """The CPUs ``ray.init(address="local")`` gives its one node: Ray's own count (cgroup-aware), else the
+    machine's."""
+    try:
+        from ray._private.utils import get_num_cpus  # private, hence the fallback
+
+        return float(get_num_cpus())
+    except Exception:  # noqa: BLE001 - any change in Ray's internals: fall back to the plain count
+        return float(os.cpu_count() or 1)
+
+
+def check_local_cpus(spec: SweepSpec, address: str) -> None:
+    """Before a local Ray starts: a trial asking for more CPUs than this machine has would wait forever."""
+    if address != "local":
+        return
+    cpus = local_ray_cpus()
+    if spec.resources.cpu > cpus:
+        raise SweepError(f"resources.cpu={spec.resources.cpu:g} is more than the {cpus:g} CPUs of this machine "
+                         f"(a local Ray): a trial could never start; use resources.cpu <= {cpus:g}")
+
+
+def check_node_cpus(spec: SweepSpec, may_autoscale: bool) -> None:
+    """After connecting: a trial must fit on one node (Tune waits forever otherwise), unless the cluster's
+    autoscaler may add larger nodes."""
+    import ray
+
+    if may_autoscale:
+        return
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if spec.resources.cpu > largest:
+        raise SweepError(f"resources.cpu={spec.resources.cpu:g} is more than any node of the Ray cluster has "
+                         f"(largest: {largest:g} CPUs): a trial could never start; use resources.cpu <= "
+                         f"{largest:g}, or --gpus-may-autoscale if the autoscaler adds larger nodes")
+
+
 def check_cluster_gpus(spec: SweepSpec, gpus_may_autoscale: bool) -> None:
     import ray
 

@@ -138,7 +138,17 @@ def test_train_command_prints_metrics_and_time(capsys):
     assert "train_error=" in out and "test_error=" in out and "ms per update" in out
 
 
-# -- issue 15: tracking URI forms, resume / analyze ----------------------------------------------------------
+# -- issue 15: resources larger than the machine, tracking URI forms, resume / analyze ---------------------
+
+def test_cpu_request_larger_than_this_machine(no_compute, capsys):
+    import os
+
+    cpus = os.cpu_count() + 1  # more than Ray's own count, which never exceeds the machine's
+    code, err = run_cli(["run", "smoke", "--set", f"resources.cpu={cpus}"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"resources.cpu={cpus}" in err and "CPUs of this machine" in err
+    assert not (no_compute / "mlflow.db").exists()
+
 
 def test_sqlite_uri_with_two_slashes_is_refused(no_compute, capsys):
     code, err = run_cli(["run", "smoke", "--tracking-uri", "sqlite://rel.db"], capsys)
