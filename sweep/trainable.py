@@ -66,7 +66,9 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> N
         if saved["run_ids"] != run_ids:
             raise RuntimeError(f"checkpoint belongs to MLflow runs {saved['run_ids']}, not {run_ids}")
         trainer.load_state_dict(saved["trainer"])
-    logger.start(ray.get_runtime_context().get_node_id(), resumed=checkpoint is not None)
+    # On every start, with or without a checkpoint: a worker that died before its first checkpoint already
+    # logged steps (the logger flushes every few seconds), and the checkpoint's diverged members stay ended.
+    logger.start(ray.get_runtime_context().get_node_id(), diverged=trainer.diverged)
 
     eval_steps = group.config.eval_steps()
     position = {step: i for i, step in enumerate(eval_steps, start=1)}  # absolute, so resumes keep cadence
@@ -106,7 +108,7 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None) -> N
     logger.flush()
     with tempfile.TemporaryDirectory() as folder:
         for seed, member in zip(trainer.seeds, trainer.members(), strict=True):
-            if seed in trainer.diverged:
+            if seed in trainer.diverged or logger.ended(seed):
                 continue
             path = Path(folder) / f"model_C{group.config.C}_seed{seed}.pt"
             torch.save(member.state_dict(), path)

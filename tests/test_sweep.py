@@ -176,3 +176,23 @@ def test_analyze_a_real_smoke_sweep(smoke, tmp_path):
         per_seed = [dict(histories(client, runs[(C, seed)].info.run_id, "train_error")) for seed in (0, 1)]
         expected = [(per_seed[0][step] + per_seed[1][step]) / 2 for step in SMOKE_STEPS]
         assert list(train.get_ydata()) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cpu_request_larger_than_any_node(ray_local, tmp_path, capsys):
+    """On a connected cluster (here the tests' 2-CPU local Ray, reached as "auto") a trial asking for more
+    CPUs than the largest node has would wait forever: one line, exit 2, and no run in MLflow."""
+    import ray
+
+    from sweep import cli
+
+    cpus = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]) + 1
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "smoke", "--set", f"resources.cpu={cpus:g}", "--tracking-uri", uri,
+                  "--storage", str(tmp_path / "ray_results"), "--address", "auto"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert exit_info.value.code == 2 and len(errors) == 1  # (MLflow's INFO lines about its schema aside)
+    assert errors[0].startswith("sweep: error: resources.cpu=") and "is more than any node" in errors[0]
+    if (tmp_path / "mlflow.db").exists():  # the warm-up, overlapping Ray's start, may set up the schema
+        client = MlflowClient(uri)
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.data import N_TRAIN, load_digits_split, split_hash
+from sweep.data import N_TRAIN, digits_arrays, load_digits_split, split_hash, split_indices
 from sweep.trainer import TrainConfig, Trainer, draw_minibatches
 
 
@@ -27,10 +27,17 @@ def test_digits_split():
     assert float(d.x_train.min()) == 0.0 and float(d.x_train.max()) == 1.0
     assert d.split_hash == split_hash(0) != split_hash(1)
     assert len(d.split_hash) == 12
-    # the two halves are disjoint and together are all 1797 digits
-    both = torch.cat([d.x_train, d.x_test]).flatten(1)
-    assert torch.unique(both, dim=0).shape[0] == torch.unique(
-        torch.cat([load_digits_split(1).x_train, load_digits_split(1).x_test]).flatten(1), dim=0).shape[0]
+    # The two halves are disjoint and together are all 1797 digits: a property of the index sets, then the
+    # tensors must be the digits at exactly those indices.
+    train_idx, test_idx = split_indices(0)
+    assert len(train_idx) == 898 and len(test_idx) == 899
+    assert set(train_idx.tolist()) & set(test_idx.tolist()) == set()
+    assert set(train_idx.tolist()) | set(test_idx.tolist()) == set(range(1797))
+    images, labels = digits_arrays()
+    assert torch.equal(d.x_train, torch.from_numpy(images[train_idx]).float())
+    assert torch.equal(d.y_test, torch.from_numpy(labels[test_idx]))
+    other_train, _ = split_indices(1)
+    assert set(other_train.tolist()) != set(train_idx.tolist())
 
 
 def test_handout_protocol_counts_updates_and_eval_steps():
@@ -39,9 +46,16 @@ def test_handout_protocol_counts_updates_and_eval_steps():
     evaluations = run_all(trainer)
     assert [e.step for e in evaluations] == [25, 50, 75, 100]
     assert trainer.updates == 100 and trainer.step == 100
+    # The errors, worked out here from the final weights by counting wrong argmaxes (not by the trainer's
+    # evaluation code), and the gap from those counts.
     r = evaluations[-1].records[0]
-    assert r.generalization_gap == pytest.approx(r.test_error - r.train_error, abs=0)
-    assert 0 <= r.train_error <= 1 and r.train_error * 898 == pytest.approx(round(r.train_error * 898))
+    net = trainer.members()[0].eval()
+    with torch.no_grad():
+        wrong_train = int((net(trainer.data.x_train).argmax(1) != trainer.data.y_train).sum())
+        wrong_test = int((net(trainer.data.x_test).argmax(1) != trainer.data.y_test).sum())
+    assert r.train_error == pytest.approx(wrong_train / 898, abs=1e-12)
+    assert r.test_error == pytest.approx(wrong_test / 899, abs=1e-12)
+    assert r.generalization_gap == pytest.approx(wrong_test / 899 - wrong_train / 898, abs=1e-12)
 
 
 def test_handout_minibatches_are_distinct_images():
