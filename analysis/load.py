@@ -26,6 +26,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Run, ViewType
 
+from sweep.filters import FilterError, and_, tag_equals
 from sweep.names import (
     METRICS,
     ROLE_PARENT,
@@ -221,15 +222,11 @@ def _search_runs(
             return
 
 
-def _quote(value: str) -> str:
-    if "'" in value:
-        raise LookupError(f"sweep id {value!r} contains a quote; no sweep can be named that")
-    return f"'{value}'"
-
-
 def _parents_filter(sweep_id: str | None = None) -> str:
-    f = f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'"
-    return f if sweep_id is None else f"{f} AND tags.`{TAG_SWEEP_ID}` = {_quote(sweep_id)}"
+    try:
+        return and_(tag_equals(TAG_ROLE, ROLE_PARENT), "" if sweep_id is None else tag_equals(TAG_SWEEP_ID, sweep_id))
+    except FilterError as exc:
+        raise LookupError(f"no sweep can have id {sweep_id!r}: {exc}") from None
 
 
 def list_sweep_ids(client: mlflow.MlflowClient, limit: int = 5) -> list[str]:
@@ -356,7 +353,7 @@ def load_sweep(
     parent = find_parent_run(client, sweep_id)
     sweep_id = parent.data.tags.get(TAG_SWEEP_ID, sweep_id)
     assert sweep_id is not None
-    children_filter = f"tags.`{TAG_SWEEP_ID}` = {_quote(sweep_id)} AND tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
+    children_filter = and_(tag_equals(TAG_SWEEP_ID, sweep_id), tag_equals(TAG_ROLE, ROLE_TRIAL))
     children = list(_search_runs(client, _experiment_ids(client), children_filter))
     axes, knob = sweep_axes(parent, children)
 

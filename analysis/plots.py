@@ -204,6 +204,19 @@ def plot_curves(
     return fig
 
 
+#: More knob ticks than this get compact labels (``12`` over ``2.9k``) instead of ``C=12`` over ``2,902 params``.
+CROWDED_TICKS = 7
+
+
+def _short_count(p: int | None) -> str:
+    """A parameter count in at most four characters: ``53``, ``808``, ``2.9k``, ``75k``; ``?`` when unknown."""
+    if p is None:
+        return "?"
+    if p < 1000:
+        return str(p)
+    return f"{p / 1000:.1f}k" if p < 10_000 else f"{p // 1000}k"
+
+
 def _x_scale(ax, values: np.ndarray, axis: str, knob: str, counts: dict[int, int]) -> str:
     """Scale, ticks and label of the complexity figure's x axis; returns the x label.
 
@@ -214,7 +227,9 @@ def _x_scale(ax, values: np.ndarray, axis: str, knob: str, counts: dict[int, int
     if axis == knob and (values > 0).all():
         ax.set_xscale("log", base=2)
         ax.set_xticks(values)
-        if axis == "C":
+        if axis == "C" and len(values) > CROWDED_TICKS:  # full labels would overlap: value over short count
+            ax.set_xticklabels([f"{int(c)}\n{_short_count(counts.get(int(c)))}" for c in values], fontsize=7)
+        elif axis == "C":
             ax.set_xticklabels([c_label(int(c), counts, sep="\n") for c in values], fontsize=8)
         else:
             ax.set_xticklabels([f"{axis}={int(v)}" for v in values], fontsize=8)
@@ -222,7 +237,8 @@ def _x_scale(ax, values: np.ndarray, axis: str, knob: str, counts: dict[int, int
         if len(values) > 1:
             ax.set_xlim(values.min() / 1.4, values.max() * 1.4)
         if axis == "C":
-            return "model width C (log2 scale) and trainable parameter count"
+            return "model width C (log2 scale) and trainable parameter count" + (
+                " (k = thousands)" if len(values) > CROWDED_TICKS else "")
         return f"{AXIS_LABELS.get(axis, axis)} (log2 scale)"
     name = AXIS_LABELS.get(axis, axis)
     if (values > 0).all() and len(values) > 1 and values.max() / values.min() > 10:

@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
+import ceiling  # noqa: E402
 from plain_loop import run_plain  # noqa: E402
 
 from sweep.trainer import TrainConfig, Trainer  # noqa: E402
@@ -66,11 +67,16 @@ def _trainer_timings(C: int, seeds: list[int], packed: bool, updates: int) -> di
 
 
 def per_update_table(quick: bool) -> list[dict]:
-    """One row per C: {"C", "updates", "train": {column: ms}, "wall": {...}, "cpu": {...}}."""
+    """One row per C: {"C", "updates", "train": {column: ms}, "wall": {...}, "cpu": {...}, "ceiling": {...}}.
+
+    The sgemm ceiling (bench/ceiling.py) is measured right before and right after each C's timings; its
+    mean stands next to the packed timings, so a ratio compares two things measured minutes apart at most.
+    """
     rows = []
     counts = QUICK_UPDATES if quick else UPDATES
     for C in WIDTHS:
         n = counts[C]
+        before = ceiling.ceiling(C)
         run_plain(C, seed=0, updates=WARMUP_UPDATES, eval_every=WARMUP_UPDATES)
         plain = run_plain(C, seed=0, updates=n, eval_every=n)
         timings = {
@@ -83,11 +89,27 @@ def per_update_table(quick: bool) -> list[dict]:
         }
         for S in PACKS:
             timings[f"packed S={S}"] = _trainer_timings(C, list(range(S)), packed=True, updates=n)
+        after = ceiling.ceiling(C)
         row = {"C": C, "updates": n}
         for kind in KINDS:
             row[kind] = {column: t[kind] for column, t in timings.items()}
+        ceiling_ms = (before["ceiling_ms"] + after["ceiling_ms"]) / 2
+        flops = before["flops"]
+        row["ceiling"] = {
+            "mflops_per_update": flops / 1e6,
+            "ceiling_ms": ceiling_ms,
+            "ceiling_gflops": flops / ceiling_ms / 1e6,
+            "ceiling_gflops_before_after": [before["ceiling_gflops"], after["ceiling_gflops"]],
+            "products_before": before["products"],
+            "achieved_gflops": {f"packed S={S}": flops / row["train"][f"packed S={S}"] / 1e6 for S in PACKS},
+            "ratio": {f"packed S={S}": ceiling_ms / row["train"][f"packed S={S}"] for S in PACKS},
+        }
         rows.append(row)
+        ceil = row["ceiling"]
         print(f"  C={C}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["train"].items()), flush=True)
+        print(f"  C={C}: sgemm ceiling {ceil['ceiling_gflops']:.1f} GFLOP/s (before {before['ceiling_gflops']:.1f},"
+              f" after {after['ceiling_gflops']:.1f}); achieved/ceiling: "
+              + ", ".join(f"{k} {100 * v:.0f}%" for k, v in ceil["ratio"].items()), flush=True)
     return rows
 
 
@@ -164,11 +186,29 @@ def run_plain_trials(seeds: int, updates: int) -> dict:
     return {"seconds": seconds, "trials": len(final), "updates": updates, "final": final}
 
 
-def markdown(rows: list[dict], sweep: dict | None, meta: dict) -> str:
+TARGET = 0.60  # issue 17: packed C=64 (S >= 8) at >= 60% of the same-run sgemm rate
+
+
+def _headline(rows: list[dict]) -> dict | None:
+    """The issue's ratio: packed C=64's best S >= 8 against the same-run sgemm ceiling."""
+    row = next((r for r in rows if r["C"] == 64), None)
+    if row is None:
+        return None
+    ratios = {k: v for k, v in row["ceiling"]["ratio"].items() if int(k.split("=")[1]) >= 8}
+    best = max(ratios, key=lambda k: ratios[k])
+    met = ratios[best] >= TARGET
+    line = (f"Packed C=64, {best}: {row['ceiling']['achieved_gflops'][best]:.1f} GFLOP/s = "
+            f"{100 * ratios[best]:.0f}% of this run's sgemm ceiling ({row['ceiling']['ceiling_gflops']:.1f} "
+            f"GFLOP/s); target {100 * TARGET:.0f}%: {'met' if met else 'not met'}.")
+    return {"line": line, "met": met, "ratio": ratios[best], "column": best}
+
+
+def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | None = None) -> str:
     cols = ["plain loop", "Trainer unpacked", *(f"packed S={S}" for S in PACKS)]
     quick = " (--quick: a sanity run, not numbers to quote)" if meta["quick"] else ""
     out = [
-        f"{meta['cpu']}, torch {meta['torch']}, 1 torch thread, load average {meta['load_before']:.1f} "
+        f"{meta['date']}, {meta['cpu']}, torch {meta['torch']}, 1 torch thread, load average "
+        f"{meta['load_before']:.1f} "
         f"before / {meta['load_after']:.1f} after{quick}",
     ]
     for kind, title in KINDS.items() if rows else ():
@@ -184,6 +224,24 @@ def markdown(rows: list[dict], sweep: dict | None, meta: dict) -> str:
             best = min(t[c] for c in cols[1:])
             out.append(f"| {r['C']} | {r['updates']} | " + " | ".join(f"{t[c]:.3f}" for c in cols)
                        + f" | {t['plain loop'] / best:.1f}x |")
+    if rows:
+        out += ["", "Against this process's sgemm rate (torch.mm, float32, same threads) at the packed model's "
+                "matmul shapes, measured just before and after each C's timings (bench/ceiling.py: counted "
+                "FLOPs = the forward's products and the backward's weight and input gradients, per member-update):",
+                "", "| C | MFLOP/update | ceiling GFLOP/s (before / after) | "
+                + " | ".join(f"S={S} GFLOP/s (achieved/ceiling)" for S in PACKS) + " |",
+                "|---|---|---|" + "---|" * len(PACKS)]
+        for r in rows:
+            c = r["ceiling"]
+            b, a = c["ceiling_gflops_before_after"]
+            out.append(f"| {r['C']} | {c['mflops_per_update']:.2f} | {c['ceiling_gflops']:.1f} ({b:.1f} / {a:.1f}) | "
+                       + " | ".join(f"{c['achieved_gflops'][f'packed S={S}']:.1f} "
+                                    f"({100 * c['ratio'][f'packed S={S}']:.0f}%)" for S in PACKS) + " |")
+        headline = _headline(rows)
+        if headline:
+            out += ["", headline["line"]]
+    if account is not None:
+        out += [""] + ceiling.account_markdown(account, account["ceiling_ms"])
     if sweep is not None:
         out += ["", "End to end (seconds, wall clock):", ""]
         s, p = sweep.get("sweep", {}), sweep.get("plain")
@@ -218,9 +276,18 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "quick": args.quick,
         "load_before": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     started = time.perf_counter()
     rows = [] if args.no_table else per_update_table(args.quick)
+    account = None
+    headline = _headline(rows)
+    if headline is not None:
+        print("  " + headline["line"], flush=True)
+        if not headline["met"]:  # a measured account of where the rest goes
+            row = next(r for r in rows if r["C"] == 64)
+            account = ceiling.account(64, 32, 20 if args.quick else 60, row["ceiling"]["ceiling_ms"])
+            account["ceiling_ms"] = row["ceiling"]["ceiling_ms"]
     sweep = None
     if args.sweep:
         seeds, budget = (2, 200) if args.quick else (10, None)
@@ -232,9 +299,9 @@ def main() -> None:
     meta["seconds"] = time.perf_counter() - started
 
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"meta": meta, "per_update_ms": rows, "end_to_end": sweep}
+    report = {"meta": meta, "per_update_ms": rows, "ceiling_account": account, "end_to_end": sweep}
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(rows, sweep, meta)
+    table = markdown(rows, sweep, meta, account)
     (args.out / "bench.md").write_text(table)
     print()
     print(table)

@@ -11,11 +11,15 @@
 #    pinned one from PyPI (a CUDA build on Linux x86-64);
 # 2. nvidia-smi;
 # 3. the smoke sweep with four trials sharing the GPU (resources.gpu=0.25), in a temporary folder;
-# 4. training speed on the GPU, ms per SGD update per model, C=1 and C=64, one model (unpacked) and 32
-#    seeds as one packed model (when models/packed.py exists).
+# 4. training speed on the GPU, ms per SGD update per model, C in {1, 4, 64} and S in {1, 8, 32, 128}
+#    seeds trained together (S=1: one model; S > 1: one packed model);
+# 5. `sweep run hw2 --set seeds=10 --set resources.gpu=0.25` end to end, process start to exit (issue 17's
+#    target on an H100/H200-class GPU: <= 30 s).
+# Steps 4 and 5 write their table to $GPU_CHECK_OUT/gpu.md (default bench/results), with the date and
+# the GPU's name, ready for the README.
 #
 # Environment: PYTHON (default python3), GPU_VENV (default .venv-gpu), GPU_CHECK_BUDGET (updates per
-# timing, default 300), GPU_CHECK_SKIP_SWEEP=1 to skip step 3, GPU_CHECK_NO_VENV=1 to make no venv and
+# timing, default 300), GPU_CHECK_SKIP_SWEEP=1 to skip steps 3 and 5, GPU_CHECK_OUT (default bench/results), GPU_CHECK_NO_VENV=1 to make no venv and
 # install nothing (offline machines where PYTHON already imports every requirement, e.g. through
 # PYTHONPATH): step 1 then only checks the imports, and the project runs from this checkout (the repo goes
 # first on PYTHONPATH, and a `sweep` that runs `PYTHON -m sweep.cli` on PATH).
@@ -25,6 +29,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=$(realpath -m "${GPU_VENV:-.venv-gpu}")
 BUDGET=${GPU_CHECK_BUDGET:-300}
+RESULTS=$(realpath -m "${GPU_CHECK_OUT:-bench/results}")
+mkdir -p "$RESULTS"
+TABLE="$RESULTS/gpu.md"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 declare -a SUMMARY=()
 failed=0
@@ -144,8 +151,7 @@ fi
 
 # -- 4. per-update timings on the GPU -----------------------------------------------------------------
 banner "4. ms per SGD update on the GPU ($BUDGET updates each, after a warm-up)"
-"$PY" - "$BUDGET" << 'EOF'
-import importlib.util
+"$PY" - "$BUDGET" "$TABLE" << 'EOF'
 import sys
 import time
 
@@ -153,32 +159,58 @@ import torch
 
 from sweep.trainer import TrainConfig, Trainer
 
-budget = int(sys.argv[1])
+budget, table = int(sys.argv[1]), sys.argv[2]
 if not torch.cuda.is_available():
     sys.exit("torch cannot use a GPU here (torch %s, CUDA %s)" % (torch.__version__, torch.version.cuda))
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
-packed = importlib.util.find_spec("models.packed") is not None
-layouts = [("unpacked", [0])] + ([("packed x32", list(range(32)))] if packed else [])
-if not packed:
-    print("models/packed.py not found: packed timings skipped")
-print(f"{'C':>3}  {'layout':<11} {'ms/update/model':>15} {'ms/step':>9} {'wall s':>7} {'train_error':>11}")
-for C in (1, 64):
-    for label, seeds in layouts:
+name = torch.cuda.get_device_name(0)
+head = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+print(head)
+PACKS = (1, 8, 32, 128)
+rows = []
+for C in (1, 4, 64):
+    cells = []
+    for S in PACKS:
+        seeds = list(range(S))
         warm = Trainer(TrainConfig(C=C, budget=20, eval_every=20, device="cuda"), seeds=seeds)
         for _ in warm.run():
             pass
         trainer = Trainer(TrainConfig(C=C, budget=budget, eval_every=budget, device="cuda"), seeds=seeds)
-        start = time.perf_counter()
-        last = None
-        for last in trainer.run():
+        for _ in trainer.run():
             pass
-        wall = time.perf_counter() - start
-        errors = [r.train_error for r in last.records] if last else []
-        mean_err = sum(errors) / len(errors) if errors else float("nan")
-        print(f"{C:>3}  {label:<11} {trainer.ms_per_update:>15.3f} {trainer.ms_per_update * len(seeds):>9.3f}"
-              f" {wall:>7.1f} {mean_err:>11.3f}", flush=True)
+        cells.append(trainer.ms_per_update)
+        print(f"C={C:>2} S={S:>3}: {trainer.ms_per_update:.4f} ms per update per model, "
+              f"{trainer.ms_per_update * S:.3f} ms per packed update", flush=True)
+    rows.append(f"| {C} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
+with open(table, "w") as f:
+    f.write(f"GPU check, {head}; ms per SGD update per model ({budget} updates after 20 of warm-up, "
+            "evaluations excluded):\n\n")
+    f.write("| C | " + " | ".join(f"S={S}" for S in PACKS) + " |\n|---|" + "---|" * len(PACKS) + "\n")
+    f.write("\n".join(rows) + "\n")
+print(open(table).read())
 EOF
-if [ $? -eq 0 ]; then record timing ok "C=1 and C=64 on cuda"; else record timing FAIL "see step 4"; fi
+if [ $? -eq 0 ]; then record timing ok "C in {1,4,64} x S in {1,8,32,128} on cuda ($TABLE)"; else record timing FAIL "see step 4"; fi
+
+# -- 5. hw2 with 10 seeds end to end on the GPU -------------------------------------------------------
+banner "5. sweep run hw2 --set seeds=10 --set resources.gpu=0.25, end to end"
+if [ "${GPU_CHECK_SKIP_SWEEP:-0}" = 1 ]; then
+    record hw2 skip "GPU_CHECK_SKIP_SWEEP=1"
+else
+    work=$(mktemp -d)
+    start=$(date +%s.%N)
+    (cd "$work" && env -u RAY_ADDRESS -u MLFLOW_TRACKING_URI timeout 400 \
+        sweep run hw2 --set seeds=10 --set resources.gpu=0.25 > "$work/out.log" 2>&1)
+    status=$?
+    seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+    tail -n 25 "$work/out.log"
+    printf '\n`sweep run hw2 --set seeds=10 --set resources.gpu=0.25`: exit %s after %.1f s end to end (process start to exit, figures included; target <= 30 s)\n' \
+        "$status" "$seconds" >> "$TABLE"
+    if [ $status -eq 0 ]; then
+        record hw2 ok "$(printf '%.1f' "$seconds") s end to end (target <= 30 s; logs: $work)"
+    else
+        record hw2 FAIL "exit status $status after $(printf '%.1f' "$seconds") s (logs: $work/out.log)"
+    fi
+fi
+cat "$TABLE"
 
 banner "summary"
 printf '%s\n' "${SUMMARY[@]}"

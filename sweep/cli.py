@@ -128,6 +128,7 @@ def _prepare(spec: Any, args: argparse.Namespace) -> tuple[str, str]:
     try:
         driver.check_ray_address(address)
         driver.check_local_gpus(spec, address)
+        driver.check_local_cpus(spec, address)
     except driver.SweepError as exc:
         raise UsageError(str(exc)) from None
     return tracking_uri, address
@@ -141,6 +142,7 @@ def _connect(spec: Any, address: str, gpus_may_autoscale: bool = False) -> None:
     try:
         driver.connect_ray(address)
         driver.check_cluster_gpus(spec, gpus_may_autoscale)
+        driver.check_node_cpus(spec, gpus_may_autoscale)
     except driver.SweepError as exc:
         if ray.is_initialized():
             ray.shutdown()
@@ -156,12 +158,17 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
     if share is not None:
         print(f"MLflow logging took {100 * share:.2f}% of the trials' wall time")
     out = args.out or RESULTS_DIR / sweep.sweep_id
-    if not args.no_analyze:
-        from analysis import analyze
+    analyzed = not args.no_analyze
+    if analyzed:
+        from analysis import NoTrialsError, analyze
 
-        analyze(sweep.sweep_id, sweep.tracking_uri, out)
-        print(f"\nFigures and report: {out.resolve()}/ (complexity.png, curves.png, heatmap.png, summary.md)")
-    print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=not args.no_analyze,
+        try:
+            analyze(sweep.sweep_id, sweep.tracking_uri, out)
+            print(f"\nFigures and report: {out.resolve()}/ (complexity.png, curves.png, heatmap.png, summary.md)")
+        except NoTrialsError as exc:  # every trial diverged: the table above is the whole finding
+            print(f"\nNo figures or report: nothing finished to plot ({exc})")
+            analyzed = False
+    print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=analyzed,
                      experiment_id=sweep.experiment_id)
     # A diverged trial is a finding, reported in the table; a trial Ray gave up on is an error.
     if any(row["status"] != "FINISHED" and not row["failure_reason"].startswith("diverged") for row in rows):
@@ -203,10 +210,14 @@ def cmd_resume(args: argparse.Namespace) -> None:
     from sweep import driver
     from sweep import tracking_uri as store
 
+    # The store is found from --tracking-uri / MLFLOW_TRACKING_URI (else ./mlflow.db): the spec, with its
+    # tracking.uri, is an artifact inside that store. Everything is checked before anything is written.
     tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
     try:
+        store.check_exists(tracking_uri)
         store.check_reachable(tracking_uri)
         sweep = driver.load_sweep(args.sweep_id, tracking_uri)
+        driver.check_resumable(sweep)
     except (store.TrackingError, driver.SweepError) as exc:
         raise UsageError(str(exc)) from None
     _, address = _prepare(sweep.spec, args)
@@ -227,6 +238,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
     tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
     try:
+        store.check_exists(tracking_uri)  # reading a store that is not there must not create it
         store.check_reachable(tracking_uri)
         result = analyze(args.sweep_id, tracking_uri, args.out or RESULTS_DIR / (args.sweep_id or "latest"), x=args.x)
     except (store.TrackingError, LookupError, AxisError) as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from sweep.filters import FilterError, and_, tag_equals
 from sweep.names import (
     ROLE_PARENT,
     ROLE_TRIAL,
@@ -84,6 +85,41 @@ def check_local_gpus(spec: SweepSpec, address: str) -> None:
     if torch.cuda.device_count() == 0:
         raise SweepError(f"resources.gpu={spec.resources.gpu} requested but this machine has no GPU "
                          "(torch sees 0 CUDA devices); use resources.gpu=0 or a cluster with GPUs")
+
+
+def local_ray_cpus() -> float:
+    """The CPUs ``ray.init(address="local")`` gives its one node: Ray's own count (cgroup-aware), else the
+    machine's."""
+    try:
+        from ray._private.utils import get_num_cpus  # private, hence the fallback
+
+        return float(get_num_cpus())
+    except Exception:  # noqa: BLE001 - any change in Ray's internals: fall back to the plain count
+        return float(os.cpu_count() or 1)
+
+
+def check_local_cpus(spec: SweepSpec, address: str) -> None:
+    """Before a local Ray starts: a trial asking for more CPUs than this machine has would wait forever."""
+    if address != "local":
+        return
+    cpus = local_ray_cpus()
+    if spec.resources.cpu > cpus:
+        raise SweepError(f"resources.cpu={spec.resources.cpu:g} is more than the {cpus:g} CPUs of this machine "
+                         f"(a local Ray): a trial could never start; use resources.cpu <= {cpus:g}")
+
+
+def check_node_cpus(spec: SweepSpec, may_autoscale: bool) -> None:
+    """After connecting: a trial must fit on one node (Tune waits forever otherwise), unless the cluster's
+    autoscaler may add larger nodes."""
+    import ray
+
+    if may_autoscale:
+        return
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if spec.resources.cpu > largest:
+        raise SweepError(f"resources.cpu={spec.resources.cpu:g} is more than any node of the Ray cluster has "
+                         f"(largest: {largest:g} CPUs): a trial could never start; use resources.cpu <= "
+                         f"{largest:g}, or --gpus-may-autoscale if the autoscaler adds larger nodes")
 
 
 def check_cluster_gpus(spec: SweepSpec, gpus_may_autoscale: bool) -> None:
@@ -180,9 +216,10 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
 
     client = MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    query = f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'"
-    if sweep_id:
-        query += f" and tags.{TAG_SWEEP_ID} = '{sweep_id}'"
+    try:
+        query = and_(tag_equals(TAG_ROLE, ROLE_PARENT), tag_equals(TAG_SWEEP_ID, sweep_id) if sweep_id else "")
+    except FilterError as exc:
+        raise SweepError(f"no sweep can have id {sweep_id!r}: {exc}") from None
     parents = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise SweepError(f"no sweep {sweep_id!r} in {tracking_uri}" if sweep_id
@@ -197,11 +234,26 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
                  parent.info.run_id, parent.data.tags[TAG_TUNE_PATH])
 
 
+def check_resumable(sweep: Sweep) -> None:
+    """Refuse, before anything is written, a sweep that already FINISHED or whose Ray Tune state is gone."""
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from sweep.tracking import with_retry
+
+    status = with_retry(MlflowClient(sweep.tracking_uri).get_run, sweep.parent_run_id).info.status
+    if status == "FINISHED":
+        raise SweepError(f"sweep {sweep.sweep_id} already FINISHED; nothing to resume "
+                         f"(sweep analyze {sweep.sweep_id} shows its results)")
+    if not tune.Tuner.can_restore(sweep.tune_path):
+        raise SweepError(f"no Ray Tune state at {sweep.tune_path} to resume sweep {sweep.sweep_id}")
+
+
 def trial_runs(sweep: Sweep) -> list[Any]:
     from mlflow import MlflowClient
 
     client = MlflowClient(sweep.tracking_uri)
-    query = f"tags.{TAG_SWEEP_ID} = '{sweep.sweep_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
+    query = and_(tag_equals(TAG_SWEEP_ID, sweep.sweep_id), tag_equals(TAG_ROLE, ROLE_TRIAL))
     return list(client.search_runs([sweep.experiment_id], query, max_results=10000))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import socket
 import subprocess
 import time
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
+from sweep.filters import tag_equals
 from sweep.names import (
     METRICS,
     ROLE_PARENT,
@@ -35,19 +37,57 @@ from sweep.records import Evaluation
 
 T = TypeVar("T")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+TAG_CREATE_TOKEN = "sweep.create_token"  # one per run, so a retried create_run can find the first attempt
+DIVERGED = "diverged"  # how the trainer's reason for a member whose loss became NaN/inf starts
+
+
+def _transient(exc: MlflowException) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc) or exc.get_http_status_code() >= 500
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(0.05 * 2**attempt * (1 + random.random()))
 
 
 def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``, retried when it lost a race for a busy sqlite file or hit a transient
-    HTTP error."""
+    HTTP error. Only for idempotent calls (reads, status updates, tags, metric batches: MLflow skips a
+    metric row that is already there with the same key, step, timestamp and value), where a call that
+    committed and then reported an error may simply be done again. Runs are created with
+    :func:`create_run_once`."""
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
         except MlflowException as exc:
-            transient = "locked" in str(exc) or "busy" in str(exc) or exc.get_http_status_code() >= 500
-            if not transient or attempt == attempts - 1:
+            if not _transient(exc) or attempt == attempts - 1:
                 raise
-        time.sleep(0.05 * 2**attempt * (1 + random.random()))
+        _backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def create_run_once(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
+                    attempts: int = 8) -> Run:
+    """``client.create_run`` that never makes two runs.
+
+    create_run is not idempotent: sqlite can report "database is locked" (or a server a 5xx) after the
+    insert committed, and a plain retry then inserts a second run. The run carries a token made here
+    (tag ``sweep.create_token``); after a transient error the experiment is searched for that token, and
+    the call is retried only if no run has it. (MLflow already gives every sqlite session a 20 s busy
+    timeout, so this path is rare.)
+    """
+    token = secrets.token_hex(8)
+    tags = {**tags, TAG_CREATE_TOKEN: token}
+    for attempt in range(attempts):
+        try:
+            return client.create_run(experiment_id, run_name=run_name, tags=tags)
+        except MlflowException as exc:
+            if not _transient(exc) or attempt == attempts - 1:
+                raise
+        found = with_retry(client.search_runs, [experiment_id], tag_equals(TAG_CREATE_TOKEN, token),
+                           max_results=1)
+        if found:
+            return found[0]
+        _backoff(attempt)
     raise AssertionError("unreachable")
 
 
@@ -121,8 +161,7 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any], tags: 
 
 
 def create_parent_run(client: MlflowClient, experiment_id: str, sweep_id: str, tags: dict[str, str]) -> str:
-    run = with_retry(client.create_run, experiment_id, run_name=sweep_id,
-                     tags={TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, **tags})
+    run = create_run_once(client, experiment_id, sweep_id, {TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, **tags})
     return run.info.run_id
 
 
@@ -134,7 +173,7 @@ def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, pa
     without its seed part, tagged ``grid_point`` (the trial's identity together with the ``seed`` tag).
     knob: the family's knob, tagged with the run's value (``C=4``, ``K=10``).
     """
-    run = with_retry(client.create_run, experiment_id, run_name=name, tags={
+    run = create_run_once(client, experiment_id, name, {
         TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id,
         knob: str(params[knob]), "seed": str(params["seed"]), TAG_GRID_POINT: grid_point})
     run_id = run.info.run_id
@@ -149,9 +188,15 @@ class TrialRunLogger:
     Records are buffered and sent with one ``log_batch`` per run at most every ``flush_seconds`` (and at
     every checkpoint and at the end), so logging costs a few requests per trial, never one per metric.
 
-    Resume rule: a restarted trial replays deterministically from its last checkpoint, so steps between
-    that checkpoint and the crash may already be in the run. On start the logger reads each run's
-    histories and never logs a (metric, step) pair that is already there: every step appears once.
+    Restart rules (a trial's worker can die at any moment, and Tune restarts it from its last checkpoint,
+    or from scratch when it had none):
+      * steps: the trial replays deterministically, so steps logged since that checkpoint (or since the
+        start) may already be in the run. On EVERY start the logger reads the histories of the keys each
+        run already has and never logs a (metric, step) pair that is there: every step appears once.
+      * ended members: a member that diverged stays FAILED with its reason. A run that is FAILED with a
+        ``diverged`` reason, or whose seed the checkpoint lists as diverged (the checkpoint is
+        authoritative), is never reopened, logged to or ended again. Every other run is set RUNNING (a
+        failure reason left by the driver on a resumed sweep is removed with it).
     """
 
     def __init__(self, tracking_uri: str, run_ids: dict[int, str], flush_seconds: float = 5.0,
@@ -163,6 +208,7 @@ class TrialRunLogger:
         self.flush_seconds = flush_seconds
         self._buffer: dict[int, list[Metric]] = {seed: [] for seed in run_ids}
         self._logged: dict[int, set[tuple[str, int]]] = {seed: set() for seed in run_ids}
+        self._ended: set[int] = set()  # seeds whose run this trial must not touch again
         self._last_flush = time.monotonic()
         self.seconds_logging = 0.0
 
@@ -174,25 +220,46 @@ class TrialRunLogger:
         finally:
             self.seconds_logging += time.perf_counter() - start
 
-    def start(self, node_id: str, resumed: bool) -> None:
+    def start(self, node_id: str, diverged: dict[int, tuple[int, str]] | None = None) -> None:
+        """Open this trial's runs. ``diverged``: the trainer's {seed: (step, reason)} from its checkpoint
+        (empty on a fresh start)."""
+        diverged = diverged or {}
         for seed, run_id in self.run_ids.items():
-            if resumed:
-                for key in self.metric_names:
+            run = self._send(self.client.get_run, run_id)
+            for key in self.metric_names:
+                if key in run.data.metrics:  # a run that never logged a key has no history to read
                     history = self._send(self.client.get_metric_history, run_id, key)
                     self._logged[seed].update((key, m.step) for m in history)
+            reason = run.data.tags.get(TAG_FAILURE, "")
+            if run.info.status == "FAILED" and reason.startswith(DIVERGED):
+                self._ended.add(seed)
+                continue
+            if seed in diverged:  # ended in the checkpoint, but the run was not closed before the crash
+                self.flush()
+                self.end(seed, "FAILED", diverged[seed][1])
+                continue
+            if reason:
+                self._send(self.client.delete_tag, run_id, TAG_FAILURE)
             self._send(self.client.update_run, run_id, status="RUNNING")
             tags = [RunTag(TAG_NODE_ID, node_id), RunTag(TAG_WORKER_PID, str(os.getpid()))]
             self._send(self.client.log_batch, run_id, tags=tags)
 
+    def ended(self, seed: int) -> bool:
+        """Whether ``seed``'s run is closed for good (it diverged, now or before a restart)."""
+        return seed in self._ended
+
     def add(self, evaluation: Evaluation) -> None:
         now = int(time.time() * 1000)
         for record in evaluation.records:
+            if record.seed in self._ended:
+                continue
             for key, value in record.metrics().items():
                 if (key, record.step) not in self._logged[record.seed]:
                     self._buffer[record.seed].append(Metric(key, value, now, record.step))
         for seed, (_, reason) in evaluation.diverged.items():
-            self.flush()
-            self.end(seed, "FAILED", reason)
+            if seed not in self._ended:
+                self.flush()
+                self.end(seed, "FAILED", reason)
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -206,13 +273,20 @@ class TrialRunLogger:
         self._last_flush = time.monotonic()
 
     def log_weights(self, seed: int, path: Path) -> None:
-        self._send(self.client.log_artifact, self.run_ids[seed], str(path))
+        if seed not in self._ended:
+            self._send(self.client.log_artifact, self.run_ids[seed], str(path))
 
     def end(self, seed: int, status: str, failure_reason: str | None = None) -> None:
+        """End ``seed``'s run with ``status``; a FAILED end closes it for the rest of this trial (and, with
+        a ``diverged`` reason, for every restart). No-op for a run already closed for good."""
+        if seed in self._ended:
+            return
         run_id = self.run_ids[seed]
         if failure_reason:
             self._send(self.client.set_tag, run_id, TAG_FAILURE, failure_reason)
         self._send(self.client.set_terminated, run_id, status)
+        if status == "FAILED":
+            self._ended.add(seed)
 
 
 def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: str) -> list[str]:
@@ -226,5 +300,5 @@ def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: st
     return ended
 
 
-__all__ = ["TrialRunLogger", "create_parent_run", "create_trial_run", "end_unfinished_runs",
+__all__ = ["TrialRunLogger", "create_parent_run", "create_run_once", "create_trial_run", "end_unfinished_runs",
            "ensure_experiment", "library_tags", "with_retry"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,13 +24,62 @@ def resolve_tracking_uri(flag: str | None, spec_uri: str | None) -> str:
     uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    elif "://" not in uri:
+    elif uri.startswith("file:") and not uri.startswith("file://"):
+        # file:./mlruns and file:mlruns are relative paths (RFC 8089's local form); MLflow would take the
+        # whole string for a folder name. file:///abs is left as it is.
+        uri = Path(uri.removeprefix("file:")).resolve().as_uri()
+    elif "://" not in uri and not uri.startswith(("sqlite:", "file:")):
         uri = str(Path(uri).resolve())  # a plain folder is a file store
     return uri
 
 
+def check_form(uri: str) -> None:
+    """Refuse, before Ray starts, URIs MLflow would misread or refuse later: ``sqlite://rel.db`` (two slashes:
+    "rel.db" is taken for a host, and the error comes when the first run is written), ``file://host/...``,
+    and a file store (a folder, ``file:``) unless ``MLFLOW_ALLOW_FILE_STORE`` is true."""
+    if uri.startswith("sqlite:") and not uri.startswith("sqlite:///"):
+        raise TrackingError(f"tracking URI {uri} is malformed: a sqlite URI has three slashes before a relative "
+                            "path (sqlite:///mlflow.db) and four before an absolute one (sqlite:////abs/mlflow.db)")
+    if uri.startswith("file://") and not uri.startswith("file:///"):
+        raise TrackingError(f"tracking URI {uri} is malformed: use file:///abs/folder, file:./folder or a plain "
+                            "folder path")
+    if (uri.startswith("file:") or "://" not in uri) and not file_store_allowed():
+        # MLflow 3 refuses its file store unless told otherwise; without this check the refusal would come
+        # from the first trial, after Ray started.
+        raise TrackingError(f"tracking URI {uri} is an MLflow file store, which MLflow 3 refuses unless "
+                            "MLFLOW_ALLOW_FILE_STORE=true is set; use sqlite:///mlflow.db or set it")
+
+
+def file_store_allowed() -> bool:
+    """MLflow's own switch (``MLFLOW_ALLOW_FILE_STORE``, read as MLflow reads booleans)."""
+    return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file (sqlite) or folder (file store) that holds the local store at ``uri``; None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file:///"):
+        return Path(urllib.parse.unquote(uri.removeprefix("file://")))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def check_exists(uri: str) -> None:
+    """For commands that only read a sweep (``resume``, ``analyze``): the store must already exist, because
+    opening a sqlite file or a file store that is not there creates an empty one."""
+    check_form(uri)
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        kind = "file" if uri.startswith("sqlite:") else "folder"
+        raise TrackingError(f"no MLflow store at {uri} (the {kind} {path} does not exist); pass the store the "
+                            "sweep was run with as --tracking-uri or MLFLOW_TRACKING_URI")
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, before any trial starts, when the store at ``uri`` cannot be reached or created."""
+    check_form(uri)
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
@@ -43,3 +93,5 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
             raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist")
+    elif (path := local_store_path(uri)) is not None and not path.parent.is_dir():
+        raise TrackingError(f"tracking URI {uri}: folder {path.parent} does not exist")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from sweep.records import Evaluation
 from sweep.tracking import TrialRunLogger
 
 CHECKPOINT_FILE = "trainer.pt"
+# Between checkpoints, results go to Tune at most this often: each report costs ~6 ms of the trial (5% of
+# hw2's trial time at one per evaluation, bench/overhead.py), and the progress line reads them every 5 s.
+REPORT_EVERY_S = 1.0
 
 
 def checkpoint_interval(n_evaluations: int, checkpoint_every: int | None) -> int:
@@ -68,27 +72,49 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
         if saved["run_ids"] != run_ids:
             raise RuntimeError(f"checkpoint belongs to MLflow runs {saved['run_ids']}, not {run_ids}")
         trainer.load_state_dict(saved["trainer"])
-    logger.start(ray.get_runtime_context().get_node_id(), resumed=checkpoint is not None)
+    # On every start, with or without a checkpoint: a worker that died before its first checkpoint already
+    # logged steps (the logger flushes every few seconds), and the checkpoint's diverged members stay ended.
+    logger.start(ray.get_runtime_context().get_node_id(), diverged=trainer.diverged)
 
     eval_steps = group.config.eval_steps()
     position = {step: i for i, step in enumerate(eval_steps, start=1)}  # absolute, so resumes keep cadence
     every = checkpoint_interval(len(eval_steps), config.get("checkpoint_every"))
-    for evaluation in trainer.run():
+    # Cheap marks for bench/overhead.py: when this trial's training began (unix s), when the trainer last
+    # handed over an evaluation (its last update, plus that evaluation), and the seconds spent inside the
+    # trainer (updates and evaluations), and in Tune's reports and checkpoints (those before this report);
+    # with seconds_logging (MLflow), that is where the rest of a trial goes.
+    timing = {"training_started_unix": time.time(), "seconds_in_trainer": 0.0, "seconds_reporting": 0.0}
+    evaluations = trainer.run()
+    last_report = time.monotonic()
+    while True:
+        entered = time.perf_counter()
+        evaluation = next(evaluations, None)
+        timing["seconds_in_trainer"] += time.perf_counter() - entered
+        if evaluation is None:
+            break
+        timing["yielded_unix"] = time.time()
         logger.add(evaluation)
-        metrics = _report_metrics(trainer, evaluation, logger, family.metric_names)
+        metrics = {**_report_metrics(trainer, evaluation, logger, family.metric_names), **timing}
         finished = trainer.step >= group.config.budget or not evaluation.records
         if position.get(evaluation.step, 0) % every and not finished:
-            tune.report(metrics)
+            if time.monotonic() - last_report >= REPORT_EVERY_S:
+                reporting = time.perf_counter()
+                tune.report(metrics)
+                timing["seconds_reporting"] += time.perf_counter() - reporting
+                last_report = time.monotonic()
             continue
         logger.flush()  # everything up to a checkpoint is in MLflow before the checkpoint exists
+        reporting = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"trainer": trainer.state_dict(), "run_ids": run_ids}, Path(folder) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        timing["seconds_reporting"] += time.perf_counter() - reporting
+        last_report = time.monotonic()
 
     logger.flush()
     with tempfile.TemporaryDirectory() as folder:
         for seed in trainer.seeds:
-            if seed in trainer.diverged:
+            if seed in trainer.diverged or logger.ended(seed):
                 continue
             path = Path(folder) / family.weights_name(group.config, seed)  # model_C4_seed1.pt, model_K10_seed0.pt
             torch.save(family.export(trainer, seed), path)

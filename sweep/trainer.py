@@ -18,7 +18,6 @@ Protocols (see HANDOUT.md):
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -225,19 +224,28 @@ class Trainer:
     def run(self) -> Iterator[Evaluation]:
         """Train from the current step to ``budget``, yielding an :class:`Evaluation` at every eval step.
 
-        Stops early once every member has diverged (non-finite minibatch loss).
+        Divergence (a non-finite minibatch loss) is checked on the device and read once per evaluation
+        period, so an update never waits for the host: a member whose loss turned non-finite keeps being
+        updated (harmlessly: members are independent, its NaN gradient is its own) until the evaluation step,
+        where it is reported with the step of its first non-finite update and its records stop. The run
+        ends at the first evaluation step by which every member has diverged.
         """
         cfg = self.config
         minibatch = self._minibatch_source()
         y = self.data.y_train
         reported: set[int] = set(self.diverged)
+        S = len(self.seeds)
         for eval_step in cfg.eval_steps():
             if eval_step <= self.step:
                 continue
             start = time.perf_counter()
             batches = self._draw_batches(eval_step - self.step)
             self.model.train()
-            losses = torch.zeros(len(self.seeds))
+            # Per member, on the device: the step of its first non-finite loss this period (0: none yet) and
+            # that loss. Updated with tensor ops only; read once, after the period.
+            first_bad = torch.zeros(S, dtype=torch.long, device=self.device)
+            first_bad_loss = torch.zeros(S, device=self.device)
+            losses = first_bad_loss
             for step_batches in batches:
                 for idx in step_batches:  # (S, batch_size)
                     logits = self.model(minibatch(idx))  # (S, B, 10)
@@ -250,14 +258,12 @@ class Trainer:
                     member_losses.sum().backward()
                     self.optimizer.step()
                     self.updates += 1
-                    losses = member_losses.detach().cpu()
-                    if not torch.isfinite(losses).all():
-                        self._mark_diverged(losses)
-                        if not self._live():
-                            break
-                if not self._live():
-                    break
+                    losses = member_losses.detach()
+                    newly = losses.isfinite().logical_not_().logical_and_(first_bad == 0)
+                    first_bad.masked_fill_(newly, self.step + 1)
+                    first_bad_loss = torch.where(newly, losses, first_bad_loss)
                 self.step += 1
+            self._mark_diverged(first_bad, first_bad_loss)  # the period's one read of the device
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.train_seconds += time.perf_counter() - start
@@ -268,12 +274,14 @@ class Trainer:
                 return
             yield Evaluation(step=self.step, records=self.evaluate(losses), diverged=new)
 
-    def _mark_diverged(self, losses: Tensor) -> None:
+    def _mark_diverged(self, first_bad: Tensor, first_bad_loss: Tensor) -> None:
+        """Record live members whose loss turned non-finite: ``first_bad`` (S,) that step (0: none),
+        ``first_bad_loss`` (S,) the non-finite value."""
+        steps, values = first_bad.tolist(), first_bad_loss.tolist()
         for i in self._live():
-            value = float(losses[i])
-            if not math.isfinite(value):
-                step = self.step + 1
-                self.diverged[self.seeds[i]] = (step, f"diverged: minibatch loss became {value} at step {step}")
+            if steps[i]:
+                step = steps[i]
+                self.diverged[self.seeds[i]] = (step, f"diverged: minibatch loss became {values[i]} at step {step}")
 
     @torch.no_grad()
     def evaluate(self, minibatch_losses: Tensor) -> list[MetricRecord]:

@@ -665,3 +665,19 @@ def test_parent_description_is_the_findings_and_summary_md_has_no_relative_links
     assert re.findall(r"\]\((?!https?://)[^)]*\)", md) == []  # no [text](relative) link or image
     for figure in ("curves.png", "complexity.png", "heatmap.png"):
         assert f"`analysis/{figure}`" in md
+
+
+def test_many_widths_get_compact_tick_labels() -> None:
+    """Twelve widths with two-line ``C=12 / 2,902 params`` labels overlapped (seen on the double-descent
+    figure); beyond seven ticks the label is the width over a short count (counts from the README formula
+    18C^2 + 25C + 10)."""
+    widths = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    rows = [{"C": c, "param_count": 18 * c * c + 25 * c + 10, "n_seeds": 1, "n_failed": 0,
+             **{f"{q}_{k}": (0.1 if k == "mean" else math.nan) for q in
+                ("final_train_error", "final_test_error", "final_gap", "best_test_error") for k in ("mean", "ci95")}}
+            for c in widths]
+    ax = plot_complexity(pd.DataFrame(rows), None, axes=["C"], x="C").axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "1\n53" and labels[4] == "6\n808" and labels[6] == "12\n2.9k" and labels[-1] == "64\n75k"
+    few = plot_complexity(pd.DataFrame(rows[:4]), None, axes=["C"], x="C").axes[0]
+    assert [t.get_text() for t in few.get_xticklabels()][1] == "C=2\n132 params"

@@ -83,6 +83,20 @@ def test_bad_input_exits_2_with_one_line(no_compute, capsys, argv, expected):
     assert not (no_compute / "mlflow.db").exists()
 
 
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@pytest.mark.skipif(_cuda_devices() > 0, reason="this machine has a GPU: resources.gpu=1 is valid here")
+def test_gpu_requested_on_a_machine_without_one(no_compute, capsys):
+    code, err = run_cli(["run", "smoke", "--set", "resources.gpu=1"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "resources.gpu=1.0 requested" in err and "no GPU" in err
+    assert not (no_compute / "mlflow.db").exists()
+
+
 def test_yaml_that_does_not_parse(no_compute, capsys):
     (no_compute / "broken.yaml").write_text("name: x\nmodel: {C: [1, 2\n")
     code, err = run_cli(["run", "broken.yaml"], capsys)
@@ -153,3 +167,90 @@ def test_a_stored_spec_that_the_rules_now_refuse_is_one_line(tmp_path):
     with pytest.raises(driver.SweepError, match="no longer valid") as info:
         driver.load_sweep(None, uri)
     assert "\n" not in str(info.value) and "'name'" in str(info.value)
+
+
+# -- issue 15: resources larger than the machine, tracking URI forms, resume / analyze ---------------------
+
+def test_cpu_request_larger_than_this_machine(no_compute, capsys):
+    import os
+
+    cpus = os.cpu_count() + 1  # more than Ray's own count, which never exceeds the machine's
+    code, err = run_cli(["run", "smoke", "--set", f"resources.cpu={cpus}"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"resources.cpu={cpus}" in err and "CPUs of this machine" in err
+    assert not (no_compute / "mlflow.db").exists()
+
+
+def test_sqlite_uri_with_two_slashes_is_refused(no_compute, capsys):
+    code, err = run_cli(["run", "smoke", "--tracking-uri", "sqlite://rel.db"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "sqlite:///mlflow.db" in err and "three slashes" in err
+    assert not list(no_compute.iterdir())
+
+
+def test_file_store_refused_unless_mlflow_allows_it(no_compute, capsys):
+    code, err = run_cli(["run", "smoke", "--tracking-uri", "file:./mlruns"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "MLFLOW_ALLOW_FILE_STORE=true" in err
+    assert not list(no_compute.iterdir())
+
+
+def test_relative_file_uri_is_a_file_store_at_that_folder(no_compute, monkeypatch):
+    from mlflow import MlflowClient
+
+    from sweep import tracking_uri as store
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = store.resolve_tracking_uri("file:./mlruns", None)
+    store.check_reachable(uri)
+    MlflowClient(uri).create_experiment("e")
+    assert (no_compute / "mlruns").is_dir()
+    assert [p.name for p in no_compute.iterdir()] == ["mlruns"]  # not a folder named "file:."
+
+
+@pytest.mark.parametrize("command", ["analyze", "resume"])
+def test_reading_a_store_that_does_not_exist_creates_nothing(no_compute, capsys, command):
+    uri = f"sqlite:///{no_compute}/nowhere.db"
+    code, err = run_cli([command, "--tracking-uri", uri], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no MLflow store at" in err
+    assert not list(no_compute.iterdir())
+
+
+def recorded_sweep(folder, status: str) -> tuple[str, str, str]:
+    """A sweep as `sweep run` leaves it in MLflow (parent run with its spec and Tune path), whose Ray Tune
+    folder does not exist; the parent ends with ``status``. Returns (uri, sweep_id, parent run id)."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from sweep.names import ROLE_PARENT, TAG_ROLE, TAG_SWEEP_ID, TAG_TUNE_PATH
+    from sweep.spec import load_spec
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    client = MlflowClient(uri)
+    spec, _ = load_spec("smoke", [])
+    experiment = client.create_experiment("smoke")
+    sweep_id = "smoke-20260101-000000-abcd"
+    parent = client.create_run(experiment, run_name=sweep_id, tags={
+        TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_PARENT, TAG_TUNE_PATH: str(folder / "ray_results" / sweep_id)})
+    client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(mode="json")), driver.SPEC_ARTIFACT)
+    client.set_terminated(parent.info.run_id, status)
+    return uri, sweep_id, parent.info.run_id
+
+
+def test_resume_without_tune_state_writes_nothing(no_compute, capsys):
+    from mlflow import MlflowClient
+
+    uri, sweep_id, parent = recorded_sweep(no_compute, "KILLED")
+    capsys.readouterr()  # MLflow's own log lines from creating the store
+    code, err = run_cli(["resume", sweep_id, "--tracking-uri", uri], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no Ray Tune state at" in err
+    assert MlflowClient(uri).get_run(parent).info.status == "KILLED"  # not reopened
+
+
+def test_resume_refuses_a_finished_sweep(no_compute, capsys):
+    from mlflow import MlflowClient
+
+    uri, sweep_id, parent = recorded_sweep(no_compute, "FINISHED")
+    capsys.readouterr()  # MLflow's own log lines from creating the store
+    code, err = run_cli(["resume", sweep_id, "--tracking-uri", uri], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"sweep {sweep_id} already FINISHED" in err
+    assert MlflowClient(uri).get_run(parent).info.status == "FINISHED"

@@ -23,18 +23,18 @@ LONG = "name: long\nmodel: {{C: {C}}}\nseeds: [0]\nbudget: 1500\neval_every: 25\
 LONG_STEPS = list(range(25, 1501, 25))
 
 
-def uninterrupted(C: int, seed: int = 0) -> list[dict[str, float]]:
+def uninterrupted(C: int, seed: int = 0, budget: int = 1500) -> list[dict[str, float]]:
     torch.set_num_threads(1)
-    trainer = Trainer(TrainConfig(C=C, budget=1500, eval_every=25), [seed])
+    trainer = Trainer(TrainConfig(C=C, budget=budget, eval_every=25), [seed])
     return [e.records[0].metrics() for e in trainer.run()]
 
 
-def assert_complete_and_identical(client: MlflowClient, run_id: str, C: int) -> None:
+def assert_complete_and_identical(client: MlflowClient, run_id: str, C: int, budget: int = 1500) -> None:
     """Every step exactly once, and every value equal to an uninterrupted run's."""
-    expected = uninterrupted(C)
+    expected = uninterrupted(C, budget=budget)
     for key in METRICS:
         history = histories(client, run_id, key)
-        assert [s for s, _ in history] == LONG_STEPS, key
+        assert [s for s, _ in history] == list(range(25, budget + 1, 25)), key
         assert [v for _, v in history] == [m[key] for m in expected], key
 
 
@@ -125,13 +125,72 @@ def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
         assert_complete_and_identical(client, run.info.run_id, C=int(run.data.params["C"]))
 
 
+def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local, tmp_path):
+    """The logger flushes every 5 s, long before the first checkpoint (here: only the last evaluation); a
+    worker killed in between is restarted from scratch by Tune and replays steps already in its run."""
+    # Long enough (tens of seconds) that the 5 s flush happens well before the trial ends.
+    budget = 6000
+    (tmp_path / "long.yaml").write_text(LONG.format(C=4).replace("checkpoint_every: 6", "checkpoint_every: 1000")
+                                        .replace("budget: 1500", f"budget: {budget}"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    killed: dict[str, object] = {}
+
+    def killer() -> None:
+        client = MlflowClient(uri)
+
+        def progressed_run():
+            try:
+                sweep = driver.load_sweep(None, uri)
+            except Exception:
+                return None
+            runs = driver.trial_runs(sweep)
+            return next((r for r in runs if TAG_WORKER_PID in r.data.tags and logged_steps(client, r) >= 1), None)
+
+        run = wait_for(progressed_run, 300, "the trial's first flush")
+        killed["checkpoints"] = sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))
+        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
+        killed["steps_before"] = logged_steps(client, run)
+        os.kill(int(killed["pid"]), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
+    thread.join(timeout=10)
+    assert killed.get("pid"), "the trial was never killed"
+    assert killed["checkpoints"] == [], "a checkpoint existed: this is the other test's case"
+    assert 0 < int(killed["steps_before"]) < budget // 25
+    client = MlflowClient(sweep.tracking_uri)
+    [run] = driver.trial_runs(sweep)
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags[TAG_WORKER_PID]) != killed["pid"]
+    assert_complete_and_identical(client, run.info.run_id, C=4, budget=budget)
+
+
+def smoke_records(C: int, lr: float) -> list[dict[str, float]]:
+    """The smoke preset's records for one (C, lr) and seed 0, from the trainer alone (no Ray, no MLflow)."""
+    torch.set_num_threads(1)
+    return [e.records[0].metrics() for e in Trainer(TrainConfig(C=C, budget=50, eval_every=10, lr=lr), [0]).run()
+            if e.records]
+
+
 def test_diverging_trial_fails_alone(ray_local, tmp_path):
+    """Two learning rates that both finish and one that diverges: each finished run holds its own lr's
+    numbers, the diverged one fails alone, and the analysis keeps BOTH finished runs (same C and seed,
+    different lr: different trials, never one "superseding" the other)."""
     sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=[64]", "--set", "seeds=[0]",
-                      "--set", "lr=[0.1,1000000]", "--no-analyze")
+                      "--set", "lr=[0.05,0.1,1000000]", "--no-analyze")
     client = MlflowClient(sweep.tracking_uri)
     runs = {float(r.data.params["lr"]): r for r in driver.trial_runs(sweep)}
-    assert runs[0.1].info.status == "FINISHED"
-    assert [s for s, _ in histories(client, runs[0.1].info.run_id, "test_error")] == [10, 20, 30, 40, 50]
+    assert sorted(runs) == [0.05, 0.1, 1e6]
+    for lr in (0.05, 0.1):
+        assert runs[lr].info.status == "FINISHED", lr
+        expected = smoke_records(64, lr)
+        for key in ("test_error", "train_loss"):
+            history = histories(client, runs[lr].info.run_id, key)
+            assert [s for s, _ in history] == [10, 20, 30, 40, 50], (lr, key)
+            assert [v for _, v in history] == pytest.approx([m[key] for m in expected], abs=1e-6), (lr, key)
+    assert histories(client, runs[0.05].info.run_id, "train_loss") != histories(
+        client, runs[0.1].info.run_id, "train_loss")
     failed = runs[1e6]
     assert failed.info.status == "FAILED"
     assert failed.data.tags[TAG_FAILURE].startswith("diverged: minibatch loss became")
@@ -141,9 +200,21 @@ def test_diverging_trial_fails_alone(ray_local, tmp_path):
 
     with pytest.warns(SkippedTrialsWarning, match="diverged"):
         result = analyze(sweep.sweep_id, sweep.tracking_uri, tmp_path / "out")
-    assert [(t.C, t.seed, t.status) for t in result.failed] == [(64, 0, "FAILED")]
+    assert [(t.C, t.seed, t.status) for t in result.skipped] == [(64, 0, "FAILED")]
+    assert sorted(result.data.runs["run_id"]) == sorted(runs[lr].info.run_id for lr in (0.05, 0.1))
     report = (tmp_path / "out" / "summary.md").read_text()
     assert "diverged: minibatch loss became" in report and "1 trial(s) failed" in report
+
+
+def test_sweep_whose_every_trial_diverged_exits_0_with_the_table(ray_local, tmp_path, capsys):
+    """Nothing finished, so nothing to plot: the sweep still ends normally (exit 0), with the table."""
+    sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=[64]", "--set", "seeds=[0]", "--set", "lr=1000000")
+    out = capsys.readouterr().out
+    assert "FAILED  (diverged: minibatch loss became" in out
+    assert "nothing finished to plot" in out
+    client = MlflowClient(sweep.tracking_uri)
+    assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
+    assert [r.info.status for r in driver.trial_runs(sweep)] == ["FAILED"]
 
 
 @pytest.mark.parametrize("n", [2])

@@ -129,6 +129,29 @@ def test_every_axis_names_its_runs(smoke):
     for key in ("train_error", "train_error_clean", "test_error", "minibatch_loss"):
         assert histories(client, run_id, key) == [(r.step, getattr(r, key)) for r in records], key
 
+    # The analysis of the real sweep keeps all 8 runs and splits by lr (issue 12's acceptance).
+    import warnings
+
+    import pandas as pd
+    from matplotlib.container import ErrorbarContainer
+
+    from analysis import analyze
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a run skipped as "superseded" warns: nothing may be skipped here
+        result = analyze(sweep.sweep_id, sweep.tracking_uri, folder / "grid-analysis")
+    assert result.skipped == []
+    summary = pd.read_csv(folder / "grid-analysis" / "summary.csv")
+    assert len(summary) == 4 and {"C", "lr"} <= set(summary.columns)
+    assert sorted(zip(summary["C"], summary["lr"], strict=True)) == [(1, 0.05), (1, 0.1), (4, 0.05), (4, 0.1)]
+    row = summary[(summary["C"] == 4) & (summary["lr"] == 0.05)].iloc[0]
+    finals = [runs[f"C=4 lr=0.05 seed={s}"].data.metrics["test_error"] for s in (0, 1)]
+    assert row["final_test_error_mean"] == pytest.approx(sum(finals) / 2, abs=1e-12)
+    ax = [a for a in result.figures["complexity"].axes if a.get_visible()][0]
+    labels = {c.get_label() for c in ax.containers if isinstance(c, ErrorbarContainer)}
+    assert labels == {f"{q}, lr={lr}" for q in ("final train error", "final test error", "gap (test − train error)")
+                      for lr in (0.05, 0.1)}
+
 
 def test_analyze_a_real_smoke_sweep(smoke, tmp_path):
     """`sweep analyze` on the sweep just run: figures hold a series per C, numbers equal MLflow's."""
@@ -153,3 +176,23 @@ def test_analyze_a_real_smoke_sweep(smoke, tmp_path):
         per_seed = [dict(histories(client, runs[(C, seed)].info.run_id, "train_error")) for seed in (0, 1)]
         expected = [(per_seed[0][step] + per_seed[1][step]) / 2 for step in SMOKE_STEPS]
         assert list(train.get_ydata()) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cpu_request_larger_than_any_node(ray_local, tmp_path, capsys):
+    """On a connected cluster (here the tests' 2-CPU local Ray, reached as "auto") a trial asking for more
+    CPUs than the largest node has would wait forever: one line, exit 2, and no run in MLflow."""
+    import ray
+
+    from sweep import cli
+
+    cpus = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]) + 1
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "smoke", "--set", f"resources.cpu={cpus:g}", "--tracking-uri", uri,
+                  "--storage", str(tmp_path / "ray_results"), "--address", "auto"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert exit_info.value.code == 2 and len(errors) == 1  # (MLflow's INFO lines about its schema aside)
+    assert errors[0].startswith("sweep: error: resources.cpu=") and "is more than any node" in errors[0]
+    if (tmp_path / "mlflow.db").exists():  # the warm-up, overlapping Ray's start, may set up the schema
+        client = MlflowClient(uri)
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

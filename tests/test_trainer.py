@@ -1,12 +1,13 @@
 """The pure-PyTorch trainer: protocols, determinism, learning, checkpoints, divergence."""
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from sweep.data import N_TRAIN, load_digits_split, split_hash
+from sweep.data import N_TRAIN, digits_arrays, load_digits_split, split_hash, split_indices
 from sweep.trainer import TrainConfig, Trainer, draw_minibatches
 
 
@@ -26,10 +27,17 @@ def test_digits_split():
     assert float(d.x_train.min()) == 0.0 and float(d.x_train.max()) == 1.0
     assert d.split_hash == split_hash(0) != split_hash(1)
     assert len(d.split_hash) == 12
-    # the two halves are disjoint and together are all 1797 digits
-    both = torch.cat([d.x_train, d.x_test]).flatten(1)
-    assert torch.unique(both, dim=0).shape[0] == torch.unique(
-        torch.cat([load_digits_split(1).x_train, load_digits_split(1).x_test]).flatten(1), dim=0).shape[0]
+    # The two halves are disjoint and together are all 1797 digits: a property of the index sets, then the
+    # tensors must be the digits at exactly those indices.
+    train_idx, test_idx = split_indices(0)
+    assert len(train_idx) == 898 and len(test_idx) == 899
+    assert set(train_idx.tolist()) & set(test_idx.tolist()) == set()
+    assert set(train_idx.tolist()) | set(test_idx.tolist()) == set(range(1797))
+    images, labels = digits_arrays()
+    assert torch.equal(d.x_train, torch.from_numpy(images[train_idx]).float())
+    assert torch.equal(d.y_test, torch.from_numpy(labels[test_idx]))
+    other_train, _ = split_indices(1)
+    assert set(other_train.tolist()) != set(train_idx.tolist())
 
 
 def test_handout_protocol_counts_updates_and_eval_steps():
@@ -38,9 +46,16 @@ def test_handout_protocol_counts_updates_and_eval_steps():
     evaluations = run_all(trainer)
     assert [e.step for e in evaluations] == [25, 50, 75, 100]
     assert trainer.updates == 100 and trainer.step == 100
+    # The errors, worked out here from the final weights by counting wrong argmaxes (not by the trainer's
+    # evaluation code), and the gap from those counts.
     r = evaluations[-1].records[0]
-    assert r.generalization_gap == pytest.approx(r.test_error - r.train_error, abs=0)
-    assert 0 <= r.train_error <= 1 and r.train_error * 898 == pytest.approx(round(r.train_error * 898))
+    net = trainer.members()[0].eval()
+    with torch.no_grad():
+        wrong_train = int((net(trainer.data.x_train).argmax(1) != trainer.data.y_train).sum())
+        wrong_test = int((net(trainer.data.x_test).argmax(1) != trainer.data.y_test).sum())
+    assert r.train_error == pytest.approx(wrong_train / 898, abs=1e-12)
+    assert r.test_error == pytest.approx(wrong_test / 899, abs=1e-12)
+    assert r.generalization_gap == pytest.approx(wrong_test / 899 - wrong_train / 898, abs=1e-12)
 
 
 def test_handout_minibatches_are_distinct_images():
@@ -106,15 +121,56 @@ def test_checkpoint_resume_is_bit_identical():
     assert head + tail == straight
 
 
-def test_divergence_stops_at_once():
+def test_divergence_stops_at_the_evaluation_step():
     # BatchNorm keeps small nets finite even at lr=50 (loss ~17); a wide net at lr=1e6 overflows at once.
+    # Divergence is read once per evaluation period (no host sync per update), so the run goes on to the
+    # end of the period in which it diverged, and no further.
     trainer = Trainer(TrainConfig(C=64, budget=400, eval_every=25, lr=1e6), [0])
     evaluations = run_all(trainer)
     assert trainer.diverged, "lr=1e6 should blow up"
     step, reason = trainer.diverged[0]
     assert reason.startswith("diverged: minibatch loss became")
     assert evaluations[-1].records == [] and evaluations[-1].diverged == {0: (step, reason)}
-    assert trainer.updates == step < 400
+    assert step < 25 and evaluations[-1].step == trainer.step == trainer.updates == 25
+
+
+def _diverged_when_checked_every_step(cfg, seeds):
+    """Reference: the same run evaluated after every step, where "the step a loss turned non-finite" has
+    only one possible reading, whatever the trainer does between evaluations."""
+    reference = Trainer(replace(cfg, eval_every=1), seeds)
+    run_all(reference)
+    return reference.diverged
+
+
+def test_divergence_is_reported_at_its_first_nonfinite_step_and_leaves_other_members_alone():
+    # lr=100 is where C=16 starts to blow up: of seeds 0, 1, 5 packed together, seed 5's loss turns NaN at
+    # update 16 and seed 0's at update 17, both in the middle of the first 25-update period; seed 1 never.
+    cfg = TrainConfig(C=16, budget=40, eval_every=25, lr=100.0)
+    trainer = Trainer(cfg, [0, 1, 5])
+    evaluations = run_all(trainer)
+    expected = {5: (16, "diverged: minibatch loss became nan at step 16"),
+                0: (17, "diverged: minibatch loss became nan at step 17")}
+    assert trainer.diverged == expected
+    assert trainer.diverged == _diverged_when_checked_every_step(cfg, [0, 1, 5])
+    # Reported once, at the first evaluation after the fact; from then on their records stop.
+    assert [(e.step, e.diverged, [r.seed for r in e.records]) for e in evaluations] == [
+        (25, expected, [1]), (40, {}, [1])]
+    # Members are independent: what the diverged members did in the pack does not reach seed 1.
+    alone = run_all(Trainer(cfg, [1], packed=True))
+    assert [e.records for e in evaluations] == [e.records for e in alone]
+
+
+def test_divergence_of_every_member_is_reported_at_its_step_and_ends_the_run():
+    for cfg in (TrainConfig(C=64, budget=400, eval_every=25, lr=1e6),
+                TrainConfig(C=64, protocol="epochs", budget=4, eval_every=3, lr=1e6)):
+        trainer = Trainer(cfg, [0])
+        evaluations = run_all(trainer)
+        # lr=1e6: the 5th update's loss is NaN, i.e. step 5 (handout) or epoch 1 (7 updates per epoch).
+        step = 5 if cfg.protocol == "handout" else 1
+        assert trainer.diverged == {0: (step, f"diverged: minibatch loss became nan at step {step}")}
+        assert trainer.diverged == _diverged_when_checked_every_step(cfg, [0])
+        assert len(evaluations) == 1 and evaluations[0].records == []
+        assert evaluations[0].diverged == trainer.diverged
 
 
 def test_bad_train_config():
