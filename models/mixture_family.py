@@ -130,7 +130,7 @@ def mixture_data(split_seed: int, threshold: int, arrays: Any = None) -> tuple[A
     train_idx, test_idx = split_indices(split_seed)
     import torch
 
-    y = torch.from_numpy(labels)
+    y = torch.from_numpy(np.array(labels, dtype=np.int64))  # a copy: the object store hands out read-only arrays
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 

@@ -45,3 +45,16 @@ def test_runs_url_opens_the_model_training_view():
         "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning")
     assert mlflow_ui.runs_url("3", "http://10.0.0.5:5000/") == (
         "http://10.0.0.5:5000/#/experiments/3/runs?workflowType=machine_learning")
+
+
+def test_decorations_follow_the_family_knob():
+    """Issue 13: the mixture's knob K gets the same grouping tag and descriptions as C does."""
+    assert [mlflow_ui.width_tag(k, [1, 5, 80], knob="K") for k in (1, 5, 80)] == ["K=01", "K=05", "K=80"]
+    assert mlflow_ui.width_tag(100, [1, 100], knob="K") == "K=100"
+    params = {"K": 10, "seed": 2, "budget": 100, "eval_every": 1, "model_family": "bernoulli_mixture",
+              "param_count": 649, "eps": 1e-6, "binarize_threshold": 8}
+    assert mlflow_ui.child_note(params) == (
+        "Bernoulli mixture K=10 (649 params), seed 2, 100 EM iterations, pixels >= 8, eps 1e-06")
+    note = mlflow_ui.experiment_note("bernoulli_mixture")
+    assert "Bernoulli mixture" in note and "`K=5 seed=0`" in note and "`K=05`" in note
+    assert "ResNet" in mlflow_ui.experiment_note("resnet") and "`C=4 seed=0`" in mlflow_ui.experiment_note("resnet")
