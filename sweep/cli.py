@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -240,13 +242,40 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     try:
         store.check_exists(tracking_uri)  # reading a store that is not there must not create it
         store.check_reachable(tracking_uri)
-        result = analyze(args.sweep_id, tracking_uri, args.out or RESULTS_DIR / (args.sweep_id or "latest"), x=args.x)
+        sweep_id = args.sweep_id or latest_sweep_id(tracking_uri)
+        # Each sweep's figures go to its own folder, so analysing "the latest" never overwrites another's.
+        result = analyze(sweep_id, tracking_uri, args.out or RESULTS_DIR / sweep_id, x=args.x)
     except (store.TrackingError, LookupError, AxisError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     print(result)
-    from sweep.mlflow_ui import runs_url
+    print_ui_steps(tracking_uri, result.data.parent.info.experiment_id)
 
-    print(f"In the MLflow UI: {runs_url(result.data.parent.info.experiment_id, tracking_uri)}")
+
+def latest_sweep_id(tracking_uri: str) -> str:
+    """The ``sweep_id`` of the most recently started sweep in the store (LookupError when there is none)."""
+    from analysis.load import find_parent_run, make_client
+    from sweep.names import TAG_SWEEP_ID
+
+    return find_parent_run(make_client(tracking_uri)).data.tags[TAG_SWEEP_ID]
+
+
+def command(name: str) -> str:
+    """How to call this environment's ``name`` (``sweep``, ``mlflow``) from the current folder, as printed.
+
+    The bare name only when the shell would find this very program on PATH (the venv is activated);
+    else its path, relative to the current folder when it lies below it (``.venv/bin/sweep``), so every
+    printed command runs as printed in the user's shell.
+    """
+    program = Path(sys.executable).parent / name
+    if not program.exists():
+        return name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == program.resolve():
+        return name
+    try:
+        return shlex.quote(str(program.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(program))
 
 
 def print_table(rows: list[dict[str, Any]],
@@ -264,15 +293,22 @@ def print_table(rows: list[dict[str, Any]],
         print(f"{row['grid_point']:<{width}} {row['seed']:>5} {values}  {row['status']}{reason}")
 
 
-def print_next_steps(sweep_id: str, tracking_uri: str, analyzed: bool, experiment_id: str) -> None:
+def print_ui_steps(tracking_uri: str, experiment_id: str) -> None:
+    """How to open this experiment's runs in the MLflow UI: the command that starts it (for a local store)
+    and the link to the model-training view."""
     from sweep.mlflow_ui import runs_url
 
     print("\nOpen the MLflow UI:")
     if not tracking_uri.startswith(("http://", "https://")):
-        print(f"  mlflow ui --backend-store-uri {tracking_uri}")
+        print(f"  {command('mlflow')} ui --backend-store-uri {shlex.quote(tracking_uri)}")
     print(f"  then open {runs_url(experiment_id, tracking_uri)}   # this sweep's runs, model-training view")
-    uri_flag = "" if tracking_uri.endswith(str(Path("mlflow.db").resolve())) else f" --tracking-uri {tracking_uri}"
-    print(f"{'Re-analyze' if analyzed else 'Analyze'} this sweep:\n  sweep analyze {sweep_id}{uri_flag}")
+
+
+def print_next_steps(sweep_id: str, tracking_uri: str, analyzed: bool, experiment_id: str) -> None:
+    print_ui_steps(tracking_uri, experiment_id)
+    default = tracking_uri.endswith(str(Path("mlflow.db").resolve()))
+    uri_flag = "" if default else f" --tracking-uri {shlex.quote(tracking_uri)}"
+    print(f"{'Re-analyze' if analyzed else 'Analyze'} this sweep:\n  {command('sweep')} analyze {sweep_id}{uri_flag}")
 
 
 COMMANDS = {"presets": cmd_presets, "train": cmd_train, "run": cmd_run, "resume": cmd_resume,

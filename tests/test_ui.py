@@ -67,7 +67,8 @@ def test_analyze_prints_the_link_too(ui_sweep):
     assert proc.returncode == 0, proc.stderr[-2000:]
     exp = ui_sweep["sweep"].experiment_id
     assert proc.stdout.splitlines()[-1] == (
-        f"In the MLflow UI: http://127.0.0.1:5000/#/experiments/{exp}/runs?{ML_VIEW}")
+        f"  then open http://127.0.0.1:5000/#/experiments/{exp}/runs?{ML_VIEW}   # this sweep's runs, "
+        "model-training view")
 
 
 def test_descriptions_on_experiment_parent_and_every_child(ui_sweep):
