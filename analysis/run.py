@@ -113,7 +113,7 @@ def analyze(
     client = make_client(tracking_uri)
     parent = find_parent_run(client, sweep_id)
     family = sweep_family(parent)
-    if family.name != "resnet":
+    if family.report != "classifier_errors":
         return _analyze_family(family, parent.data.tags.get(TAG_SWEEP_ID, sweep_id), client, out_dir, x,
                                log_artifacts)
     data = load_sweep(sweep_id, client=client)
@@ -178,7 +178,7 @@ def sweep_family(parent: Any) -> Any:
 
 def _analyze_family(family: Any, sweep_id: str | None, client: Any, out_dir: Path, x: str | None,
                     log_artifacts: bool) -> AnalysisResult:
-    """:func:`analyze` for a family other than the ResNet: everything from the family's declared metrics
+    """:func:`analyze` for a family with the generic report: everything from the family's declared metrics
     (:mod:`analysis.family_report`)."""
     from analysis.family_report import analyze_family
 

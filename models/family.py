@@ -90,6 +90,10 @@ class Family:
     #: (metric, column title) of the table ``sweep run`` prints at the end.
     table_metrics: ClassVar[tuple[tuple[str, str], ...]]
     budget_unit: ClassVar[str]  # what one step is: "update", "epoch", "EM iteration"
+    #: Which report ``sweep analyze`` writes: ``"generic"`` (every declared metric, panels as declared) or
+    #: ``"classifier_errors"`` (train/test error and gap with per-line interpolation thresholds and the
+    #: best-step oracle; needs the metrics train_error, test_error, generalization_gap).
+    report: ClassVar[str] = "generic"
     #: Grid axes in spec order, knob first, each mapped to its dotted spec key (``model.C``, ``lr``).
     axis_keys: ClassVar[dict[str, str]]
     spec_class: ClassVar[type]  # a sweep.spec_base.CommonSpec subclass with this family's keys

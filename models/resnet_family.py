@@ -85,6 +85,7 @@ class ResNetSpec(CommonSpec):
 
 class ResNetFamily(Family):
     name = "resnet"
+    report = "classifier_errors"
     display_name = "ResNet"
     knob = "C"
     knob_meaning = "ResNet width"
