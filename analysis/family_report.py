@@ -214,7 +214,9 @@ def write_summary_md(summary: pd.DataFrame, found: Sequence[str], path: Path, *,
     lines.append("| " + " | ".join([*axes, "seeds", *shown]) + " |")
     lines.append("|" + "---|" * (len(axes) + 1 + len(shown)))
     for _, row in summary.iterrows():
-        cells = [str(row[a]) for a in axes] + [str(int(row["n_seeds"]))]
+        # iterrows upcasts an int axis (K) to float in a row holding floats: print 1, not 1.0
+        cells = [f"{row[a]:g}" if isinstance(row[a], float) else str(row[a]) for a in axes]
+        cells.append(str(int(row["n_seeds"])))
         for m in shown:
             ci = row[f"final_{m}_ci95"]
             cells.append(f"{row[f'final_{m}_mean']:.4f}" + ("" if math.isnan(ci) else f" ± {ci:.4f}"))
