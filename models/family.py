@@ -83,6 +83,10 @@ class Family:
     knob: ClassVar[str]  # the complexity knob: first axis, a key under ``model:``
     knob_meaning: ClassVar[str]  # "ResNet width", "number of mixture components"
     metrics: ClassVar[tuple[MetricInfo, ...]]
+    #: Metrics measured on a validation split held out of training, logged only by search sweeps and
+    #: sweeps with a scheduler (issue 14); the only metrics a search may select on. A family without any
+    #: cannot be searched.
+    validation_metrics: ClassVar[tuple[MetricInfo, ...]] = ()
     #: Panels of the complexity figure: each a tuple of metric keys drawn against the knob.
     complexity_panels: ClassVar[tuple[tuple[str, ...], ...]]
     #: (train metric, test metric) drawn over steps in curves.png; the test one also in heatmap.png.

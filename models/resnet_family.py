@@ -44,6 +44,10 @@ class ResNetDataSpec(Strict):
         0.0, description="fraction of training labels replaced by a different class, in [0, 1); a list = an axis"
     )
 
+    val_fraction: float = Field(
+        0.2, gt=0, le=0.5, allow_inf_nan=False,
+        description="searches and schedulers only: share of the training half held out for validation, in (0, 0.5]")
+
     _noise_grid = field_validator("label_noise")(grid_list)
 
 
@@ -100,6 +104,12 @@ class ResNetFamily(Family):
                    False),
         MetricInfo("train_error_clean", "train error against the true labels", "", False),
     )
+    #: Measured on the validation split (searches and schedulers only, issue 14): what selection may use.
+    validation_metrics = (
+        MetricInfo("val_error", "misclassification rate on the validation split (held out of the training half)",
+                   "", False),
+        MetricInfo("val_loss", "mean cross-entropy on the validation split", "nats", False),
+    )
     complexity_panels = (("train_error", "test_error", "generalization_gap"),)
     curve_metrics = ("train_error", "test_error")
     table_metrics = (("train_error", "train_error"), ("test_error", "test_error"), ("generalization_gap", "gap"))
@@ -118,7 +128,9 @@ class ResNetFamily(Family):
     }
 
     def make_config(self, values: dict[str, Any], spec: Any) -> TrainConfig:
-        return TrainConfig(**values, split_seed=spec.split_seed, dtype=spec.dtype)
+        # A validation split only where something selects on it (issue 14): grids keep the handout protocol.
+        val_fraction = spec.data.val_fraction if spec.search.active else 0.0
+        return TrainConfig(**values, split_seed=spec.split_seed, dtype=spec.dtype, val_fraction=val_fraction)
 
     def config_from_dict(self, d: dict[str, Any]) -> TrainConfig:
         return TrainConfig(**d)
@@ -140,6 +152,7 @@ class ResNetFamily(Family):
             "batch_size": c.batch_size, "eval_every": c.eval_interval, "split_seed": c.split_seed,
             "split_hash": split_hash, "model_family": self.name, "param_count": self.param_count(c),
             "dtype": c.dtype, "label_noise": c.label_noise, "n_flipped_labels": c.n_flipped_labels,
+            **({"val_fraction": c.val_fraction, "n_val": c.n_val} if c.val_fraction else {}),
         }
 
     def describe(self, params: dict[str, Any]) -> str:

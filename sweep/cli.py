@@ -200,11 +200,16 @@ def cmd_run(args: argparse.Namespace) -> None:
         _connect(spec, address, args.gpus_may_autoscale)
         ready.result()
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage, driver.concurrent_slots(spec))
+    slots = driver.concurrent_slots(spec)
+    sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage, slots)
     n_members = sum(len(t["run_ids"]) for t in sweep.trials)
-    print(f"[sweep] {sweep.sweep_id}: {n_members} runs in {len(sweep.trials)} Ray trials; "
-          f"MLflow {tracking_uri}, experiment {spec.tracking.experiment or spec.name!r}", flush=True)
-    results = driver.run_tuner(sweep)
+    where = f"MLflow {tracking_uri}, experiment {spec.tracking.experiment or spec.name!r}"
+    if sweep.searched:
+        print(f"[sweep] {sweep.sweep_id}: {spec.search.algorithm} search, {spec.search.num_samples} samples of "
+              f"{len(spec.seed_list)} packed seeds each, {spec.search.scheduler} scheduler; {where}", flush=True)
+    else:
+        print(f"[sweep] {sweep.sweep_id}: {n_members} runs in {len(sweep.trials)} Ray trials; {where}", flush=True)
+    results = driver.run_tuner(sweep, slots=slots)
     _end(sweep, results, args)
 
 

@@ -42,18 +42,31 @@ class TrainConfig:
     label_noise: float = 0.0
     device: str = "cpu"
     dtype: str = "float32"
+    val_fraction: float = 0.0  # 0: no validation split (grids); else the share of the training half held out
 
     def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction <= 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5], got {self.val_fraction}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.C <= 0 or self.budget <= 0 or self.lr <= 0:
             raise ValueError("C, budget and lr must be positive")
-        if not 0 < self.batch_size <= N_TRAIN:
-            raise ValueError(f"batch_size must be in 1..{N_TRAIN}, got {self.batch_size}")
+        if not 0 < self.batch_size <= self.n_train:
+            raise ValueError(f"batch_size must be in 1..{self.n_train}, got {self.batch_size}")
         if not 0 < self.eval_interval <= self.budget:
             raise ValueError(f"eval_every must be in 1..budget ({self.budget}), got {self.eval_every}")
         if not 0 <= self.label_noise < 1:  # also refuses NaN
             raise ValueError(f"label_noise must be a fraction in [0, 1), got {self.label_noise}")
+
+    @property
+    def n_val(self) -> int:
+        """Training-half images held out for validation: ``round(val_fraction * 898)`` (0 without a split)."""
+        return round(self.val_fraction * N_TRAIN)
+
+    @property
+    def n_train(self) -> int:
+        """Images trained on: the 898 of the training half less the validation split."""
+        return N_TRAIN - self.n_val
 
     @property
     def n_flipped_labels(self) -> int:
@@ -70,7 +83,7 @@ class TrainConfig:
 
     @property
     def updates_per_step(self) -> int:
-        return 1 if self.protocol == "handout" else N_TRAIN // self.batch_size
+        return 1 if self.protocol == "handout" else self.n_train // self.batch_size
 
     def eval_steps(self) -> list[int]:
         """Steps at which records are produced: every ``eval_interval`` steps, and the last step."""

@@ -4,6 +4,12 @@ Label noise (``data.label_noise`` in a spec) replaces ``round(f * 898)`` of the 
 uniformly drawn different class, before training; which images and which wrong labels are fixed by
 ``split_seed`` and ``f`` alone (:func:`noisy_labels`), so every width and seed of a sweep trains on the same
 corrupted labels. The test half is never touched.
+
+A validation split (searches and schedulers only, issue 14: ``data.val_fraction``) holds
+``round(val_fraction * 898)`` images of the training half out of training, after label noise (a
+practitioner's validation labels come from the same labelled data): which ones is fixed by ``split_seed`` and
+the count alone (:func:`val_positions`), the same for every configuration and seed of a search. Without one,
+nothing changes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from sweep.config import N_TRAIN, TrainConfig, n_flipped_labels
 N_DIGITS = 1797
 N_CLASSES = 10
 _NOISE_STREAM = 0x1AB31  # tells the label-noise generator apart from any other stream drawn from split_seed
+_VAL_STREAM = 0x7A11D  # likewise the validation split's
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class Digits:
     y_train_clean: Tensor
     label_noise: float = 0.0
     n_flipped: int = 0
+    x_val: Tensor | None = None  # (n_val, 1, 8, 8) held out of training; None without a validation split
+    y_val: Tensor | None = None  # (n_val,) their labels (as the training half has them)
 
 
 DigitsArrays = tuple[np.ndarray, np.ndarray]
@@ -94,12 +103,20 @@ def noisy_labels(labels: np.ndarray, split_seed: int, label_noise: float) -> tup
     return noisy, flipped
 
 
+def val_positions(split_seed: int, n_val: int) -> np.ndarray:
+    """Sorted positions (into the 898 of the training half, in split order) held out for validation: a uniform
+    sample of ``n_val`` without replacement from a generator seeded by ``(split_seed, n_val)`` only."""
+    rng = np.random.default_rng(np.random.SeedSequence([split_seed, n_val, _VAL_STREAM]))
+    return np.sort(rng.choice(N_TRAIN, size=n_val, replace=False))
+
+
 def load_digits_split(
     split_seed: int = 0,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     arrays: DigitsArrays | None = None,
     label_noise: float = 0.0,
+    n_val: int = 0,
 ) -> Digits:
     """Split digits by ``split_seed``, corrupt ``label_noise`` of the training labels (:func:`noisy_labels`)
     and move both halves to ``device`` in ``dtype``.
@@ -115,7 +132,16 @@ def load_digits_split(
     def to(a: np.ndarray, dt: torch.dtype) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
 
+    val: dict[str, Tensor] = {}
+    if n_val:
+        held = val_positions(split_seed, n_val)
+        keep = np.setdiff1d(np.arange(N_TRAIN), held)  # sorted: the training images keep their split order
+        val = {"x_val": to(images[train_idx[held]], dtype), "y_val": to(noisy[held], torch.int64)}
+        train_idx, noisy, clean = train_idx[keep], noisy[keep], clean[keep]
+        flipped = np.intersect1d(flipped, keep)
+
     return Digits(
+        **val,
         x_train=to(images[train_idx], dtype),
         y_train=to(noisy, torch.int64),
         x_test=to(images[test_idx], dtype),
@@ -131,4 +157,4 @@ def load_digits_split(
 def load_for_config(config: TrainConfig, arrays: DigitsArrays | None = None) -> Digits:
     """The split, label noise, device and dtype ``config`` names, as :func:`load_digits_split` loads them."""
     return load_digits_split(config.split_seed, config.device, getattr(torch, config.dtype), arrays,
-                             config.label_noise)
+                             config.label_noise, getattr(config, "n_val", 0))

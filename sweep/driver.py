@@ -52,6 +52,12 @@ class Sweep:
     parent_run_id: str
     tune_path: str  # Ray Tune's experiment folder: a local path, or a URI such as s3://bucket/prefix/<id>
     trials: list[dict[str, Any]] = field(default_factory=list)  # {"group": ..., "run_ids": {seed: id}}
+    source: str = ""
+
+    @property
+    def searched(self) -> bool:
+        """Whether configurations are sampled (random or optuna): runs are then made when trials start."""
+        return self.spec.search.algorithm != "grid"
 
 
 # -- preflight: no Ray start, no MLflow write ----------------------------------------------------------
@@ -192,8 +198,19 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
     tracking.log_params(client, parent, mlflow_ui.parent_params(resolved))
     client.log_text(parent, yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
 
-    sweep = Sweep(spec, sweep_id, tracking_uri, experiment_id, parent, tune_path)
+    sweep = Sweep(spec, sweep_id, tracking_uri, experiment_id, parent, tune_path, source=source)
     digest = split_hash(spec.split_seed)
+    if sweep.searched:
+        # Configurations are sampled: each trial makes its runs when it starts (sweep.trainable). The base
+        # group holds the spec's values of every key and all seeds, packed into one trial.
+        from sweep.plan import TrialGroup
+
+        base = TrialGroup(config=spec.configs()[0], seeds=tuple(spec.seed_list), axes=spec.axes,
+                          family_name=family.name)
+        sweep.trials.append({"group": base.to_dict(), "run_ids": {}})
+        mlflow_ui.decorate_experiment(client, experiment_id, spec.model.family)
+        mlflow_ui.decorate_parent(client, parent, sweep_id, source, 0, digest, spec.split_seed)
+        return sweep
     groups = plan_trials(spec, slots)
     widths = sorted({g.config.axis_value(family.knob) for g in groups})  # the knob's values
     for group in groups:
@@ -231,7 +248,7 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
     except SpecError as exc:  # e.g. a sweep made before a rule was added (name pattern, distinct grid values)
         raise SweepError(f"sweep {parent.data.tags[TAG_SWEEP_ID]}'s spec.yaml is no longer valid: {exc}") from None
     return Sweep(spec, parent.data.tags[TAG_SWEEP_ID], tracking_uri, parent.info.experiment_id,
-                 parent.info.run_id, parent.data.tags[TAG_TUNE_PATH])
+                 parent.info.run_id, parent.data.tags[TAG_TUNE_PATH], source=parent.data.tags.get(TAG_PRESET, ""))
 
 
 def check_resumable(sweep: Sweep) -> None:
@@ -275,18 +292,59 @@ def _run_config(sweep: Sweep) -> Any:
     from ray import tune
 
     from sweep.progress import Progress
+    from sweep.search_callback import EndStoppedTrials
 
+    callbacks = [Progress()]
+    if sweep.spec.search.active:
+        callbacks.append(EndStoppedTrials(sweep.tracking_uri, sweep.experiment_id, sweep.sweep_id))
     return tune.RunConfig(
         name=sweep.sweep_id, storage_path=sweep.tune_path.rsplit("/", 1)[0], verbose=0,
         failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=[Progress()],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks,
     )
 
 
-def run_tuner(sweep: Sweep, restore: bool = False) -> Any:
-    """Run (or, with ``restore``, finish) the sweep's trials on Ray Tune; returns the ResultGrid."""
+def _search_tuner(sweep: Sweep, slots: int) -> Any:
+    """The Tuner of a search sweep, or of a grid with a scheduler: Ray Tune's searcher and scheduler, the
+    searched keys as ``tune.*`` distributions under ``point``, the validation metric as Tune's metric."""
     from ray import tune
 
+    from sweep import search
+    from sweep.data import split_hash
+
+    spec = sweep.spec
+    common = {"tracking_uri": sweep.tracking_uri, "cpus": spec.resources.cpu,
+              "checkpoint_every": spec.checkpoint_every, "report_every_evaluation": True}
+    if sweep.searched:
+        info = {"group": sweep.trials[0]["group"], "sweep_id": sweep.sweep_id, "experiment_id": sweep.experiment_id,
+                "parent_run_id": sweep.parent_run_id, "source": sweep.source,
+                "split_hash": split_hash(spec.split_seed), "widths": search.knob_values(spec)}
+        param_space = {"search": info, "point": search.tune_space(spec), **common}
+        num_samples = spec.search.num_samples
+        search_alg = search.searcher(spec, slots)
+    else:  # a grid with a scheduler: the grid's trials, stopped by ASHA
+        param_space = {"trial": tune.grid_search(sweep.trials), **common}
+        num_samples, search_alg = 1, None
+    return tune.Tuner(
+        _trainable(spec), param_space=param_space, run_config=_run_config(sweep),
+        tune_config=tune.TuneConfig(
+            metric=spec.search.metric, mode=spec.search.mode, num_samples=num_samples, search_alg=search_alg,
+            scheduler=search.scheduler(spec),
+            max_concurrent_trials=None if sweep.searched else spec.max_concurrent_trials,  # the searcher limits
+            # A stopped trial's actor must not be reused (an open Ray bug with ASHA and function trainables).
+            reuse_actors=False,
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+        ),
+    )
+
+
+def run_tuner(sweep: Sweep, restore: bool = False, slots: int = 1) -> Any:
+    """Run (or, with ``restore``, finish) the sweep's trials on Ray Tune; returns the ResultGrid. ``slots``:
+    trials run at once (a searcher's concurrency)."""
+    from ray import tune
+
+    if sweep.spec.search.active and not restore:
+        return _search_tuner(sweep, slots).fit()
     if restore:
         if not tune.Tuner.can_restore(sweep.tune_path):
             raise SweepError(f"no Ray Tune state at {sweep.tune_path} to resume sweep {sweep.sweep_id}")
@@ -323,13 +381,16 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
 
     from sweep import tracking
     from sweep.mlflow_ui import TAG_LOGGING_SHARE
+    from sweep.search_callback import trial_run_ids
 
     client = MlflowClient(sweep.tracking_uri)
     for result in results:
         if result.error is not None:
             reason = f"trial failed after {sweep.spec.max_failures} retries: {str(result.error).splitlines()[0]}"
-            run_ids = result.config["trial"]["run_ids"].values()
+            run_ids = trial_run_ids(client, sweep.experiment_id, sweep.sweep_id, _trial_id(result), result.config)
             tracking.end_unfinished_runs(client, run_ids, reason[:4000])
+    if sweep.spec.search.active:
+        record_best(sweep, results)
     runs = trial_runs(sweep)
     tracking.end_unfinished_runs(client, [r.info.run_id for r in runs], "trial did not finish")
     runs = trial_runs(sweep)
@@ -350,6 +411,54 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
                                                                "n_failed": str(n_failed), **share_tag})
     tracking.with_retry(client.set_terminated, sweep.parent_run_id, "FINISHED")
     return rows
+
+
+def _trial_id(result: Any) -> str:
+    return str((result.metrics or {}).get("trial_id", ""))
+
+
+def best_result(sweep: Sweep, results: Any) -> Any:
+    """The trial with the best ``search.metric`` (a validation metric: the mean over its live seeds at its last
+    report) among those that ran their whole budget; among all when none did. None when no trial reported."""
+    from sweep.search_callback import trial_budget
+
+    metric, sign = sweep.spec.search.metric, (1 if sweep.spec.search.mode == "min" else -1)
+    scored = [r for r in results if r.error is None and r.metrics and r.metrics.get("live_members")
+              and r.metrics.get(metric) == r.metrics.get(metric)]  # drops NaN
+    full = [r for r in scored if r.metrics.get("step", 0) >= trial_budget(r.config)]
+    pool = full or scored
+    return min(pool, key=lambda r: sign * r.metrics[metric]) if pool else None
+
+
+def best_config(sweep: Sweep, result: Any) -> dict[str, Any]:
+    """The searched (and grid) values of a trial: what distinguishes it from the others."""
+    if "point" in result.config:
+        return dict(result.config["point"])
+    from sweep.plan import TrialGroup
+
+    group = TrialGroup.from_dict(result.config["trial"]["group"], family=sweep.spec.family)
+    return {axis: group.config.axis_value(axis) for axis in group.axes}
+
+
+def record_best(sweep: Sweep, results: Any) -> None:
+    """On the parent run: tag ``best_config`` (JSON), params ``best.<key>``, tag ``best_run_ids`` (JSON list)
+    and ``best.<metric>`` (the trial's mean over seeds)."""
+    from mlflow import MlflowClient
+
+    from sweep import tracking
+    from sweep.search import TAG_BEST_CONFIG
+    from sweep.search_callback import trial_run_ids
+
+    best = best_result(sweep, results)
+    if best is None:
+        return
+    client = MlflowClient(sweep.tracking_uri)
+    config = best_config(sweep, best)
+    run_ids = trial_run_ids(client, sweep.experiment_id, sweep.sweep_id, _trial_id(best), best.config)
+    metric = sweep.spec.search.metric
+    tracking.log_params(client, sweep.parent_run_id, {f"best.{k}": v for k, v in config.items()},
+                        tags={TAG_BEST_CONFIG: json.dumps(config), "best_run_ids": json.dumps(sorted(run_ids)),
+                              f"best.{metric}": f"{best.metrics[metric]:.6g}"})
 
 
 def logging_share(results: Any) -> float | None:

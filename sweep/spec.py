@@ -148,9 +148,13 @@ def validate(raw: dict[str, Any]) -> CommonSpec:
     if foreign:
         raise SpecError(foreign)
     try:
-        return family.spec_class.model_validate(raw)
+        spec = family.spec_class.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(_one_line(exc, family)) from None
+    from sweep import search  # the search block against the family: distributions, keys, metric
+
+    search.check(spec)
+    return spec
 
 
 def load_spec(source: str, overrides: list[str] | None = None) -> tuple[SweepSpec, dict[str, Any]]:

@@ -57,6 +57,33 @@ class TrackingSpec(Strict):
     experiment: str | None = Field(None, description="MLflow experiment; default: the sweep's name")
 
 
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+
+
+class SearchSpec(Strict):
+    """How configurations are chosen (issue 14): ``grid`` (every grid point, the default), ``random`` (Ray Tune's
+    BasicVariantGenerator: ``num_samples`` draws from ``space``, times every grid point) or ``optuna``
+    (Ray Tune's OptunaSearch, TPE); ``scheduler``: ``fifo`` (every trial runs to its budget) or ``asha``
+    (Ray Tune's ASHAScheduler over the protocol's steps). The space's distributions and keys are checked
+    against the family in :func:`sweep.search.check` (one line each)."""
+
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, strict=True, description="configurations sampled (random: per grid point)")
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                             description="key -> {loguniform|uniform|randint|choice: [...]}")
+    metric: str = "val_error"
+    mode: Literal["min", "max"] = "min"
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    grace_period: PositiveInt = Field(1, description="ASHA: protocol steps before a trial can be stopped")
+    reduction_factor: float = Field(3.0, gt=1, allow_inf_nan=False, description="ASHA: keep 1/this per rung")
+    seed: NonNegativeInt = Field(0, description="the searcher's random seed (random and optuna)")
+
+    @property
+    def active(self) -> bool:
+        """Whether configurations are searched or trials can be stopped: then a validation split is held out."""
+        return self.algorithm != "grid" or self.scheduler != "fifo"
+
+
 class CommonSpec(Strict):
     """Keys shared by every family. Subclasses add ``model`` (required), ``data``, ``budget``,
     ``eval_every``, ``dtype`` and their own keys."""
@@ -73,6 +100,7 @@ class CommonSpec(Strict):
     max_failures: NonNegativeInt = 3
     checkpoint_every: PositiveInt | None = Field(None, description="evaluations between checkpoints")
     tracking: TrackingSpec = TrackingSpec()
+    search: SearchSpec = SearchSpec()
 
     @field_validator("pack", mode="before")
     @classmethod
@@ -106,9 +134,9 @@ class CommonSpec(Strict):
     @property
     def axes(self) -> tuple[str, ...]:
         """The grid's axes in spec order: the family's knob always, then every other axis of the family that
-        has more than one value. A trial is identified by its value on each."""
+        has more than one value or is searched (``search.space``). A trial is identified by its value on each."""
         knob, *rest = self.family.axis_keys
-        return (knob, *(axis for axis in rest if len(self.values(axis)) > 1))
+        return (knob, *(axis for axis in rest if len(self.values(axis)) > 1 or axis in self.search.space))
 
     def configs(self) -> list[Any]:
         """Every grid point except the seed, in a stable order: the knob varies slowest, then the other axes

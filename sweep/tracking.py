@@ -182,6 +182,34 @@ def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, pa
     return run_id
 
 
+def find_or_create_trial_runs(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
+                              trial_id: str, names: dict[int, str], params: dict[int, dict[str, Any]],
+                              grid_point: str, knob: str = "C") -> tuple[dict[int, str], set[int]]:
+    """A search sweep's runs of one Ray trial, made when it first starts: (seed -> run id, seeds made now).
+
+    Keyed (sweep id, Tune trial id, seed): a restarted or resumed trial finds the runs it made (tag
+    ``tune_trial_id``) and makes only those still missing, never a second one. Only one worker runs a trial
+    at a time, so no two processes make the same trial's runs at once.
+    """
+    from sweep.filters import and_
+    from sweep.search import TAG_TUNE_TRIAL
+
+    query = and_(tag_equals(TAG_SWEEP_ID, sweep_id), tag_equals(TAG_TUNE_TRIAL, trial_id))
+    found = with_retry(client.search_runs, [experiment_id], query, max_results=1000)
+    run_ids = {int(r.data.tags["seed"]): r.info.run_id for r in found}
+    created = set()
+    for seed, name in names.items():
+        if seed in run_ids:
+            continue
+        run = create_run_once(client, experiment_id, name, {
+            TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id, TAG_TUNE_TRIAL: trial_id,
+            knob: str(params[seed][knob]), "seed": str(seed), TAG_GRID_POINT: grid_point})
+        run_ids[seed] = run.info.run_id
+        log_params(client, run_ids[seed], params[seed])
+        created.add(seed)
+    return {seed: run_ids[seed] for seed in names}, created
+
+
 class TrialRunLogger:
     """Logs one Ray trial's members, each to its own MLflow run, in batches.
 

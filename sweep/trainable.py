@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import tempfile
 import time
 from dataclasses import replace
@@ -47,6 +48,36 @@ def _report_metrics(trainer: Trainer, evaluation: Evaluation, logger: TrialRunLo
     return metrics
 
 
+def _search_runs(config: dict[str, Any], family: Family) -> tuple[TrialGroup, dict[int, str]]:
+    """A search trial's group (the base config with the sampled ``point`` values) and its runs, found or made
+    now (:func:`sweep.tracking.find_or_create_trial_runs`)."""
+    from mlflow import MlflowClient
+
+    from sweep import mlflow_ui
+    from sweep.tracking import find_or_create_trial_runs
+
+    info = config["search"]
+    base = TrialGroup.from_dict(info["group"], family=family)
+    # Tune hands numpy scalars for randint; params and names want plain numbers.
+    point = {k: (int(v) if isinstance(v, numbers.Integral) else float(v) if isinstance(v, numbers.Real) else v)
+             for k, v in config["point"].items()}
+    group = replace(base, config=replace(base.config, **point))
+    client = MlflowClient(config["tracking_uri"])
+    params = {seed: group.member_params(seed, info["split_hash"], family) for seed in group.seeds}
+    run_ids, created = find_or_create_trial_runs(
+        client, info["experiment_id"], info["sweep_id"], info["parent_run_id"], tune.get_context().get_trial_id(),
+        {seed: group.run_name(seed) for seed in group.seeds}, params, group.grid_point, family.knob)
+    for seed in created:
+        run_id = run_ids[seed]
+        mlflow_ui.decorate_child(client, run_id, params[seed], info["source"], info["widths"], family.knob)
+    return group, run_ids
+
+
+def train_config_has_val(config: Any) -> bool:
+    """Whether the trial holds out a validation split (search sweeps and sweeps with a scheduler)."""
+    return bool(getattr(config, "val_fraction", 0.0))
+
+
 def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, family: Family | None = None) -> None:
     """Ray Tune function trainable. ``config``: trial {group: TrialGroup.to_dict(), run_ids: {seed: id}},
     tracking_uri, cpus, checkpoint_every. ``digits``: :func:`sweep.data.digits_arrays` (bound with
@@ -56,14 +87,22 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
     # Tune logs every checkpoint at INFO; one sweep makes hundreds.
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    group = TrialGroup.from_dict(config["trial"]["group"], family=family)
-    family = family or group.family
+    if "search" in config:  # a search sweep: the trial's configuration was sampled, its runs are made now
+        family = family or TrialGroup.from_dict(config["search"]["group"]).family
+        group, run_ids = _search_runs(config, family)
+    else:
+        group = TrialGroup.from_dict(config["trial"]["group"], family=family)
+        family = family or group.family
+        run_ids = {int(seed): run_id for seed, run_id in config["trial"]["run_ids"].items()}
     # Ray gives each trial `cpus` CPUs; more torch threads than that only fight over them.
     torch.set_num_threads(max(1, int(config["cpus"])))
     train_config = replace(group.config, device="cuda" if ray.get_gpu_ids() else "cpu")
     trainer = family.trainer(train_config, group.seeds, digits)
-    run_ids = {int(seed): run_id for seed, run_id in config["trial"]["run_ids"].items()}
-    logger = TrialRunLogger(config["tracking_uri"], run_ids, metric_names=family.metric_names)
+    validation = tuple(m.name for m in family.validation_metrics) if train_config_has_val(train_config) else ()
+    metric_names = (*family.metric_names, *validation)
+    logger = TrialRunLogger(config["tracking_uri"], run_ids, metric_names=metric_names)
+    # A scheduler compares trials at its rungs: every evaluation goes to Tune, not one a second.
+    report_all = bool(config.get("report_every_evaluation"))
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -94,10 +133,12 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
             break
         timing["yielded_unix"] = time.time()
         logger.add(evaluation)
-        metrics = {**_report_metrics(trainer, evaluation, logger, family.metric_names), **timing}
+        metrics = {**_report_metrics(trainer, evaluation, logger, metric_names), **timing}
         finished = trainer.step >= group.config.budget or not evaluation.records
         if position.get(evaluation.step, 0) % every and not finished:
-            if time.monotonic() - last_report >= REPORT_EVERY_S:
+            if report_all or time.monotonic() - last_report >= REPORT_EVERY_S:
+                if report_all:  # a scheduler may stop the trial at this report: its steps are in MLflow first
+                    logger.flush()
                 reporting = time.perf_counter()
                 tune.report(metrics)
                 timing["seconds_reporting"] += time.perf_counter() - reporting

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from models import ResNet
 from models.packed import PackedResNet, StemInputs
-from sweep.config import N_TRAIN, TrainConfig
+from sweep.config import TrainConfig
 from sweep.data import Digits, load_for_config
 from sweep.names import METRICS
 from sweep.records import Evaluation
@@ -54,9 +54,14 @@ class MetricRecord:
     generalization_gap: float
     minibatch_loss: float
     train_error_clean: float
+    val_error: float | None = None  # on the validation split; None without one (grids)
+    val_loss: float | None = None
 
     def metrics(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in METRICS}
+        out = {k: getattr(self, k) for k in METRICS}
+        if self.val_error is not None:
+            out |= {"val_error": self.val_error, "val_loss": self.val_loss}
+        return out
 
 
 def init_model(C: int, seed: int, dtype: torch.dtype = torch.float32) -> ResNet:
@@ -200,11 +205,12 @@ class Trainer:
         is where checkpoints are taken.
         """
         k, b = self.config.updates_per_step, self.config.batch_size
+        n_train = len(self.data.y_train)  # 898, less the validation split when there is one
         if k == 1:  # a sample without replacement per step: n_steps * S rows drawn at once
             uniforms = np.stack([g.random((n_steps, b)) for g in self.generators], axis=1)  # (n_steps, S, b)
-            order = draw_minibatches(uniforms.reshape(-1, b), N_TRAIN).reshape(n_steps, 1, len(self.seeds), b)
+            order = draw_minibatches(uniforms.reshape(-1, b), n_train).reshape(n_steps, 1, len(self.seeds), b)
         else:  # whole shuffles, cut into k minibatches
-            keys = np.stack([g.random((n_steps, N_TRAIN)) for g in self.generators], axis=1)  # (n_steps, S, 898)
+            keys = np.stack([g.random((n_steps, n_train)) for g in self.generators], axis=1)  # (n_steps, S, 898)
             order = np.argsort(keys, axis=2, kind="stable")[:, :, : k * b].reshape(n_steps, len(self.seeds), k, b)
             order = order.transpose(0, 2, 1, 3)
         return torch.from_numpy(np.ascontiguousarray(order)).to(self.device)
@@ -297,6 +303,12 @@ class Trainer:
             per_split.append((_error_rates(predictions[-1], ys), loss.mean(dim=1).tolist()))
         (train_err, train_loss), (test_err, test_loss) = per_split
         train_err_clean = train_err if d.n_flipped == 0 else _error_rates(predictions[0], d.y_train_clean)
+        val_err: list[float | None] = [None] * len(self.seeds)
+        val_loss: list[float | None] = [None] * len(self.seeds)
+        if d.x_val is not None:
+            logits = self.model(d.x_val)
+            loss = F.cross_entropy(logits.transpose(1, 2), d.y_val.expand(logits.shape[0], -1), reduction="none")
+            val_err, val_loss = _error_rates(logits.argmax(dim=2), d.y_val), loss.mean(dim=1).tolist()
         return [
             MetricRecord(
                 seed=self.seeds[i],
@@ -308,6 +320,8 @@ class Trainer:
                 generalization_gap=test_err[i] - train_err[i],
                 minibatch_loss=float(minibatch_losses[i]),
                 train_error_clean=train_err_clean[i],
+                val_error=val_err[i],
+                val_loss=val_loss[i],
             )
             for i in self._live()
         ]
