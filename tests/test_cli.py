@@ -72,6 +72,43 @@ CASES = [
     (["run", "smoke", "--set", "data.label_noise=[0,1.5]"], ["'data.label_noise[1]'", "less than 1"]),
 ]
 
+# issue 14: the search block, refused before Ray starts. A random search of lr on smoke's C=[1, 4] grid.
+_RANDOM = ["--set", "search.algorithm=random", "--set", "search.num_samples=2"]
+_LR = ["--set", "search.space={lr: {loguniform: [0.001, 1]}}"]
+SEARCH_CASES = [
+    (["run", "smoke", "--set", "search.algorithm=bayes"], ["'search.algorithm'", "'bayes'", "'random' or 'optuna'"]),
+    (["run", "smoke", "--set", "search.scheduler=hyperband"], ["'search.scheduler'", "'fifo' or 'asha'"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {normal: [0, 1]}}"],
+     ["unknown distribution 'normal'", "loguniform, uniform, randint, choice"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {uniform: [0.5, 0.5]}}"],
+     ["search.space.lr.uniform", "low 0.5 must be below high 0.5"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {uniform: [1, 0.1]}}"], ["low 1 must be below high 0.1"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {loguniform: [0, 1]}}"],
+     ["search.space.lr.loguniform", "low 0 must be > 0"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={width: {uniform: [1, 2]}}"],
+     ["'width' is not a searchable key of family resnet", "lr, batch_size"]),
+    (["run", "smoke", *_LR, "--set", "search.algorithm=random", "--set", "search.num_samples=0"],
+     ["search.num_samples must be an integer > 0"]),
+    (["run", "smoke", *_LR, "--set", "search.algorithm=random", "--set", "search.num_samples=-3"],
+     ["search.num_samples must be an integer > 0"]),
+    (["run", "smoke", *_RANDOM, *_LR, "--set", "data.val_fraction=0"], ["'data.val_fraction'", "greater than 0"]),
+    (["run", "smoke", *_RANDOM, *_LR, "--set", "data.val_fraction=0.6"], ["'data.val_fraction'", "0.5"]),
+    (["run", "smoke", *_RANDOM, *_LR, "--set", "search.metric=test_error"],
+     ["search.metric 'test_error' is not a validation metric", "val_error, val_loss"]),
+    (["run", "smoke", *_RANDOM, *_LR, "--set", "search.metric=accuracy"], ["search.metric 'accuracy'"]),
+    (["run", "smoke", "--set", "search.algorithm=optuna", *_LR], ["optuna cannot take grid lists (C)"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {loguniform: [0.001, 1]}}", "--set", "lr=[0.1,0.2]"],
+     ["'lr' is given both as a grid list and in search.space"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={batch_size: {choice: [32, 800]}}"],
+     ["search.space.batch_size reaches 800", "718 images"]),
+    (["run", "smoke", *_RANDOM, "--set", "model.C=2", "--set", "search.space={C: {uniform: [1, 8]}}"],
+     ["search.space.C takes integers"]),
+    (["run", "smoke", *_RANDOM], ["search.algorithm random needs a search.space"]),
+    (["run", "em", "--set", "search.scheduler=asha"],
+     ["family bernoulli_mixture logs no validation metric", "cannot be searched"]),
+]
+CASES += SEARCH_CASES
+
 
 @pytest.mark.parametrize(("argv", "expected"), CASES, ids=[" ".join(c[0][1:]) for c in CASES])
 def test_bad_input_exits_2_with_one_line(no_compute, capsys, argv, expected):

@@ -1,0 +1,175 @@
+"""Search sweeps (issue 14) on real Ray and a real MLflow sqlite store, tiny budgets; and the validation split.
+
+Expected values are worked out from the MLflow record independently of the driver (the best configuration is
+recomputed from each run's final val_error), or are properties (distinct samples, steps below the budget).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+from mlflow import MlflowClient
+
+from sweep import data, driver
+from sweep.config import N_TRAIN, TrainConfig
+from sweep.data import load_digits_split, split_indices, val_positions
+from tests.conftest import histories, run_sweep
+
+LR = "search.space={lr: {loguniform: [0.001, 1]}}"
+
+
+def by_trial(sweep: driver.Sweep) -> dict[str, list]:
+    """Tune trial id -> its runs (one per seed)."""
+    out: dict[str, list] = defaultdict(list)
+    for run in driver.trial_runs(sweep):
+        out[run.data.tags["tune_trial_id"]].append(run)
+    return out
+
+
+def final(client: MlflowClient, run, key: str) -> tuple[int, float]:
+    return histories(client, run.info.run_id, key)[-1]
+
+
+# -- the validation split (no Ray) ---------------------------------------------------------------------
+
+def test_validation_split_is_held_out_of_the_training_half_only():
+    n_val = round(0.2 * N_TRAIN)
+    d = load_digits_split(split_seed=3, n_val=n_val)
+    images, labels = data.digits_arrays()
+    train_idx, test_idx = split_indices(3)
+    held = train_idx[val_positions(3, n_val)]
+    assert d.x_val.shape == (n_val, 1, 8, 8) and len(d.y_train) == N_TRAIN - n_val == 718
+    assert np.array_equal(d.y_val.numpy(), labels[held])
+    assert np.array_equal(d.x_val.numpy(), images[held].astype(np.float32))
+    # the training images are the rest of the training half, in split order; the test half is untouched
+    kept = [i for i in train_idx if i not in set(held)]
+    assert np.array_equal(d.y_train.numpy(), labels[kept])
+    assert np.array_equal(d.y_test.numpy(), labels[test_idx])
+    assert len(set(held)) == n_val and not set(held) & set(test_idx)
+    # drawn by split_seed alone: another split seed holds out other images
+    assert not np.array_equal(val_positions(3, n_val), val_positions(4, n_val))
+
+
+def test_grids_have_no_validation_split():
+    d = load_digits_split(split_seed=0)
+    assert d.x_val is None and len(d.y_train) == N_TRAIN
+    assert TrainConfig(C=1).n_train == N_TRAIN and TrainConfig(C=1, val_fraction=0.2).n_train == 718
+
+
+def test_trainer_logs_val_metrics_only_with_a_split():
+    from sweep.trainer import Trainer
+
+    plain = next(Trainer(TrainConfig(C=1, budget=5, eval_every=5), [0]).run()).records[0].metrics()
+    split = next(Trainer(TrainConfig(C=1, budget=5, eval_every=5, val_fraction=0.2), [0]).run()).records[0]
+    assert "val_error" not in plain
+    assert 0 <= split.val_error <= 1 and split.val_loss > 0
+    # val_error counts mistakes on the 180 held-out images: a multiple of 1/180
+    assert abs(split.val_error * 180 - round(split.val_error * 180)) < 1e-9
+
+
+# -- real Ray, real MLflow -------------------------------------------------------------------------------
+
+def test_random_search_six_samples(ray_local, tmp_path):
+    sweep = run_sweep(tmp_path, "smoke", "--no-analyze", "--set", "model.C=1", "--set", "budget=20",
+                      "--set", "search.algorithm=random", "--set", "search.num_samples=6", "--set", LR)
+    client = MlflowClient(sweep.tracking_uri)
+    trials = by_trial(sweep)
+    assert len(trials) == 6
+    lrs = set()
+    mean_val = {}
+    for runs in trials.values():
+        assert sorted(int(r.data.params["seed"]) for r in runs) == [0, 1]  # both seeds packed in one trial
+        (lr,) = {r.data.params["lr"] for r in runs}
+        lrs.add(lr)
+        assert 0.001 <= float(lr) <= 1
+        for r in runs:
+            assert r.info.status == "FINISHED"
+            assert r.info.run_name == f"C=1 lr={lr} seed={r.data.params['seed']}"
+            assert r.data.params["val_fraction"] == "0.2"
+            assert [s for s, _ in histories(client, r.info.run_id, "val_error")] == [10, 20]
+        mean_val[lr] = np.mean([final(client, r, "val_error")[1] for r in runs])
+    assert len(lrs) == 6  # six distinct configurations
+    parent = client.get_run(sweep.parent_run_id)
+    assert json.loads(parent.data.tags["sweep.axes"]) == ["C", "lr"]
+    best = json.loads(parent.data.tags["best_config"])
+    assert set(best) == {"lr"} and parent.data.params["best.lr"] == str(best["lr"])
+    assert mean_val[str(best["lr"])] == min(mean_val.values())  # selected on validation error alone
+    best_runs = {r.info.run_id for r in trials[next(t for t, rs in trials.items()
+                                                      if rs[0].data.params["lr"] == str(best["lr"]))]}
+    assert set(json.loads(parent.data.tags["best_run_ids"])) == best_runs
+
+
+def test_asha_stops_the_worse_trial(ray_local, tmp_path):
+    """Grid order, one trial at a time: lr=0.5 reaches rung 30 first; lr=1e-6 (barely moves from its
+    initialisation) is then below the rung's cutoff and must be stopped there."""
+    sweep = run_sweep(tmp_path, "smoke", "--no-analyze", "--set", "model.C=4", "--set", "budget=60",
+                      "--set", "lr=[0.5,0.000001]", "--set", "max_concurrent_trials=1",
+                      "--set", "search.scheduler=asha", "--set", "search.grace_period=30",
+                      "--set", "search.reduction_factor=2")
+    client = MlflowClient(sweep.tracking_uri)
+    runs = driver.trial_runs(sweep)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # none FAILED
+    stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
+    assert {r.data.params["lr"] for r in stopped} == {"1e-06"}
+    for r in stopped:
+        steps = [s for s, _ in histories(client, r.info.run_id, "val_error")]
+        assert steps[-1] == int(r.data.tags["stopped_at_step"]) == 30 < 60
+    for r in runs:
+        if r not in stopped:
+            assert [s for s, _ in histories(client, r.info.run_id, "val_error")][-1] == 60
+    assert json.loads(client.get_run(sweep.parent_run_id).data.tags["best_config"]) == {"C": 4, "lr": 0.5}
+
+
+def test_optuna_four_samples(ray_local, tmp_path):
+    sweep = run_sweep(tmp_path, "smoke", "--no-analyze", "--set", "model.C=1", "--set", "seeds=1",
+                      "--set", "budget=20", "--set", "search.algorithm=optuna", "--set", "search.num_samples=4",
+                      "--set", "search.space={lr: {loguniform: [0.001, 1]}, batch_size: {choice: [16, 64]}}")
+    client = MlflowClient(sweep.tracking_uri)
+    trials = by_trial(sweep)
+    assert len(trials) == 4
+    for (run,) in trials.values():
+        assert run.info.status == "FINISHED"
+        assert run.data.params["batch_size"] in ("16", "64")
+        assert run.info.run_name == f"C=1 lr={run.data.params['lr']} batch_size={run.data.params['batch_size']} seed=0"
+    parent = client.get_run(sweep.parent_run_id)
+    assert parent.info.status == "FINISHED" and set(json.loads(parent.data.tags["best_config"])) == {"lr", "batch_size"}
+
+
+def _random_test_labels(arrays):
+    """The digits with every test-half label (split seed 0) replaced by a random class."""
+    images, labels = arrays
+    labels = labels.copy()
+    _, test_idx = split_indices(0)
+    labels[test_idx] = np.random.default_rng(123).integers(0, 10, size=len(test_idx))
+    return images, labels
+
+
+def test_selection_is_blind_to_the_test_half(ray_local, tmp_path, monkeypatch):
+    """The same random search with ASHA twice, the second with random test labels (handed to the trials via
+    the data set the driver ships): same samples, same stops, same best; different test errors."""
+    args = ["--no-analyze", "--set", "model.C=2", "--set", "budget=40", "--set", "max_concurrent_trials=1",
+            "--set", "search.algorithm=random", "--set", "search.num_samples=4", "--set", "search.seed=7",
+            "--set", LR, "--set", "search.scheduler=asha", "--set", "search.grace_period=10",
+            "--set", "search.reduction_factor=2"]
+
+    def outcome(sweep):
+        client = MlflowClient(sweep.tracking_uri)
+        steps, tests = {}, {}
+        for r in driver.trial_runs(sweep):
+            key = (r.data.params["lr"], r.data.params["seed"])
+            steps[key] = final(client, r, "val_error")[0]
+            tests[key] = final(client, r, "test_error")[1]
+        return steps, tests, client.get_run(sweep.parent_run_id).data.tags["best_config"]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    steps_a, tests_a, best_a = outcome(run_sweep(tmp_path / "a", "smoke", *args))
+    real = data.digits_arrays()
+    monkeypatch.setattr(data, "digits_arrays", lambda: _random_test_labels(real))
+    steps_b, tests_b, best_b = outcome(run_sweep(tmp_path / "b", "smoke", *args))
+    assert len(steps_a) == 8
+    assert steps_a == steps_b and best_a == best_b
+    assert tests_a != tests_b  # the test labels did change what was logged
+    assert min(steps_a.values()) < 40  # the scheduler did decide something
