@@ -16,6 +16,7 @@ from analysis.aggregate import Aggregates, aggregate
 from analysis.load import SkippedTrial, SweepData, find_parent_run, load_sweep, make_client
 from analysis.plots import plot_complexity, plot_curves, plot_heatmap
 from analysis.report import trend_sentences, write_summary_csv, write_summary_md
+from analysis.search import SEARCH_FILES, analyze_search
 from sweep.mlflow_ui import set_findings
 from sweep.names import ANALYSIS_ARTIFACT_DIR, TAG_FAMILY, TAG_SWEEP_ID
 
@@ -155,6 +156,15 @@ def analyze(
     write_summary_md(agg.summary, sentences, out_dir / "summary.md", sweep_id=name, header=header,
                      skipped=data.skipped, axes=axes, x=x)
     files = {f: out_dir / f for f in OUTPUT_FILES}
+    search_sentences, search_figures = analyze_search(client, data.parent, out_dir)
+    if search_sentences:  # a search sweep (issue 14): search.png and a Search section
+        figures.update(search_figures)
+        files.update({f: out_dir / f for f in SEARCH_FILES})
+        with open(out_dir / "summary.md", "a", encoding="utf-8") as md:
+            md.write("\n## Search\n\n" + "".join(f"- {s}\n" for s in search_sentences)
+                     + "\n`analysis/search.png`: the search metric against trial start order with the best so far; "
+                     "each searched key against it (log axis for loguniform keys); with ASHA, trials per rung.\n")
+        sentences = [*search_sentences, *sentences]
     artifact_uri = _log(client, data, files, sentences) if log_artifacts else None
     return AnalysisResult(
         sweep_id=name, parent_run_id=data.parent.info.run_id, out_dir=out_dir, files=files,
