@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import shutil
 import sys
@@ -173,7 +174,9 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
     print_next_steps(sweep.sweep_id, sweep.tracking_uri, analyzed=analyzed,
                      experiment_id=sweep.experiment_id)
     # A diverged trial is a finding, reported in the table; a trial Ray gave up on is an error.
-    if any(row["status"] != "FINISHED" and not row["failure_reason"].startswith("diverged") for row in rows):
+    # A superseded run (a search trial lost with a killed driver, its configuration trained again) is neither.
+    if any(row["status"] != "FINISHED" and not row["failure_reason"].startswith(("diverged", "superseded"))
+           for row in rows):
         sys.exit(1)
 
 
@@ -321,6 +324,9 @@ COMMANDS = {"presets": cmd_presets, "train": cmd_train, "run": cmd_run, "resume"
 
 
 def main(argv: list[str] | None = None) -> None:
+    # MLflow draws a progress bar on stderr for every artifact download once tqdm is installed (optuna brings
+    # it): it would break the one-line errors and clutter `sweep resume`/`analyze`.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)

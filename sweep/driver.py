@@ -318,7 +318,8 @@ def _search_tuner(sweep: Sweep, slots: int) -> Any:
     if sweep.searched:
         info = {"group": sweep.trials[0]["group"], "sweep_id": sweep.sweep_id, "experiment_id": sweep.experiment_id,
                 "parent_run_id": sweep.parent_run_id, "source": sweep.source,
-                "split_hash": split_hash(spec.split_seed), "widths": search.knob_values(spec)}
+                "split_hash": split_hash(spec.split_seed), "widths": search.knob_values(spec),
+                "metric": spec.search.metric}
         param_space = {"search": info, "point": search.tune_space(spec), **common}
         num_samples = spec.search.num_samples
         search_alg = search.searcher(spec, slots)
@@ -389,6 +390,8 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
             reason = f"trial failed after {sweep.spec.max_failures} retries: {str(result.error).splitlines()[0]}"
             run_ids = trial_run_ids(client, sweep.experiment_id, sweep.sweep_id, _trial_id(result), result.config)
             tracking.end_unfinished_runs(client, run_ids, reason[:4000])
+    if sweep.searched:
+        end_superseded_runs(sweep, results)
     if sweep.spec.search.active:
         record_best(sweep, results)
     runs = trial_runs(sweep)
@@ -414,7 +417,32 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
 
 
 def _trial_id(result: Any) -> str:
-    return str((result.metrics or {}).get("trial_id", ""))
+    """The Tune trial whose runs hold a result: its own, or the one whose finished runs it reused."""
+    metrics = result.metrics or {}
+    return str(metrics.get("reused_from") or metrics.get("trial_id", ""))
+
+
+def end_superseded_runs(sweep: Sweep, results: Any) -> list[str]:
+    """A search sweep's runs of Tune trials that are not in the results: the first runs of configurations Ray
+    re-suggested under new trial ids after a driver restart. They end KILLED, tagged ``superseded`` with a
+    reason, so nothing stays RUNNING and the analysis (FINISHED runs only) counts each configuration once."""
+    from mlflow import MlflowClient
+
+    from sweep import tracking
+    from sweep.search import TAG_SUPERSEDED, TAG_TUNE_TRIAL
+
+    client = MlflowClient(sweep.tracking_uri)
+    live = {str((r.metrics or {}).get("trial_id", "")) for r in results}
+    ended = []
+    for run in trial_runs(sweep):
+        trial = run.data.tags.get(TAG_TUNE_TRIAL)
+        if trial and trial not in live and run.info.status in ("RUNNING", "SCHEDULED"):
+            reason = (f"superseded: Tune trial {trial} was lost with the driver; its configuration was "
+                      "suggested again under another trial id after `sweep resume`")
+            tracking.log_params(client, run.info.run_id, {}, tags={TAG_SUPERSEDED: "true", TAG_FAILURE: reason})
+            tracking.with_retry(client.set_terminated, run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def best_result(sweep: Sweep, results: Any) -> Any:

@@ -53,6 +53,8 @@ class EndStoppedTrials(tune.Callback):
         step = last.get("step")
         if step is None or step >= trial_budget(trial.config) or not last.get("live_members"):
             return  # finished its budget (the trainable ended its runs), or every member diverged
+        if last.get("reused_from"):
+            return  # it trained nothing: the finished runs it reported are ended already
         client = MlflowClient(self.tracking_uri)
         for run_id in trial_run_ids(client, self.experiment_id, self.sweep_id, trial.trial_id, trial.config):
             run = with_retry(client.get_run, run_id)

@@ -48,6 +48,12 @@ def _report_metrics(trainer: Trainer, evaluation: Evaluation, logger: TrialRunLo
     return metrics
 
 
+def _plain(point: dict[str, Any]) -> dict[str, Any]:
+    """Tune hands numpy scalars for randint; params and names want plain numbers."""
+    return {k: (int(v) if isinstance(v, numbers.Integral) else float(v) if isinstance(v, numbers.Real) else v)
+            for k, v in point.items()}
+
+
 def _search_runs(config: dict[str, Any], family: Family) -> tuple[TrialGroup, dict[int, str]]:
     """A search trial's group (the base config with the sampled ``point`` values) and its runs, found or made
     now (:func:`sweep.tracking.find_or_create_trial_runs`)."""
@@ -58,10 +64,7 @@ def _search_runs(config: dict[str, Any], family: Family) -> tuple[TrialGroup, di
 
     info = config["search"]
     base = TrialGroup.from_dict(info["group"], family=family)
-    # Tune hands numpy scalars for randint; params and names want plain numbers.
-    point = {k: (int(v) if isinstance(v, numbers.Integral) else float(v) if isinstance(v, numbers.Real) else v)
-             for k, v in config["point"].items()}
-    group = replace(base, config=replace(base.config, **point))
+    group = replace(base, config=replace(base.config, **_plain(config["point"])))
     client = MlflowClient(config["tracking_uri"])
     params = {seed: group.member_params(seed, info["split_hash"], family) for seed in group.seeds}
     run_ids, created = find_or_create_trial_runs(
@@ -78,6 +81,42 @@ def train_config_has_val(config: Any) -> bool:
     return bool(getattr(config, "val_fraction", 0.0))
 
 
+def _finished_elsewhere(config: dict[str, Any], group: TrialGroup, metric_names: tuple[str, ...]
+                        ) -> dict[str, Any] | None:
+    """A search trial whose configuration already has a complete FINISHED set of runs under another Tune trial:
+    what that set reported last (mean over seeds), else None.
+
+    After a driver SIGKILL, Ray re-suggests under new trial ids the configurations it had started after its
+    last experiment-state save; one that finished meanwhile must not train (and count) twice. Training is
+    deterministic per (configuration, seed), so the finished set's numbers are what this trial would get.
+    """
+    from mlflow import MlflowClient
+
+    from sweep.filters import and_, tag_equals
+    from sweep.names import TAG_GRID_POINT, TAG_SWEEP_ID
+    from sweep.search import TAG_TUNE_TRIAL
+    from sweep.tracking import with_retry
+
+    info = config["search"]
+    client = MlflowClient(config["tracking_uri"])
+    query = and_(tag_equals(TAG_SWEEP_ID, info["sweep_id"]), tag_equals(TAG_GRID_POINT, group.grid_point))
+    me = tune.get_context().get_trial_id()
+    sets: dict[str, list[Any]] = {}
+    for run in with_retry(client.search_runs, [info["experiment_id"]], query, max_results=1000):
+        trial = run.data.tags.get(TAG_TUNE_TRIAL)
+        if trial and trial != me and run.info.status == "FINISHED":
+            sets.setdefault(trial, []).append(run)
+    for trial, runs in sets.items():
+        if sorted(int(r.data.tags["seed"]) for r in runs) != sorted(group.seeds):
+            continue
+        step = min(max(m.step for m in client.get_metric_history(r.info.run_id, info["metric"])) for r in runs)
+        metrics = {key: sum(r.data.metrics[key] for r in runs) / len(runs)
+                   for key in metric_names if all(key in r.data.metrics for r in runs)}
+        return {**metrics, "step": step, "progress": step / group.config.budget, "live_members": len(runs),
+                "reused_from": trial}
+    return None
+
+
 def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, family: Family | None = None) -> None:
     """Ray Tune function trainable. ``config``: trial {group: TrialGroup.to_dict(), run_ids: {seed: id}},
     tracking_uri, cpus, checkpoint_every. ``digits``: :func:`sweep.data.digits_arrays` (bound with
@@ -89,6 +128,13 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
         logging.getLogger(name).setLevel(logging.WARNING)
     if "search" in config:  # a search sweep: the trial's configuration was sampled, its runs are made now
         family = family or TrialGroup.from_dict(config["search"]["group"]).family
+        names = (*family.metric_names, *(m.name for m in family.validation_metrics))
+        base = TrialGroup.from_dict(config["search"]["group"], family=family)
+        done = _finished_elsewhere(config, replace(base, config=replace(base.config, **_plain(config["point"]))),
+                                   names)
+        if done is not None:
+            tune.report(done)
+            return
         group, run_ids = _search_runs(config, family)
     else:
         group = TrialGroup.from_dict(config["trial"]["group"], family=family)

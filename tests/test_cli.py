@@ -179,7 +179,8 @@ def test_console_script_exit_code_and_stderr(tmp_path):
 def test_presets_listed_one_line_each(capsys):
     cli.main(["presets"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["double-descent", "em", "hw2", "hw2-epochs", "smoke", "width"]
+    assert [ln.split()[0] for ln in lines] == ["double-descent", "em", "hw2", "hw2-epochs", "search-lr", "smoke",
+                                               "width"]
     assert all(len(ln.split(maxsplit=1)[1]) > 20 for ln in lines)
 
 

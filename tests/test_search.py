@@ -10,6 +10,7 @@ import json
 from collections import defaultdict
 
 import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 
 from sweep import data, driver
@@ -100,6 +101,16 @@ def test_random_search_six_samples(ray_local, tmp_path):
                                                       if rs[0].data.params["lr"] == str(best["lr"]))]}
     assert set(json.loads(parent.data.tags["best_run_ids"])) == best_runs
 
+    from analysis import analyze
+
+    result = analyze(sweep.sweep_id, sweep.tracking_uri, tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "search.csv")
+    assert len(table) == 6 and list(table["order"]) == [1, 2, 3, 4, 5, 6]
+    assert sorted(table["lr"]) == sorted(float(v) for v in lrs)
+    assert "search" in result.figures and (tmp_path / "out" / "search.png").stat().st_size > 0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Search" in summary and f"lr={best['lr']:g}, val_error {min(mean_val.values()):.3f}" in summary
+
 
 def test_asha_stops_the_worse_trial(ray_local, tmp_path):
     """Grid order, one trial at a time: lr=0.5 reaches rung 30 first; lr=1e-6 (barely moves from its
@@ -173,3 +184,72 @@ def test_selection_is_blind_to_the_test_half(ray_local, tmp_path, monkeypatch):
     assert steps_a == steps_b and best_a == best_b
     assert tests_a != tests_b  # the test labels did change what was logged
     assert min(steps_a.values()) < 40  # the scheduler did decide something
+
+
+LONG_SEARCH = """name: longsearch
+model: {C: 2}
+seeds: [0]
+budget: 1500
+eval_every: 25
+checkpoint_every: 6
+max_concurrent_trials: 1
+search: {algorithm: random, num_samples: 3, seed: 1, space: {lr: {loguniform: [0.01, 0.5]}}}
+"""
+
+
+def test_killed_driver_then_resume_finishes_the_search(tmp_path):
+    """SIGKILL the driver (and its Ray) while the second configuration trains, then `sweep resume`: the search
+    ends with its three configurations, each with exactly one FINISHED run, nothing left RUNNING, and the
+    analysis counting each configuration once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "long.yaml").write_text(LONG_SEARCH)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "sweep.cli"]
+    proc = subprocess.Popen([*cmd, "run", "long.yaml", "--no-analyze"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = MlflowClient(uri)
+
+    def second_trial_under_way() -> bool:
+        try:
+            trials = by_trial(driver.load_sweep(None, uri))
+        except Exception:  # noqa: BLE001 - the store or the sweep does not exist yet
+            return False
+        return len(trials) >= 2 and any(
+            r.info.status == "RUNNING" and len(client.get_metric_history(r.info.run_id, "val_error")) >= 8
+            for runs in trials.values() for r in runs)
+
+    try:
+        deadline = time.monotonic() + 300
+        while not second_trial_under_way():
+            assert time.monotonic() < deadline, "the second configuration never started"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait(timeout=30)
+    sweep = driver.load_sweep(None, uri)
+    assert client.get_run(sweep.parent_run_id).info.status == "RUNNING"
+
+    resumed = subprocess.run([*cmd, "resume", sweep.sweep_id], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
+    runs = driver.trial_runs(sweep)
+    assert not [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
+    finished: dict[str, list] = defaultdict(list)
+    for r in runs:
+        if r.info.status == "FINISHED":
+            finished[r.data.tags["grid_point"]].append(r)
+        else:  # a configuration re-suggested after the restart: its first run, ended with a reason
+            assert r.info.status == "KILLED" and r.data.tags["failure_reason"].startswith("superseded")
+    assert len(finished) == 3 and all(len(v) == 1 for v in finished.values())
+    for (run,) in finished.values():
+        assert [s for s, _ in histories(client, run.info.run_id, "val_error")] == list(range(25, 1501, 25))
+    table = pd.read_csv(tmp_path / "sweep_results" / sweep.sweep_id / "search.csv")
+    assert sorted(table["grid_point"]) == sorted(finished)

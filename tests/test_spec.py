@@ -8,7 +8,7 @@ from sweep.spec import SpecError, apply_overrides, load_spec, preset_names
 
 
 def test_presets_match_the_issue():
-    assert preset_names() == ["double-descent", "em", "hw2", "hw2-epochs", "smoke", "width"]
+    assert preset_names() == ["double-descent", "em", "hw2", "hw2-epochs", "search-lr", "smoke", "width"]
     hw2, _ = load_spec("hw2")
     assert (hw2.model.C, hw2.seed_list, hw2.protocol, hw2.budget, hw2.lr, hw2.batch_size) == (
         [1, 2, 4, 64], [0, 1, 2, 3, 4], "handout", 4000, 0.1, 128)
@@ -23,6 +23,14 @@ def test_presets_match_the_issue():
         [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64], [0.0, 0.2], [0, 1, 2], "handout", 4000)
     assert dd.axes == ("C", "label_noise") and len(dd.configs()) == 12 * 2
     assert all(p.data.label_noise == 0.0 and p.axes == ("C",) for p in (hw2, epochs, width, smoke))
+    assert all(p.search.algorithm == "grid" and not p.search.active for p in (hw2, epochs, width, smoke, dd))
+    search, _ = load_spec("search-lr")  # issue 14
+    s = search.search
+    assert (search.model.C, search.seed_list, search.budget, search.data.val_fraction) == (4, [0, 1, 2], 4000, 0.2)
+    assert (s.algorithm, s.num_samples, s.scheduler, s.grace_period, s.metric, s.mode) == (
+        "optuna", 24, "asha", 250, "val_error", "min")
+    assert s.space == {"lr": {"loguniform": [0.001, 1]}, "batch_size": {"choice": [32, 64, 128, 256]}}
+    assert search.axes == ("C", "lr", "batch_size") and search.configs()[0].val_fraction == 0.2
 
 
 def test_overrides_parse_yaml_values_and_nested_keys():
