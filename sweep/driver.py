@@ -419,7 +419,16 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
 def _trial_id(result: Any) -> str:
     """The Tune trial whose runs hold a result: its own, or the one whose finished runs it reused."""
     metrics = result.metrics or {}
-    return str(metrics.get("reused_from") or metrics.get("trial_id", ""))
+    return str(metrics.get("reused_from") or _own_trial_id(result))
+
+
+def _own_trial_id(result: Any) -> str:
+    """A result's Tune trial id: from its metrics, else (a trial that failed before reporting) from its folder,
+    named ``trial_<id>`` by the Tuner."""
+    metrics = result.metrics or {}
+    if metrics.get("trial_id"):
+        return str(metrics["trial_id"])
+    return Path(str(result.path)).name.removeprefix("trial_") if result.path else ""
 
 
 def end_superseded_runs(sweep: Sweep, results: Any) -> list[str]:
@@ -432,7 +441,7 @@ def end_superseded_runs(sweep: Sweep, results: Any) -> list[str]:
     from sweep.search import TAG_SUPERSEDED, TAG_TUNE_TRIAL
 
     client = MlflowClient(sweep.tracking_uri)
-    live = {str((r.metrics or {}).get("trial_id", "")) for r in results}
+    live = {_own_trial_id(r) for r in results}
     ended = []
     for run in trial_runs(sweep):
         trial = run.data.tags.get(TAG_TUNE_TRIAL)
