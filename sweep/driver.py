@@ -332,8 +332,9 @@ def _search_tuner(sweep: Sweep, slots: int) -> Any:
             metric=spec.search.metric, mode=spec.search.mode, num_samples=num_samples, search_alg=search_alg,
             scheduler=search.scheduler(spec),
             max_concurrent_trials=None if sweep.searched else spec.max_concurrent_trials,  # the searcher limits
-            # A stopped trial's actor must not be reused (an open Ray bug with ASHA and function trainables).
-            reuse_actors=False,
+            # Reuse a finished trial's worker (imports and data loaded) unless a scheduler can stop trials: a
+            # stopped trial's actor must not be reused (an open Ray bug with ASHA and function trainables).
+            reuse_actors=spec.search.scheduler == "fifo",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),
     )
