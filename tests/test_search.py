@@ -197,6 +197,45 @@ search: {algorithm: random, num_samples: 3, seed: 1, space: {lr: {loguniform: [0
 """
 
 
+def test_search_runs_are_made_once_per_trial_and_lost_trials_end_superseded(tmp_path):
+    """No Ray: runs keyed (sweep, Tune trial, seed) are found again, not made twice; after a resume, runs of a
+    trial id Tune no longer has (its configuration suggested again under a new id) end KILLED with a reason,
+    and finished runs are left alone."""
+    from types import SimpleNamespace
+
+    from sweep.spec import load_spec
+    from sweep.tracking import find_or_create_trial_runs
+
+    spec, _ = load_spec("smoke", ["model.C=2", "seeds=[0,1]", "search.algorithm=random", f"{LR}"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = driver.create_sweep(spec, "smoke", uri, str(tmp_path / "ray_results"))
+    client = MlflowClient(uri)
+    params = {s: {"C": 2, "seed": s, "lr": 0.01} for s in (0, 1)}
+    names = {s: f"C=2 lr=0.01 seed={s}" for s in (0, 1)}
+
+    def make(trial: str) -> tuple[dict[int, str], set[int]]:
+        return find_or_create_trial_runs(client, sweep.experiment_id, sweep.sweep_id, sweep.parent_run_id, trial,
+                                         names, params, "C=2 lr=0.01")
+
+    first, made = make("t1")
+    again, made_again = make("t1")
+    assert made == {0, 1} and made_again == set() and again == first
+    lost, _ = make("t2")
+    assert set(lost.values()).isdisjoint(first.values())
+    assert len(driver.trial_runs(sweep)) == 4
+    for run_id in first.values():
+        client.set_terminated(run_id, "FINISHED")
+    results = [SimpleNamespace(metrics={"trial_id": "t1"}, path=None),
+               SimpleNamespace(metrics={}, path=str(tmp_path / "ray_results" / "trial_t3"))]
+    ended = driver.end_superseded_runs(sweep, results)
+    assert sorted(ended) == sorted(lost.values())
+    for run_id in lost.values():
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags["superseded"] == "true"
+        assert run.data.tags["failure_reason"].startswith("superseded")
+    assert {client.get_run(r).info.status for r in first.values()} == {"FINISHED"}
+
+
 def test_killed_driver_then_resume_finishes_the_search(tmp_path):
     """SIGKILL the driver (and its Ray) while the second configuration trains, then `sweep resume`: the search
     ends with its three configurations, each with exactly one FINISHED run, nothing left RUNNING, and the
@@ -207,7 +246,8 @@ def test_killed_driver_then_resume_finishes_the_search(tmp_path):
     import sys
     import time
 
-    (tmp_path / "long.yaml").write_text(LONG_SEARCH)
+    # No checkpoint before a trial's end: the interrupted trial restarts from scratch and must find its runs.
+    (tmp_path / "long.yaml").write_text(LONG_SEARCH.replace("checkpoint_every: 6", "checkpoint_every: 1000"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env.pop("RAY_ADDRESS", None)
