@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -32,7 +29,7 @@ from sweep.plan import plan_trials
 from sweep.records import Evaluation, MetricRecord
 from sweep.spec import SpecError, load_spec
 from sweep.spec_base import CommonSpec, PositiveInt, Strict
-from tests.conftest import histories, run_sweep
+from tests.conftest import histories, kill_worker_when_logged, run_sweep
 from tests.test_cli import no_compute, run_cli  # noqa: F401  (no_compute is a fixture)
 
 MIXTURE_METRICS = ("train_loglik", "test_loglik", "loglik_gap", "train_error", "test_error", "bic")
@@ -351,33 +348,12 @@ def test_em_smoke_sweep_through_ray_and_mlflow(ray_local, tmp_path):
 def test_killed_mixture_trial_resumes_with_every_iteration_once(ray_local, tmp_path):
     """Issue 6's rules for the mixture: SIGKILL the worker after some evaluations reached MLflow; the trial
     continues the same run from its checkpoint and every step appears once, with the uninterrupted values."""
-    from tests.test_faults import wait_for
-
     budget, every, K = 1500, 10, 400
     (tmp_path / "long.yaml").write_text(
         f"name: emlong\nmodel: {{family: bernoulli_mixture, K: {K}}}\nseeds: [0]\nbudget: {budget}\n"
         f"eval_every: {every}\ncheckpoint_every: 6\npack: 'off'\n")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    killed: dict[str, int] = {}
-
-    def killer() -> None:
-        client = MlflowClient(uri)
-
-        def progressed_run():
-            try:
-                runs = driver.trial_runs(driver.load_sweep(None, uri))
-            except Exception:
-                return None
-            return next((r for r in runs if TAG_WORKER_PID in r.data.tags
-                         and len(client.get_metric_history(r.info.run_id, "train_loglik")) >= 15), None)
-
-        run = wait_for(progressed_run, 300, "the trial to log 15 evaluations")
-        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
-        killed["steps_before"] = len(client.get_metric_history(run.info.run_id, "train_loglik"))
-        os.kill(killed["pid"], signal.SIGKILL)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = kill_worker_when_logged(uri, "train_loglik", 15)
     sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
     thread.join(timeout=10)
     assert killed.get("pid"), "the trial was never killed"

@@ -6,8 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from mlflow import MlflowClient
 from sweep import driver
 from sweep.names import METRICS, TAG_FAILURE, TAG_WORKER_PID
 from sweep.trainer import TrainConfig, Trainer
-from tests.conftest import histories, run_sweep
+from tests.conftest import histories, kill_worker_when_logged, run_sweep, wait_for
 
 LONG = "name: long\nmodel: {{C: {C}}}\nseeds: [0]\nbudget: 1500\neval_every: 25\ncheckpoint_every: 6\npack: 'off'\n"
 LONG_STEPS = list(range(25, 1501, 25))
@@ -38,16 +36,6 @@ def assert_complete_and_identical(client: MlflowClient, run_id: str, C: int, bud
         assert [v for _, v in history] == [m[key] for m in expected], key
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def logged_steps(client: MlflowClient, run) -> int:
     return len(client.get_metric_history(run.info.run_id, "train_error"))
 
@@ -55,26 +43,7 @@ def logged_steps(client: MlflowClient, run) -> int:
 def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
     (tmp_path / "long.yaml").write_text(LONG.format(C=4))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    killed: dict[str, int] = {}
-
-    def killer() -> None:
-        client = MlflowClient(uri)
-
-        def progressed_run():
-            try:
-                sweep = driver.load_sweep(None, uri)
-            except Exception:
-                return None
-            runs = driver.trial_runs(sweep)
-            return next((r for r in runs if TAG_WORKER_PID in r.data.tags and logged_steps(client, r) >= 15), None)
-
-        run = wait_for(progressed_run, 300, "the trial to log 15 evaluations")
-        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
-        killed["steps_before"] = logged_steps(client, run)
-        os.kill(killed["pid"], signal.SIGKILL)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = kill_worker_when_logged(uri, "train_error", 15)
     sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
     thread.join(timeout=10)
     assert killed.get("pid"), "the trial was never killed"
@@ -133,27 +102,11 @@ def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local,
     (tmp_path / "long.yaml").write_text(LONG.format(C=4).replace("checkpoint_every: 6", "checkpoint_every: 1000")
                                         .replace("budget: 1500", f"budget: {budget}"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    killed: dict[str, object] = {}
 
-    def killer() -> None:
-        client = MlflowClient(uri)
+    def checkpoints() -> dict:
+        return {"checkpoints": sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))}
 
-        def progressed_run():
-            try:
-                sweep = driver.load_sweep(None, uri)
-            except Exception:
-                return None
-            runs = driver.trial_runs(sweep)
-            return next((r for r in runs if TAG_WORKER_PID in r.data.tags and logged_steps(client, r) >= 1), None)
-
-        run = wait_for(progressed_run, 300, "the trial's first flush")
-        killed["checkpoints"] = sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))
-        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
-        killed["steps_before"] = logged_steps(client, run)
-        os.kill(int(killed["pid"]), signal.SIGKILL)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = kill_worker_when_logged(uri, "train_error", 1, before_kill=checkpoints)
     sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
     thread.join(timeout=10)
     assert killed.get("pid"), "the trial was never killed"
