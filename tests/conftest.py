@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -84,3 +86,37 @@ def kill_worker_when_logged(uri: str, metric: str, min_steps: int,
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     return thread, killed
+
+
+def run_then_kill_driver(folder: Path, spec_file: str, metric: str, min_steps: int) -> tuple[str, dict]:
+    """``sweep run SPEC_FILE --no-analyze`` as its own process (a fresh local Ray) in ``folder`` with the store
+    ``folder/mlflow.db``; SIGKILL it and its Ray once a trial has logged ``min_steps`` values of ``metric``.
+    Returns (tracking URI, environment for a later ``sweep resume``)."""
+    from sweep import driver
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec_file, "--no-analyze"], cwd=folder,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = MlflowClient(uri)
+
+    def progressed() -> bool:
+        try:
+            runs = driver.trial_runs(driver.load_sweep(None, uri))
+        except Exception:  # the sweep or its runs do not exist yet
+            return False
+        return any(len(client.get_metric_history(r.info.run_id, metric)) >= min_steps for r in runs)
+
+    try:
+        wait_for(progressed, 300, f"a trial to log {min_steps} values of {metric}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait(timeout=30)
+    return uri, env
+
+
+def resume(folder: Path, sweep_id: str, env: dict) -> subprocess.CompletedProcess:
+    """``sweep resume SWEEP_ID --no-analyze`` as its own process in ``folder``."""
+    return subprocess.run([sys.executable, "-m", "sweep.cli", "resume", sweep_id, "--no-analyze"], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=600)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from mlflow import MlflowClient
 from sweep import driver
 from sweep.names import METRICS, TAG_FAILURE, TAG_WORKER_PID
 from sweep.trainer import TrainConfig, Trainer
-from tests.conftest import histories, kill_worker_when_logged, run_sweep, wait_for
+from tests.conftest import histories, kill_worker_when_logged, resume, run_sweep, run_then_kill_driver
 
 LONG = "name: long\nmodel: {{C: {C}}}\nseeds: [0]\nbudget: 1500\neval_every: 25\ncheckpoint_every: 6\npack: 'off'\n"
 LONG_STEPS = list(range(25, 1501, 25))
@@ -59,32 +58,14 @@ def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
 
 def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
     (tmp_path / "long.yaml").write_text(LONG.format(C="[2, 4]") + "max_concurrent_trials: 1\n")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("RAY_ADDRESS", None)
-    sweep_cmd = [sys.executable, "-m", "sweep.cli"]
-    proc = subprocess.Popen([*sweep_cmd, "run", "long.yaml", "--no-analyze"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri, env = run_then_kill_driver(tmp_path, "long.yaml", "train_error", 15)
     client = MlflowClient(uri)
-    try:
-        def progressed():
-            try:
-                runs = driver.trial_runs(driver.load_sweep(None, uri))
-            except Exception:
-                return False
-            return any(logged_steps(client, r) >= 15 for r in runs)
-
-        wait_for(progressed, 300, "the first trial to log 15 evaluations")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait(timeout=30)
     sweep = driver.load_sweep(None, uri)
     statuses = sorted(r.info.status for r in driver.trial_runs(sweep))
     assert statuses != ["FINISHED", "FINISHED"], "the kill came too late to test anything"
     assert client.get_run(sweep.parent_run_id).info.status == "RUNNING"
 
-    resumed = subprocess.run([*sweep_cmd, "resume", sweep.sweep_id, "--no-analyze"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = resume(tmp_path, sweep.sweep_id, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
     runs = driver.trial_runs(sweep)
