@@ -6,7 +6,8 @@ MLflow layout of one sweep:
     ``git_commit``, ``host``, library versions, ``sweep.axes`` (JSON list of the grid's axis names, see
     below), ``sweep.knob`` (the model family's complexity knob, ``"C"`` for the ResNet, ``"K"`` for the
     Bernoulli mixture) and ``sweep.family`` (the family's name, :mod:`models.family`); params = the
-    resolved spec; artifact ``spec.yaml``; analysis outputs under the artifact folder ``analysis/``;
+    resolved spec, each key prefixed ``sweep.`` and None values left out (:mod:`sweep.mlflow_ui`);
+    artifact ``spec.yaml``; analysis outputs under the artifact folder ``analysis/``;
   * one child run per (grid point, seed). Its name lists ``<axis>=<value>`` for every axis of
     ``sweep.axes`` in that order, then ``seed=<seed>``, space-separated, values printed with Python's
     ``str()`` (``C=4 lr=0.05 seed=1``; ``C=4 seed=1`` when C is the only axis). Tags ``sweep_id``,

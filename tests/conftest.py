@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,3 +42,81 @@ def run_sweep(folder: Path, *args: str) -> driver.Sweep:
 
 def histories(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    """Poll ``predicate`` every 0.5 s until it returns something truthy (returned); AssertionError after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_worker_when_logged(uri: str, metric: str, min_steps: int,
+                            before_kill: Callable[[], dict] | None = None) -> tuple[threading.Thread, dict]:
+    """Start a thread that SIGKILLs the Ray worker of the first trial run of the latest sweep in ``uri`` to
+    have logged ``min_steps`` values of ``metric``. Returns (thread, killed): ``killed`` gets ``pid`` (the
+    worker's, from the run's ``ray.worker_pid`` tag), ``steps_before`` (values logged when it was killed)
+    and whatever ``before_kill()`` returns, called just before the kill."""
+    from sweep import driver
+    from sweep.names import TAG_WORKER_PID
+
+    killed: dict = {}
+
+    def progressed_run():
+        try:
+            runs = driver.trial_runs(driver.load_sweep(None, uri))
+        except Exception:  # the sweep or its runs do not exist yet
+            return None
+        return next((r for r in runs if TAG_WORKER_PID in r.data.tags
+                     and len(client.get_metric_history(r.info.run_id, metric)) >= min_steps), None)
+
+    def killer() -> None:
+        run = wait_for(progressed_run, 300, f"a trial to log {min_steps} values of {metric}")
+        killed.update(before_kill() if before_kill else {})
+        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
+        killed["steps_before"] = len(client.get_metric_history(run.info.run_id, metric))
+        os.kill(killed["pid"], signal.SIGKILL)
+
+    client = MlflowClient(uri)
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    return thread, killed
+
+
+def run_then_kill_driver(folder: Path, spec_file: str, metric: str, min_steps: int) -> tuple[str, dict]:
+    """``sweep run SPEC_FILE --no-analyze`` as its own process (a fresh local Ray) in ``folder`` with the store
+    ``folder/mlflow.db``; SIGKILL it and its Ray once a trial has logged ``min_steps`` values of ``metric``.
+    Returns (tracking URI, environment for a later ``sweep resume``)."""
+    from sweep import driver
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec_file, "--no-analyze"], cwd=folder,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = MlflowClient(uri)
+
+    def progressed() -> bool:
+        try:
+            runs = driver.trial_runs(driver.load_sweep(None, uri))
+        except Exception:  # the sweep or its runs do not exist yet
+            return False
+        return any(len(client.get_metric_history(r.info.run_id, metric)) >= min_steps for r in runs)
+
+    try:
+        wait_for(progressed, 300, f"a trial to log {min_steps} values of {metric}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait(timeout=30)
+    return uri, env
+
+
+def resume(folder: Path, sweep_id: str, env: dict) -> subprocess.CompletedProcess:
+    """``sweep resume SWEEP_ID --no-analyze`` as its own process in ``folder``."""
+    return subprocess.run([sys.executable, "-m", "sweep.cli", "resume", sweep_id, "--no-analyze"], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=600)

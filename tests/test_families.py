@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -32,7 +29,7 @@ from sweep.plan import plan_trials
 from sweep.records import Evaluation, MetricRecord
 from sweep.spec import SpecError, load_spec
 from sweep.spec_base import CommonSpec, PositiveInt, Strict
-from tests.conftest import histories, run_sweep
+from tests.conftest import histories, kill_worker_when_logged, resume, run_sweep, run_then_kill_driver
 from tests.test_cli import no_compute, run_cli  # noqa: F401  (no_compute is a fixture)
 
 MIXTURE_METRICS = ("train_loglik", "test_loglik", "loglik_gap", "train_error", "test_error", "bic")
@@ -351,33 +348,12 @@ def test_em_smoke_sweep_through_ray_and_mlflow(ray_local, tmp_path):
 def test_killed_mixture_trial_resumes_with_every_iteration_once(ray_local, tmp_path):
     """Issue 6's rules for the mixture: SIGKILL the worker after some evaluations reached MLflow; the trial
     continues the same run from its checkpoint and every step appears once, with the uninterrupted values."""
-    from tests.test_faults import wait_for
-
     budget, every, K = 1500, 10, 400
     (tmp_path / "long.yaml").write_text(
         f"name: emlong\nmodel: {{family: bernoulli_mixture, K: {K}}}\nseeds: [0]\nbudget: {budget}\n"
         f"eval_every: {every}\ncheckpoint_every: 6\npack: 'off'\n")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    killed: dict[str, int] = {}
-
-    def killer() -> None:
-        client = MlflowClient(uri)
-
-        def progressed_run():
-            try:
-                runs = driver.trial_runs(driver.load_sweep(None, uri))
-            except Exception:
-                return None
-            return next((r for r in runs if TAG_WORKER_PID in r.data.tags
-                         and len(client.get_metric_history(r.info.run_id, "train_loglik")) >= 15), None)
-
-        run = wait_for(progressed_run, 300, "the trial to log 15 evaluations")
-        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
-        killed["steps_before"] = len(client.get_metric_history(run.info.run_id, "train_loglik"))
-        os.kill(killed["pid"], signal.SIGKILL)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = kill_worker_when_logged(uri, "train_loglik", 15)
     sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
     thread.join(timeout=10)
     assert killed.get("pid"), "the trial was never killed"
@@ -395,6 +371,33 @@ def test_killed_mixture_trial_resumes_with_every_iteration_once(ray_local, tmp_p
         history = histories(client, run.info.run_id, key)
         assert [s for s, _ in history] == steps, key
         assert [v for _, v in history] == [m[key] for m in expected], key
+
+
+def test_killed_mixture_driver_then_resume_finishes_the_sweep(tmp_path):
+    """Issue 6's rules for the mixture, the driver's side: SIGKILL `sweep run` (and its Ray) mid-sweep, then
+    `sweep resume` finishes it; each run FINISHED with every iteration once and the uninterrupted values."""
+    budget, every = 1500, 10
+    (tmp_path / "long.yaml").write_text(
+        f"name: emdriver\nmodel: {{family: bernoulli_mixture, K: [300, 400]}}\nseeds: [0]\nbudget: {budget}\n"
+        f"eval_every: {every}\ncheckpoint_every: 6\nmax_concurrent_trials: 1\n")
+    uri, env = run_then_kill_driver(tmp_path, "long.yaml", "train_loglik", 15)
+    client = MlflowClient(uri)
+    sweep = driver.load_sweep(None, uri)
+    assert sorted(r.info.status for r in driver.trial_runs(sweep)) != ["FINISHED", "FINISHED"], "killed too late"
+    resumed = resume(tmp_path, sweep.sweep_id, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
+    runs = {int(r.data.params["K"]): r for r in driver.trial_runs(sweep)}
+    assert sorted(runs) == [300, 400]
+    torch.set_num_threads(1)
+    for K, run in runs.items():
+        assert run.info.status == "FINISHED"
+        trainer = get_family("bernoulli_mixture").trainer(MixtureConfig(K=K, budget=budget, eval_every=every), [0])
+        expected = [e.records[0].metrics() for e in trainer.run()]
+        for key in ("train_loglik", "test_loglik", "test_error"):
+            history = histories(client, run.info.run_id, key)
+            assert [s for s, _ in history] == list(range(every, budget + 1, every)), (K, key)
+            assert [v for _, v in history] == [m[key] for m in expected], (K, key)
 
 
 def test_toy_family_from_a_test_file_runs_through_sweep_run_and_analyze(ray_local, tmp_path, toy_family, capsys):

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from mlflow import MlflowClient
 from sweep import driver
 from sweep.names import METRICS, TAG_FAILURE, TAG_WORKER_PID
 from sweep.trainer import TrainConfig, Trainer
-from tests.conftest import histories, run_sweep
+from tests.conftest import histories, kill_worker_when_logged, resume, run_sweep, run_then_kill_driver
 
 LONG = "name: long\nmodel: {{C: {C}}}\nseeds: [0]\nbudget: 1500\neval_every: 25\ncheckpoint_every: 6\npack: 'off'\n"
 LONG_STEPS = list(range(25, 1501, 25))
@@ -38,16 +35,6 @@ def assert_complete_and_identical(client: MlflowClient, run_id: str, C: int, bud
         assert [v for _, v in history] == [m[key] for m in expected], key
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def logged_steps(client: MlflowClient, run) -> int:
     return len(client.get_metric_history(run.info.run_id, "train_error"))
 
@@ -55,26 +42,7 @@ def logged_steps(client: MlflowClient, run) -> int:
 def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
     (tmp_path / "long.yaml").write_text(LONG.format(C=4))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    killed: dict[str, int] = {}
-
-    def killer() -> None:
-        client = MlflowClient(uri)
-
-        def progressed_run():
-            try:
-                sweep = driver.load_sweep(None, uri)
-            except Exception:
-                return None
-            runs = driver.trial_runs(sweep)
-            return next((r for r in runs if TAG_WORKER_PID in r.data.tags and logged_steps(client, r) >= 15), None)
-
-        run = wait_for(progressed_run, 300, "the trial to log 15 evaluations")
-        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
-        killed["steps_before"] = logged_steps(client, run)
-        os.kill(killed["pid"], signal.SIGKILL)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = kill_worker_when_logged(uri, "train_error", 15)
     sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
     thread.join(timeout=10)
     assert killed.get("pid"), "the trial was never killed"
@@ -90,32 +58,14 @@ def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
 
 def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
     (tmp_path / "long.yaml").write_text(LONG.format(C="[2, 4]") + "max_concurrent_trials: 1\n")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("RAY_ADDRESS", None)
-    sweep_cmd = [sys.executable, "-m", "sweep.cli"]
-    proc = subprocess.Popen([*sweep_cmd, "run", "long.yaml", "--no-analyze"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri, env = run_then_kill_driver(tmp_path, "long.yaml", "train_error", 15)
     client = MlflowClient(uri)
-    try:
-        def progressed():
-            try:
-                runs = driver.trial_runs(driver.load_sweep(None, uri))
-            except Exception:
-                return False
-            return any(logged_steps(client, r) >= 15 for r in runs)
-
-        wait_for(progressed, 300, "the first trial to log 15 evaluations")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait(timeout=30)
     sweep = driver.load_sweep(None, uri)
     statuses = sorted(r.info.status for r in driver.trial_runs(sweep))
     assert statuses != ["FINISHED", "FINISHED"], "the kill came too late to test anything"
     assert client.get_run(sweep.parent_run_id).info.status == "RUNNING"
 
-    resumed = subprocess.run([*sweep_cmd, "resume", sweep.sweep_id, "--no-analyze"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = resume(tmp_path, sweep.sweep_id, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
     runs = driver.trial_runs(sweep)
@@ -133,27 +83,11 @@ def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local,
     (tmp_path / "long.yaml").write_text(LONG.format(C=4).replace("checkpoint_every: 6", "checkpoint_every: 1000")
                                         .replace("budget: 1500", f"budget: {budget}"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    killed: dict[str, object] = {}
 
-    def killer() -> None:
-        client = MlflowClient(uri)
+    def checkpoints() -> dict:
+        return {"checkpoints": sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))}
 
-        def progressed_run():
-            try:
-                sweep = driver.load_sweep(None, uri)
-            except Exception:
-                return None
-            runs = driver.trial_runs(sweep)
-            return next((r for r in runs if TAG_WORKER_PID in r.data.tags and logged_steps(client, r) >= 1), None)
-
-        run = wait_for(progressed_run, 300, "the trial's first flush")
-        killed["checkpoints"] = sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))
-        killed["pid"] = int(run.data.tags[TAG_WORKER_PID])
-        killed["steps_before"] = logged_steps(client, run)
-        os.kill(int(killed["pid"]), signal.SIGKILL)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = kill_worker_when_logged(uri, "train_error", 1, before_kill=checkpoints)
     sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
     thread.join(timeout=10)
     assert killed.get("pid"), "the trial was never killed"
