@@ -293,3 +293,31 @@ def test_killed_driver_then_resume_finishes_the_search(tmp_path):
         assert [s for s, _ in histories(client, run.info.run_id, "val_error")] == list(range(25, 1501, 25))
     table = pd.read_csv(tmp_path / "sweep_results" / sweep.sweep_id / "search.csv")
     assert sorted(table["grid_point"]) == sorted(finished)
+
+
+def test_killed_search_worker_continues_its_own_runs_from_the_checkpoint(ray_local, tmp_path):
+    """A SIGKILLed search trial worker: Tune restarts the trial from its checkpoint under the same trial id, it
+    finds the runs it made (no second set), and every step is logged once with the values an uninterrupted
+    trainer gives for the sampled configuration on the same validation split."""
+    import torch
+
+    from sweep.trainer import Trainer
+    from tests.conftest import kill_worker_when_logged
+
+    (tmp_path / "long.yaml").write_text(LONG_SEARCH.replace("num_samples: 3", "num_samples: 1"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    thread, killed = kill_worker_when_logged(uri, "val_error", 15)
+    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
+    thread.join(timeout=10)
+    assert killed.get("pid"), "the trial was never killed"
+    client = MlflowClient(sweep.tracking_uri)
+    [run] = driver.trial_runs(sweep)  # one seed, one run: the restart found it
+    assert run.info.status == "FINISHED" and int(run.data.tags["ray.worker_pid"]) != killed["pid"]
+    assert killed["steps_before"] < 60
+    torch.set_num_threads(1)
+    config = TrainConfig(C=2, budget=1500, eval_every=25, lr=float(run.data.params["lr"]), val_fraction=0.2)
+    expected = [e.records[0].metrics() for e in Trainer(config, [0]).run()]
+    for key in ("val_error", "val_loss", "test_error", "train_loss"):
+        history = histories(client, run.info.run_id, key)
+        assert [s for s, _ in history] == list(range(25, 1501, 25)), key
+        assert [v for _, v in history] == [m[key] for m in expected], key
