@@ -321,3 +321,48 @@ def test_killed_search_worker_continues_its_own_runs_from_the_checkpoint(ray_loc
         history = histories(client, run.info.run_id, key)
         assert [s for s, _ in history] == list(range(25, 1501, 25)), key
         assert [v for _, v in history] == [m[key] for m in expected], key
+
+
+def test_a_configuration_suggested_again_after_it_finished_is_not_trained_twice(tmp_path, monkeypatch):
+    """No Ray: a trial whose configuration already has a complete FINISHED set of runs under another trial id
+    reports that set's last numbers (mean over seeds) instead of training; its own id's runs, an incomplete
+    set or another configuration do not count."""
+    from types import SimpleNamespace
+
+    from mlflow.entities import Metric
+
+    from sweep import trainable
+    from sweep.plan import TrialGroup
+    from sweep.spec import load_spec
+    from sweep.tracking import find_or_create_trial_runs
+
+    spec, _ = load_spec("smoke", ["model.C=2", "seeds=[0,1]", "budget=20", "search.algorithm=random", LR])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = driver.create_sweep(spec, "smoke", uri, str(tmp_path / "ray_results"))
+    client = MlflowClient(uri)
+    base = TrialGroup.from_dict(sweep.trials[0]["group"])
+    group = TrialGroup(config=TrainConfig(**{**base.config.__dict__, "lr": 0.01}), seeds=(0, 1), axes=base.axes)
+    params = {s: group.member_params(s, "x") for s in (0, 1)}
+    names = {s: group.run_name(s) for s in (0, 1)}
+    run_ids, _ = find_or_create_trial_runs(client, sweep.experiment_id, sweep.sweep_id, sweep.parent_run_id, "t1",
+                                           names, params, group.grid_point)
+    for seed, value in ((0, 0.25), (1, 0.75)):
+        client.log_batch(run_ids[seed], metrics=[Metric("val_error", 0.9, 0, 10), Metric("val_error", value, 0, 20),
+                                                 Metric("test_error", value / 2, 0, 20)])
+    config = {"tracking_uri": uri, "point": {"lr": 0.01},
+              "search": {"sweep_id": sweep.sweep_id, "experiment_id": sweep.experiment_id, "metric": "val_error"}}
+
+    def as_trial(trial_id: str):
+        monkeypatch.setattr(trainable.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: trial_id))
+        return trainable._finished_elsewhere(config, group, ("val_error", "test_error"))
+
+    assert as_trial("t2") is None  # not FINISHED yet
+    client.set_terminated(run_ids[0], "FINISHED")
+    assert as_trial("t2") is None  # one seed of two: no complete set
+    client.set_terminated(run_ids[1], "FINISHED")
+    assert as_trial("t1") is None  # its own runs (a restarted trial) never count as another's
+    done = as_trial("t2")
+    assert done == {"val_error": 0.5, "test_error": 0.25, "step": 20, "progress": 1.0, "live_members": 2,
+                    "reused_from": "t1"}
+    other = TrialGroup(config=TrainConfig(**{**base.config.__dict__, "lr": 0.02}), seeds=(0, 1), axes=base.axes)
+    assert trainable._finished_elsewhere(config, other, ("val_error",)) is None
