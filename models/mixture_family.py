@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from models.family import Family, MetricInfo
-from sweep.config import N_TRAIN
+from sweep.config import N_TRAIN, evaluation_steps
 from sweep.records import Evaluation, MetricRecord
 from sweep.spec_base import CommonSpec, PositiveInt, Strict, as_list, grid_list
 
@@ -73,10 +73,7 @@ class MixtureConfig:
 
     def eval_steps(self) -> list[int]:
         """Iterations at which records are produced: every ``eval_interval``, and the last one."""
-        steps = list(range(self.eval_interval, self.budget + 1, self.eval_interval))
-        if steps[-1] != self.budget:
-            steps.append(self.budget)
-        return steps
+        return evaluation_steps(self.eval_interval, self.budget)
 
 
 class MixtureModelSpec(Strict):

@@ -87,7 +87,13 @@ class TrainConfig:
 
     def eval_steps(self) -> list[int]:
         """Steps at which records are produced: every ``eval_interval`` steps, and the last step."""
-        steps = list(range(self.eval_interval, self.budget + 1, self.eval_interval))
-        if steps[-1] != self.budget:
-            steps.append(self.budget)
-        return steps
+        return evaluation_steps(self.eval_interval, self.budget)
+
+
+def evaluation_steps(interval: int, budget: int) -> list[int]:
+    """Steps 1..budget at which a trial is evaluated: every ``interval`` steps, and the last step always (so a
+    budget that is no multiple of the interval still ends on an evaluation)."""
+    steps = list(range(interval, budget + 1, interval))
+    if steps[-1] != budget:
+        steps.append(budget)
+    return steps
