@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.aggregate import mean_ci
+from analysis.aggregate import curves, mean_ci
 from analysis.load import SkippedTrial, SweepData
 from analysis.plots import c_colours, new_figure, save_figure
 
@@ -63,17 +63,6 @@ def summarize(trials: pd.DataFrame, axes: Sequence[str], metric_names: Sequence[
             row[f"final_{m}_mean"], row[f"final_{m}_ci95"] = interval.mean, interval.half_width
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def curves(data: SweepData, metric_names: Sequence[str]) -> pd.DataFrame:
-    """Mean and 95% half-width over seeds of each metric at each step: columns axes, metric, step, mean,
-    ci95, n."""
-    rows = []
-    frame = data.metrics[data.metrics["metric"].isin(list(metric_names))]
-    for key, group in frame.groupby([*data.axes, "metric", "step"], sort=True):
-        interval = mean_ci(group["value"])
-        rows.append((*key, interval.mean, interval.half_width, interval.n))
-    return pd.DataFrame(rows, columns=[*data.axes, "metric", "step", "mean", "ci95", "n"])
 
 
 def _label(family: Any, m: str) -> str:
@@ -233,7 +222,7 @@ def analyze_family(data: SweepData, family: Any, out_dir: Path, x: str) -> dict[
     names = family.metric_names
     trials = final_values(data, names)
     summary = summarize(trials, data.axes, names)
-    curve_frame = curves(data, names)
+    curve_frame = curves(data.metrics, names, axes=data.axes)
     found = sentences(summary, family, data.axes, x, data.skipped)
     name = data.sweep_id
     figures = {
