@@ -1,4 +1,7 @@
 # Two commands matter: `make run` and `make test`. Both create the virtualenv on first use.
+# CI runs `env -i CI=true .ci/run`: no PATH in the environment, and programs make starts need one (python3
+# finds itself through it, apt-get's dpkg refuses to run without it).
+export PATH := $(if $(PATH),$(PATH),/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from analysis.aggregate import curves, mean_ci
 from analysis.load import SkippedTrial, SweepData
 from analysis.plots import c_colours, new_figure, save_figure
+from analysis.report import hardware_lines
 
 
 def _rest(axes: Sequence[str], x: str) -> list[str]:
@@ -191,7 +192,8 @@ def sentences(summary: pd.DataFrame, family: Any, axes: Sequence[str], x: str,
 
 
 def write_summary_md(summary: pd.DataFrame, found: Sequence[str], path: Path, *, family: Any, sweep_id: str,
-                     header: dict[str, str], axes: Sequence[str], skipped: Sequence[SkippedTrial]) -> None:
+                     header: dict[str, str], axes: Sequence[str], skipped: Sequence[SkippedTrial],
+                     hardware: Sequence[str] = ()) -> None:
     lines = [f"# Sweep {sweep_id}: {family.display_name}", ""]
     lines += [f"- **{k}**: {v}" for k, v in header.items()]
     lines += ["", "## Findings", ""] + [f"- {s}" for s in found]
@@ -212,6 +214,7 @@ def write_summary_md(summary: pd.DataFrame, found: Sequence[str], path: Path, *,
         lines.append("| " + " | ".join(cells) + " |")
     if skipped:
         lines += ["", "## Skipped trials", ""] + [f"- {s.describe()}" for s in skipped]
+    lines += list(hardware)
     lines += ["", "Figures: complexity.png, curves.png, heatmap.png."]
     path.write_text("\n".join(lines) + "\n")
 
@@ -245,5 +248,5 @@ def analyze_family(data: SweepData, family: Any, out_dir: Path, x: str) -> dict[
         else "?", "trials analysed": str(len(runs)), "trials skipped": str(len(data.skipped)),
     }
     write_summary_md(summary, found, out_dir / "summary.md", family=family, sweep_id=name, header=header,
-                     axes=data.axes, skipped=data.skipped)
+                     axes=data.axes, skipped=data.skipped, hardware=hardware_lines(runs, data.axes))
     return {"summary": summary, "trials": trials, "curves": curve_frame, "sentences": found, "figures": figures}

@@ -28,6 +28,7 @@ from mlflow.entities import Run, ViewType
 
 from sweep.filters import FilterError, and_, tag_equals
 from sweep.names import (
+    HARDWARE_IDENTITY,
     METRICS,
     ROLE_PARENT,
     ROLE_TRIAL,
@@ -129,8 +130,9 @@ class SweepData:
       epoch), ``metric`` (str, e.g. ``test_error``), ``value`` (float; errors are rates in [0, 1], losses are
       nats); every (run_id, metric, step) appears exactly once, sorted by the axes, seed, metric, step.
     runs: one row per included (finished) trial: ``run_id``, ``run_name``, the axes (typed as above),
-      ``seed``, ``status``, ``start_time`` (ms since the epoch) and the other trial params of
-      :data:`sweep.names.TRIAL_PARAMS` that were logged (as strings).
+      ``seed``, ``status``, ``start_time`` (ms since the epoch), the other trial params of
+      :data:`sweep.names.TRIAL_PARAMS` that were logged (as strings), and the tags of
+      :data:`sweep.names.HARDWARE_IDENTITY` (None where a run has none).
     skipped: trials left out (failed, unfinished, or superseded duplicates of a (grid point, seed)).
     """
 
@@ -401,6 +403,7 @@ def load_sweep(
                                   "status": run.info.status, "start_time": run.info.start_time}
         row.update({p: run.data.params.get(p) for p in TRIAL_PARAMS
                     if p not in axes and p != "seed"})
+        row.update({tag: run.data.tags.get(tag) for tag in HARDWARE_IDENTITY})
         run_rows.append(row)
     experiment = client.get_experiment(parent.info.experiment_id)
     return SweepData(

@@ -21,6 +21,7 @@ from analysis.aggregate import (
     varying,
 )
 from analysis.load import SkippedTrial
+from sweep.names import HARDWARE_IDENTITY
 
 _SAME = 0.005  # mean errors closer than this count as unchanged in the sentences
 
@@ -170,6 +171,24 @@ def trend_sentences(
     return out
 
 
+def hardware_lines(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """Markdown lines on the machines that trained the analysed runs (tags :data:`sweep.names.HARDWARE_IDENTITY`):
+    one line per distinct machine, and a warning for every grid point whose seeds ran on different ones, since
+    their numbers are then not comparable bit for bit. Empty when no run carries the tags."""
+    tags = [t for t in HARDWARE_IDENTITY if t in runs.columns]
+    if not tags or runs[tags].isna().all().all():
+        return []
+    described = runs[tags].fillna("-").astype(str).agg(" | ".join, axis=1)
+    lines = ["", "## Hardware", "", f"Machines that trained these runs ({' | '.join(tags)}):", ""]
+    lines += [f"- {machine}: {n} run(s)" for machine, n in described.value_counts().sort_index().items()]
+    for point, machines in described.groupby([runs[a] for a in axes], sort=True):
+        if machines.nunique() > 1:
+            where = combo_text(axes, point if isinstance(point, tuple) else (point,))
+            lines.append(f"- **Note:** the seeds of {where} ran on {machines.nunique()} different machines; their "
+                         "numbers are not comparable bit for bit (rounding differs between CPU types and BLAS builds).")
+    return lines
+
+
 def write_summary_csv(summary: pd.DataFrame, path: Path) -> Path:
     """The per-grid-point summary table as CSV (one row per grid point, one column per axis; full precision;
     an empty cell is NaN, e.g. the CI of a single seed)."""
@@ -204,9 +223,10 @@ def write_summary_md(
     figures: Sequence[str] = ("curves.png", "complexity.png", "heatmap.png"),
     axes: Sequence[str] = ("C",),
     x: str = "C",
+    hardware: Sequence[str] = (),
 ) -> Path:
     """A Markdown report: header facts, findings, the per-grid-point table (mean ± 95% half-width, one column
-    per axis), what the intervals cover, skipped trials."""
+    per axis), what the intervals cover, skipped trials, the machines (``hardware``: :func:`hardware_lines`)."""
     subject = "model width" if x == "C" else x
     lines = [f"# Sweep `{sweep_id}`: error against {subject}", ""]
     lines += [f"- {k}: {v}" for k, v in (header or {}).items()]
@@ -236,6 +256,7 @@ def write_summary_md(
     lines += _markdown_table(summary, axes)
     if skipped:
         lines += ["", "## Skipped trials", ""] + [f"- {t.describe()}" for t in skipped]
+    lines += list(hardware)
     # Plain artifact paths, not relative links: inside MLflow's artifact viewer a relative link resolves
     # against the UI's own URL and 404s; the files sit next to this one, under the parent run's analysis/.
     lines += ["", "## Figures", "", "Next to this file; on the sweep's parent run in MLflow under the artifact "

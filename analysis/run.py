@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from analysis.aggregate import Aggregates, aggregate
 from analysis.load import SkippedTrial, SweepData, find_parent_run, load_sweep, make_client
 from analysis.plots import plot_complexity, plot_curves, plot_heatmap
-from analysis.report import trend_sentences, write_summary_csv, write_summary_md
+from analysis.report import hardware_lines, trend_sentences, write_summary_csv, write_summary_md
 from analysis.search import SEARCH_FILES, analyze_search
 from sweep.mlflow_ui import set_findings
 from sweep.names import ANALYSIS_ARTIFACT_DIR, TAG_FAMILY, TAG_SWEEP_ID
@@ -154,7 +154,7 @@ def analyze(
         "trials skipped": str(len(data.skipped)),
     }
     write_summary_md(agg.summary, sentences, out_dir / "summary.md", sweep_id=name, header=header,
-                     skipped=data.skipped, axes=axes, x=x)
+                     skipped=data.skipped, axes=axes, x=x, hardware=hardware_lines(runs, axes))
     files = {f: out_dir / f for f in OUTPUT_FILES}
     search_sentences, search_figures = analyze_search(client, data.parent, out_dir)
     if search_sentences:  # a search sweep (issue 14): search.png and a Search section

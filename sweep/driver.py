@@ -183,6 +183,7 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
 
     from sweep import mlflow_ui, tracking
     from sweep.data import split_hash
+    from sweep.provenance import library_tags
 
     tracking.init_store(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -194,7 +195,7 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
     parent = tracking.create_parent_run(client, experiment_id, sweep_id, {
         TAG_PRESET: source, TAG_TUNE_PATH: tune_path, TAG_AXES: json.dumps(list(spec.axes)),
         TAG_KNOB: family.knob, TAG_FAMILY: family.name,
-        **tracking.library_tags()})
+        **library_tags()})
     tracking.log_params(client, parent, mlflow_ui.parent_params(resolved))
     client.log_text(parent, yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
 
@@ -218,7 +219,7 @@ def create_sweep(spec: SweepSpec, source: str, tracking_uri: str, storage: str, 
         for seed in group.seeds:
             params = group.member_params(seed, digest, family)
             run_ids[seed] = tracking.create_trial_run(client, experiment_id, sweep_id, parent, group.run_name(seed),
-                                                      params, group.grid_point, family.knob)
+                                                      params, group.grid_point, family.knob, group.seeds)
             mlflow_ui.decorate_child(client, run_ids[seed], params, source, widths, family.knob)
         sweep.trials.append({"group": group.to_dict(), "run_ids": run_ids})
     mlflow_ui.decorate_experiment(client, experiment_id, spec.model.family)

@@ -143,7 +143,7 @@ def runs_url(experiment_id: str, tracking_uri: str) -> str:
 
 @functools.lru_cache(maxsize=8)  # one git subprocess per sweep, not one per child run
 def _source_tags(source: str) -> tuple[tuple[str, str], ...]:
-    from sweep.tracking import git_commit
+    from sweep.provenance import git_commit
 
     tags = {"mlflow.user": _user(), "mlflow.source.name": f"sweep run {source}", "mlflow.source.type": "LOCAL"}
     commit = git_commit()

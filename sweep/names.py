@@ -13,7 +13,9 @@ MLflow layout of one sweep:
     ``str()`` (``C=4 lr=0.05 seed=1``; ``C=4 seed=1`` when C is the only axis). Tags ``sweep_id``,
     ``sweep.role=trial``, ``mlflow.parentRunId``, the knob (``C``; ``K`` for the mixture), ``seed``,
     ``grid_point`` (the name without the
-    seed part: ``C=4 lr=0.05``), ``ray.node_id``, ``ray.worker_pid``. Params (ResNet) :data:`TRIAL_PARAMS`:
+    seed part: ``C=4 lr=0.05``), ``pack_seeds`` (the seeds trained with it in one packed computation),
+    ``ray.node_id``, ``ray.worker_pid``, and the machine that trained it (``hw.*`` below, library versions).
+    Params (ResNet) :data:`TRIAL_PARAMS`:
     every TrainConfig field (so every axis value) plus ``split_hash``, ``model_family``, ``param_count`` and
     ``n_flipped_labels``; another family logs its ``member_params``. Metrics (ResNet) :data:`METRICS` with
     ``step`` = update (handout) or epoch (epochs); another family logs its own metric keys, step = its
@@ -51,14 +53,30 @@ TAG_AXES = "sweep.axes"
 TAG_KNOB = "sweep.knob"
 TAG_FAMILY = "sweep.family"  # the model family's name (models.family), e.g. "resnet", "bernoulli_mixture"
 TAG_GRID_POINT = "grid_point"
+TAG_PACK_SEEDS = "pack_seeds"  # the seeds trained together in one packed computation with this run's: "0,1,2"
 ANALYSIS_ARTIFACT_DIR = "analysis"
+# The machine that trained a child run (sweep.provenance.machine_tags): tags set by its worker.
+TAG_CPU = "hw.cpu"  # the CPU's model name, as the OS reports it
+TAG_CPU_CAPABILITY = "hw.cpu_capability"  # torch's kernel set: DEFAULT, AVX2, AVX512, ...
+TAG_BLAS = "hw.blas"  # "mkl 2024.2", "openblas", ...
+TAG_TORCH_THREADS = "hw.torch_threads"
+TAG_GPU = "hw.gpu"  # device name; only on a GPU trial
+TAG_CUDA = "hw.cuda"
+TAG_CUDNN = "hw.cudnn"
+TAG_MKL_INSTRUCTIONS = "hw.mkl_instructions"  # MKL_ENABLE_INSTRUCTIONS, when set: MKL's kernel choice
+#: Tags whose values must agree for two runs' numbers to be comparable bit for bit (the analysis notes a grid
+#: point whose seeds differ in one of them).
+HARDWARE_IDENTITY = (TAG_CPU, TAG_CPU_CAPABILITY, TAG_BLAS, TAG_GPU)
 TRIAL_PARAMS = (
     "C", "seed", "protocol", "budget", "lr", "batch_size", "eval_every", "split_seed", "split_hash",
     "model_family", "param_count", "dtype", "label_noise", "n_flipped_labels",
 )
 
 __all__ = [
-    "METRICS", "KNOB", "AXES", "TAG_AXES", "TAG_KNOB", "TAG_FAMILY", "TAG_GRID_POINT", "TAG_SWEEP_ID", "TAG_ROLE",
+    "METRICS", "KNOB", "AXES", "TAG_AXES", "TAG_KNOB", "TAG_FAMILY", "TAG_GRID_POINT", "TAG_PACK_SEEDS", "TAG_SWEEP_ID",
+    "TAG_ROLE",
     "ROLE_PARENT", "ROLE_TRIAL", "TAG_PARENT_RUN", "TAG_NODE_ID",
     "TAG_WORKER_PID", "TAG_FAILURE", "TAG_PRESET", "TAG_TUNE_PATH", "ANALYSIS_ARTIFACT_DIR", "TRIAL_PARAMS",
+    "TAG_CPU", "TAG_CPU_CAPABILITY", "TAG_BLAS", "TAG_TORCH_THREADS", "TAG_GPU", "TAG_CUDA", "TAG_CUDNN",
+    "TAG_MKL_INSTRUCTIONS", "HARDWARE_IDENTITY",
 ]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import random
 import secrets
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +26,7 @@ from sweep.names import (
     TAG_FAILURE,
     TAG_GRID_POINT,
     TAG_NODE_ID,
+    TAG_PACK_SEEDS,
     TAG_PARENT_RUN,
     TAG_ROLE,
     TAG_SWEEP_ID,
@@ -121,28 +120,6 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return exp.experiment_id
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def library_tags() -> dict[str, str]:
-    import mlflow
-    import ray
-    import torch
-
-    tags = {"torch_version": torch.__version__, "ray_version": ray.__version__,
-            "mlflow_version": mlflow.__version__, "host": socket.gethostname()}
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    return tags
-
-
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -165,17 +142,25 @@ def create_parent_run(client: MlflowClient, experiment_id: str, sweep_id: str, t
     return run.info.run_id
 
 
+def pack_text(seeds: Iterable[int]) -> str:
+    """The ``pack_seeds`` tag: the seeds of one packed computation, ``0,1,2``."""
+    return ",".join(str(s) for s in seeds)
+
+
 def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
-                     name: str, params: dict[str, Any], grid_point: str, knob: str = "C") -> str:
+                     name: str, params: dict[str, Any], grid_point: str, knob: str = "C",
+                     pack_seeds: Iterable[int] = ()) -> str:
     """A child run for one member, left SCHEDULED until its trial starts.
 
     name: ``<grid point> seed=<seed>``; params: :data:`sweep.names.TRIAL_PARAMS`; grid_point: the name
     without its seed part, tagged ``grid_point`` (the trial's identity together with the ``seed`` tag).
-    knob: the family's knob, tagged with the run's value (``C=4``, ``K=10``).
+    knob: the family's knob, tagged with the run's value (``C=4``, ``K=10``). pack_seeds: the seeds trained
+    together with this one (tag ``pack_seeds``).
     """
     run = create_run_once(client, experiment_id, name, {
         TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id,
-        knob: str(params[knob]), "seed": str(params["seed"]), TAG_GRID_POINT: grid_point})
+        knob: str(params[knob]), "seed": str(params["seed"]), TAG_GRID_POINT: grid_point,
+        TAG_PACK_SEEDS: pack_text(pack_seeds)})
     run_id = run.info.run_id
     log_params(client, run_id, params)
     with_retry(client.update_run, run_id, status="SCHEDULED")
@@ -203,7 +188,8 @@ def find_or_create_trial_runs(client: MlflowClient, experiment_id: str, sweep_id
             continue
         run = create_run_once(client, experiment_id, name, {
             TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id, TAG_TUNE_TRIAL: trial_id,
-            knob: str(params[seed][knob]), "seed": str(seed), TAG_GRID_POINT: grid_point})
+            knob: str(params[seed][knob]), "seed": str(seed), TAG_GRID_POINT: grid_point,
+            TAG_PACK_SEEDS: pack_text(names)})
         run_ids[seed] = run.info.run_id
         log_params(client, run_ids[seed], params[seed])
         created.add(seed)
@@ -248,9 +234,11 @@ class TrialRunLogger:
         finally:
             self.seconds_logging += time.perf_counter() - start
 
-    def start(self, node_id: str, diverged: dict[int, tuple[int, str]] | None = None) -> None:
+    def start(self, node_id: str, diverged: dict[int, tuple[int, str]] | None = None,
+              tags: dict[str, str] | None = None) -> None:
         """Open this trial's runs. ``diverged``: the trainer's {seed: (step, reason)} from its checkpoint
-        (empty on a fresh start)."""
+        (empty on a fresh start); ``tags``: set on every run opened (the machine that trains it,
+        :func:`sweep.provenance.machine_tags`), besides the Ray node id and worker pid."""
         diverged = diverged or {}
         for seed, run_id in self.run_ids.items():
             run = self._send(self.client.get_run, run_id)
@@ -269,8 +257,8 @@ class TrialRunLogger:
             if reason:
                 self._send(self.client.delete_tag, run_id, TAG_FAILURE)
             self._send(self.client.update_run, run_id, status="RUNNING")
-            tags = [RunTag(TAG_NODE_ID, node_id), RunTag(TAG_WORKER_PID, str(os.getpid()))]
-            self._send(self.client.log_batch, run_id, tags=tags)
+            run_tags = {TAG_NODE_ID: node_id, TAG_WORKER_PID: str(os.getpid()), **(tags or {})}
+            self._send(self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
 
     def ended(self, seed: int) -> bool:
         """Whether ``seed``'s run is closed for good (it diverged, now or before a restart)."""
@@ -329,4 +317,4 @@ def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: st
 
 
 __all__ = ["TrialRunLogger", "create_parent_run", "create_run_once", "create_trial_run", "end_unfinished_runs",
-           "ensure_experiment", "library_tags", "with_retry"]
+           "ensure_experiment", "with_retry"]

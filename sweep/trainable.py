@@ -21,6 +21,7 @@ from ray import tune
 from models.family import Family, Trainer
 from sweep.data import DigitsArrays
 from sweep.plan import TrialGroup
+from sweep.provenance import machine_tags
 from sweep.records import Evaluation
 from sweep.tracking import TrialRunLogger
 
@@ -159,7 +160,8 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
         trainer.load_state_dict(saved["trainer"])
     # On every start, with or without a checkpoint: a worker that died before its first checkpoint already
     # logged steps (the logger flushes every few seconds), and the checkpoint's diverged members stay ended.
-    logger.start(ray.get_runtime_context().get_node_id(), diverged=trainer.diverged)
+    logger.start(ray.get_runtime_context().get_node_id(), diverged=trainer.diverged,
+                 tags=machine_tags(train_config.device))
 
     eval_steps = group.config.eval_steps()
     position = {step: i for i, step in enumerate(eval_steps, start=1)}  # absolute, so resumes keep cadence

@@ -45,6 +45,9 @@ from sweep.names import (
     METRICS,
     ROLE_PARENT,
     ROLE_TRIAL,
+    TAG_BLAS,
+    TAG_CPU,
+    TAG_CPU_CAPABILITY,
     TAG_FAILURE,
     TAG_NODE_ID,
     TAG_PARENT_RUN,
@@ -62,6 +65,12 @@ STEPS = (10, 20, 30, 40, 50)
 PARAM_COUNTS = {1: 53, 4: 398}
 FAILED = {"C": 4, "seed": 3, "reason": "minibatch loss became nan at step 31"}
 RELOGGED = {"C": 1, "seed": 0, "step": 30, "metric": "test_loss", "value": 9.5}
+OTHER_MACHINE = (4, 2)  # this trial ran with torch's AVX2 kernels, the others with AVX512
+
+
+def machine_tags(c: int, seed: int) -> list[RunTag]:
+    capability = "AVX2" if (c, seed) == OTHER_MACHINE else "AVX512"
+    return [RunTag(TAG_CPU, "Test Xeon"), RunTag(TAG_CPU_CAPABILITY, capability), RunTag(TAG_BLAS, "mkl 2024.2")]
 
 
 def sim_train(c: int, seed: int, step: int) -> float:
@@ -132,7 +141,7 @@ def write_sweep(client: mlflow.MlflowClient, experiment_id: str, sweep_id: str, 
         metrics = [Metric(k, v, start_ms + step, step) for step in steps
                    for k, v in metric_values(c, seed, step).items()]
         client.log_batch(rid, metrics=metrics, params=_trial_params(c, seed),
-                         tags=[RunTag(TAG_NODE_ID, "node-0")], synchronous=True)
+                         tags=[RunTag(TAG_NODE_ID, "node-0"), *machine_tags(c, seed)], synchronous=True)
         if failed:
             client.set_tag(rid, TAG_FAILURE, FAILED["reason"])
             client.set_terminated(rid, "FAILED")
@@ -681,3 +690,14 @@ def test_many_widths_get_compact_tick_labels() -> None:
     assert labels[0] == "1\n53" and labels[4] == "6\n808" and labels[6] == "12\n2.9k" and labels[-1] == "64\n75k"
     few = plot_complexity(pd.DataFrame(rows[:4]), None, axes=["C"], x="C").axes[0]
     assert [t.get_text() for t in few.get_xticklabels()][1] == "C=2\n132 params"
+
+
+def test_summary_names_the_machines_and_a_grid_point_whose_seeds_ran_on_different_ones(store: dict) -> None:
+    text = (store["out"] / "summary.md").read_text()
+    hardware = text[text.index("## Hardware"):]
+    runs = len(WIDTHS) * len(SEEDS)
+    assert "- Test Xeon | AVX512 | mkl 2024.2 | -: " + f"{runs - 1} run(s)" in hardware
+    assert "- Test Xeon | AVX2 | mkl 2024.2 | -: 1 run(s)" in hardware
+    notes = [line for line in hardware.splitlines() if line.startswith("- **Note:**")]
+    assert notes == [f"- **Note:** the seeds of C={OTHER_MACHINE[0]} ran on 2 different machines; their numbers are "
+                     "not comparable bit for bit (rounding differs between CPU types and BLAS builds)."]

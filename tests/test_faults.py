@@ -107,15 +107,20 @@ def smoke_records(C: int, lr: float) -> list[dict[str, float]]:
             if e.records]
 
 
+# lr = 1e38 diverges on any machine, not by the luck of rounding: one update sends every parameter with a gradient
+# to the edge of float32's range (3.4e38), and the next forward pass's products overflow (tests/test_trainer.py).
+HUGE_LR = "1e38"
+
+
 def test_diverging_trial_fails_alone(ray_local, tmp_path):
     """Two learning rates that both finish and one that diverges: each finished run holds its own lr's
     numbers, the diverged one fails alone, and the analysis keeps BOTH finished runs (same C and seed,
     different lr: different trials, never one "superseding" the other)."""
     sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=[64]", "--set", "seeds=[0]",
-                      "--set", "lr=[0.05,0.1,1000000]", "--no-analyze")
+                      "--set", f"lr=[0.05,0.1,{HUGE_LR}]", "--no-analyze")
     client = MlflowClient(sweep.tracking_uri)
     runs = {float(r.data.params["lr"]): r for r in driver.trial_runs(sweep)}
-    assert sorted(runs) == [0.05, 0.1, 1e6]
+    assert sorted(runs) == [0.05, 0.1, float(HUGE_LR)]
     for lr in (0.05, 0.1):
         assert runs[lr].info.status == "FINISHED", lr
         expected = smoke_records(64, lr)
@@ -125,7 +130,7 @@ def test_diverging_trial_fails_alone(ray_local, tmp_path):
             assert [v for _, v in history] == pytest.approx([m[key] for m in expected], abs=1e-6), (lr, key)
     assert histories(client, runs[0.05].info.run_id, "train_loss") != histories(
         client, runs[0.1].info.run_id, "train_loss")
-    failed = runs[1e6]
+    failed = runs[float(HUGE_LR)]
     assert failed.info.status == "FAILED"
     assert failed.data.tags[TAG_FAILURE].startswith("diverged: minibatch loss became")
     assert client.get_run(sweep.parent_run_id).data.tags["n_failed"] == "1"
@@ -142,7 +147,7 @@ def test_diverging_trial_fails_alone(ray_local, tmp_path):
 
 def test_sweep_whose_every_trial_diverged_exits_0_with_the_table(ray_local, tmp_path, capsys):
     """Nothing finished, so nothing to plot: the sweep still ends normally (exit 0), with the table."""
-    sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=[64]", "--set", "seeds=[0]", "--set", "lr=1000000")
+    sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=[64]", "--set", "seeds=[0]", "--set", f"lr={HUGE_LR}")
     out = capsys.readouterr().out
     assert "FAILED  (diverged: minibatch loss became" in out
     assert "nothing finished to plot" in out

@@ -8,7 +8,14 @@ import torch
 from models import ResNet
 from models.packed import PackedResNet
 from sweep.trainer import MetricRecord, TrainConfig, Trainer, init_model
+from tests.numerics import FLOAT32_EPS
 
+# Packed against plain (or one pack against another) in float64, after up to 200 SGD updates: float64 eps is
+# 2.2e-16, a forward and backward pass rounds at ~1e-15 relative, and training amplifies such differences over
+# these runs (measured worst here: 1.5e-14, C=1 after 200 updates, on an AVX-512 Xeon with MKL and with torch's
+# AVX2 kernels); 1e-10 leaves four orders of magnitude for other CPUs and BLAS builds. Error rates are compared
+# at the same bound, i.e. exactly: an image can change its predicted class only where two logits tie to ~1e-13,
+# which none of the ~1,800 images x evaluations here comes near.
 TOL = 1e-10
 
 
@@ -125,6 +132,7 @@ def test_shared_input_equals_expanded_input(train: bool) -> None:
     after_shared = {k: v.clone() for k, v in packed.state_dict().items()}
     packed.load_state_dict(before)
     out_expanded = packed(shared.expand(3, -1, -1, -1, -1))
+    # one float64 forward pass each way (the same products, grouped differently): rounding ~1e-15 relative
     torch.testing.assert_close(out_shared, out_expanded, rtol=0, atol=1e-13)
     for name, value in packed.state_dict().items():
         torch.testing.assert_close(value, after_shared[name], rtol=0, atol=1e-13, msg=name)
@@ -173,6 +181,7 @@ def test_stem_inputs_select_equals_gathered_images(train: bool) -> None:
     from_table = packed(table.select(index))
     after = {k: v.clone() for k, v in packed.state_dict().items()}
     packed.load_state_dict(before)
+    # float64, one forward pass each way (moments summed per image then gathered, or per minibatch): 1e-13
     torch.testing.assert_close(from_table, packed(images[index]), rtol=0, atol=1e-13)
     for name, value in packed.state_dict().items():
         torch.testing.assert_close(value, after[name], rtol=0, atol=1e-13, msg=name)
@@ -183,7 +192,10 @@ def test_stem_inputs_select_equals_gathered_images(train: bool) -> None:
             packed(table)
 
 
-# -- one code path: a member's float32 numbers do not depend on its pack (issue 12 item 5) ---------------
+# -- one code path: a member's numbers do not depend on its pack (issue 12 item 5) ------------------------
+# Another pack size is another computation: ATen and the BLAS pick batched kernels by batch count and CPU, so
+# packs are compared within rounding, not bit for bit. (On the machines the README names, float32 records
+# are also bit for bit the same in every pack; that is a fact of those kernels, not a property to test.)
 
 
 def _trained(cfg: TrainConfig, packs: list[list[int]]) -> tuple[dict, dict]:
@@ -199,37 +211,64 @@ def _trained(cfg: TrainConfig, packs: list[list[int]]) -> tuple[dict, dict]:
     return records, states
 
 
+PACKINGS = ([[0, 1], [2, 3], [4]], [[s] for s in range(5)])
+
+
 @pytest.mark.parametrize("cfg", [
-    TrainConfig(C=1, budget=40, eval_every=20),
-    TrainConfig(C=4, budget=40, eval_every=20, label_noise=0.2),
-    TrainConfig(C=64, budget=20, eval_every=10, batch_size=64),
-    TrainConfig(C=3, protocol="epochs", budget=2, eval_every=1),
+    TrainConfig(C=1, budget=40, eval_every=20, dtype="float64"),
+    TrainConfig(C=4, budget=40, eval_every=20, label_noise=0.2, dtype="float64"),
+    TrainConfig(C=64, budget=20, eval_every=10, batch_size=64, dtype="float64"),
+    TrainConfig(C=3, protocol="epochs", budget=2, eval_every=1, dtype="float64"),
 ], ids=["C1", "C4-noise", "C64", "C3-epochs"])
-def test_float32_records_do_not_depend_on_the_pack_size(cfg: TrainConfig) -> None:
-    """Seeds 0..4 in one pack of 5, in packs of 2, 2 and 1, and alone: every record and every final weight
-    and buffer bit for bit equal. (Before, a single seed trained a plain ResNet and C=4 seed 0 ended 300
-    updates at test error 0.2781 alone and 0.2914 packed; with the packed model for every S, ATen's
-    batch-of-one matmul path still changed the last bits: see models.packed._baddbmm.)"""
+def test_records_do_not_depend_on_the_pack_size(cfg: TrainConfig) -> None:
+    """Seeds 0..4 in one pack of 5, in packs of 2, 2 and 1, and alone: every record, weight and buffer agrees
+    to TOL in float64 (the same bound as packed against plain, over at most 40 updates here)."""
     five, five_states = _trained(cfg, [[0, 1, 2, 3, 4]])
-    for packs in ([[0, 1], [2, 3], [4]], [[s] for s in range(5)]):
+    assert len(five[0]) == len(cfg.eval_steps())
+    for packs in PACKINGS:
         records, states = _trained(cfg, packs)
-        assert records == five, packs
+        for seed in range(5):
+            _assert_same_records(records[seed], five[seed])
+            for name, value in states[seed].items():
+                if value.dtype == torch.long:  # num_batches_tracked: a count
+                    assert torch.equal(value, five_states[seed][name]), (packs, seed, name)
+                else:
+                    torch.testing.assert_close(value, five_states[seed][name], rtol=0, atol=TOL, msg=name)
+
+
+@pytest.mark.parametrize("C", [1, 4, 64])
+def test_one_float32_update_does_not_depend_on_the_pack_size(C: int) -> None:
+    """float32, one SGD update of seeds 0..4 packed by 5, 2+2+1 and 1: every weight and buffer within
+    rtol = atol = 1e3 float32 eps (1.2e-4). One update's rounding is at most a few eps per product of <= 2048
+    terms, relative to the gradient, and lr = 0.1 scales it down; several updates would let training amplify
+    it (measured: 4e-3 of a C=64 weight's norm after 20 updates when the kernels differ), which is why longer
+    comparisons across pack sizes are made in float64 above."""
+    cfg = TrainConfig(C=C, budget=1, eval_every=1)
+    _, five = _trained(cfg, [[0, 1, 2, 3, 4]])
+    for packs in PACKINGS:
+        _, states = _trained(cfg, packs)
         for seed in range(5):
             for name, value in states[seed].items():
-                assert torch.equal(value, five_states[seed][name]), (packs, seed, name)
-    assert len(five[0]) == len(cfg.eval_steps())
+                tol = 1e3 * FLOAT32_EPS
+                torch.testing.assert_close(value, five[seed][name], rtol=tol, atol=tol, msg=f"{packs} {name}")
 
 
-def test_a_product_of_one_member_runs_on_the_batched_kernel() -> None:
-    """The mechanism behind the test above, on the shape that first showed it (C=1's fc weight gradient,
-    (10 x 128) @ (128 x 1)): member 0's product is the same bits alone as among five."""
+def test_a_product_of_one_member_is_that_members_product() -> None:
+    """A batch of one runs padded to two on ATen's batched kernel (models.packed._baddbmm): what comes back is
+    member 0's product, within float32 rounding of the same product among five (bit for bit on MKL, where the
+    padding makes it the same kernel; other BLAS builds may round differently)."""
     from models.packed import _baddbmm
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(5, 10, 128, generator=g), torch.randn(5, 128, 1, generator=g)
-    assert torch.equal(_baddbmm(None, a[:1], b[:1])[0], _baddbmm(None, a, b)[0])
+    tol = 128 * FLOAT32_EPS * float((a.abs() @ b.abs()).max())  # a sum of 128 products
+    alone = _baddbmm(None, a[:1], b[:1])
+    assert alone.shape == (1, 10, 1)
+    torch.testing.assert_close(alone[0], _baddbmm(None, a, b)[0], rtol=0, atol=tol)
+    torch.testing.assert_close(alone[0], a[0] @ b[0], rtol=0, atol=tol)
     bias = torch.randn(5, 10, 1, generator=g)
-    assert torch.equal(_baddbmm(bias[:1], a[:1], b[:1])[0], _baddbmm(bias, a, b)[0])
+    torch.testing.assert_close(_baddbmm(bias[:1], a[:1], b[:1])[0], bias[0] + a[0] @ b[0], rtol=0, atol=tol)
     # a shared right operand (batch 1 against 5) is each member's own product
     shared = _baddbmm(None, a, b[:1])
-    assert shared.shape == (5, 10, 1) and torch.equal(shared[3], _baddbmm(None, a[3:4], b[:1])[0])
+    assert shared.shape == (5, 10, 1)
+    torch.testing.assert_close(shared[3], a[3] @ b[0], rtol=0, atol=tol)

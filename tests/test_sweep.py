@@ -37,6 +37,11 @@ def children(sweep: driver.Sweep) -> dict[tuple[int, int], object]:
     return {(int(r.data.params["C"]), int(r.data.params["seed"])): r for r in driver.trial_runs(sweep)}
 
 
+def pack_of(run) -> list[int]:
+    """The seeds a run was trained with in one packed computation (its ``pack_seeds`` tag)."""
+    return [int(seed) for seed in run.data.tags["pack_seeds"].split(",")]
+
+
 def test_smoke_makes_one_parent_and_four_finished_children(smoke):
     _, sweep, client = smoke
     parent = client.get_run(sweep.parent_run_id)
@@ -64,6 +69,35 @@ def test_smoke_makes_one_parent_and_four_finished_children(smoke):
         assert artifacts == [f"model_C{C}_seed{seed}.pt"]
 
 
+def test_every_child_records_the_machine_that_trained_it(smoke):
+    """Tags a person reads in the UI, with the values this very machine has (the workers run here): worked out
+    here from /proc/cpuinfo and torch, not from sweep.provenance."""
+    import platform
+    import re
+    from pathlib import Path
+
+    import mlflow
+    import ray
+
+    _, sweep, _ = smoke
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    cpu = model.group(1).strip() if model else platform.processor()
+    blas = "mkl" if torch.backends.mkl.is_available() else None
+    for run in driver.trial_runs(sweep):
+        tags = run.data.tags
+        assert tags["hw.cpu"] == cpu
+        assert tags["hw.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        if blas:  # with the MKL build torch pins here: its name and version, e.g. "mkl 2024.2"
+            assert re.fullmatch(r"mkl \d{4}\.\d+", tags["hw.blas"]), tags["hw.blas"]
+            assert tags["hw.blas"].split()[1] in torch.__config__.show()
+        assert tags["hw.torch_threads"] == "1"  # resources.cpu = 1
+        assert (tags["torch_version"], tags["ray_version"], tags["mlflow_version"]) == (
+            torch.__version__, ray.__version__, mlflow.__version__)
+        assert "hw.gpu" not in tags and "hw.cuda" not in tags  # a CPU trial
+        assert tags["pack_seeds"] == "0,1"  # the smoke preset packs a grid point's two seeds
+
+
 def test_final_weights_load_into_a_resnet(smoke):
     from models import ResNet
 
@@ -81,7 +115,9 @@ def test_logged_metrics_equal_the_trainers_records(smoke):
     torch.set_num_threads(1)
     runs = children(sweep)
     for C in (1, 4):
-        trainer = Trainer(TrainConfig(C=C, budget=50, eval_every=10), seeds=[0, 1])
+        pack = pack_of(runs[(C, 0)])  # the trial's pack: the same computation, so the same bits
+        assert pack == pack_of(runs[(C, 1)]) == [0, 1]
+        trainer = Trainer(TrainConfig(C=C, budget=50, eval_every=10), seeds=pack)
         for evaluation in trainer.run():
             for record in evaluation.records:
                 run_id = runs[(C, record.seed)].info.run_id
@@ -123,9 +159,12 @@ def test_every_axis_names_its_runs(smoke):
         assert run.data.params["lr"] == name.split("lr=")[1].split()[0]
         assert (run.data.params["label_noise"], run.data.params["n_flipped_labels"]) == ("0.1", "90")  # 89.8
     torch.set_num_threads(1)
-    trainer = Trainer(TrainConfig(C=4, budget=20, eval_every=10, lr=0.05, label_noise=0.1), seeds=[1])
-    records = [e.records[0] for e in trainer.run()]
-    run_id = runs["C=4 lr=0.05 seed=1"].info.run_id
+    # The trainer run again on the same pack as the sweep's trial (its pack_seeds tag): the same kernels on the
+    # same inputs, so the same bits (a pack of another size would be another computation).
+    run = runs["C=4 lr=0.05 seed=1"]
+    trainer = Trainer(TrainConfig(C=4, budget=20, eval_every=10, lr=0.05, label_noise=0.1), seeds=pack_of(run))
+    records = [r for e in trainer.run() for r in e.records if r.seed == 1]
+    run_id = run.info.run_id
     for key in ("train_error", "train_error_clean", "test_error", "minibatch_loss"):
         assert histories(client, run_id, key) == [(r.step, getattr(r, key)) for r in records], key
 
