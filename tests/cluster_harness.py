@@ -42,10 +42,27 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: ray, mlflow and sweep live next to its python
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free now, none handed out before by this process: the sockets stay bound until all
+    ``n`` are chosen (asked one at a time, the OS may give the same free port twice, and Ray refuses a port
+    shared by two of its components)."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = stack.enter_context(socket.socket())
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
+                _HANDED_OUT.add(port)
+        return ports
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 def ray_env(**extra: str) -> dict[str, str]:
@@ -148,20 +165,21 @@ class LocalRayCluster:
     def _start(self, name: str, head: bool) -> RayNode:
         temp_dir = self.root / name
         log = self.root / f"{name}.log"
+        free = iter(free_ports(8))
         ports = [
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
+            f"--node-manager-port={next(free)}",
+            f"--object-manager-port={next(free)}",
+            f"--dashboard-agent-listen-port={next(free)}",
+            f"--dashboard-agent-grpc-port={next(free)}",
+            f"--runtime-env-agent-port={next(free)}",
+            f"--metrics-export-port={next(free)}",
             "--min-worker-port=0", "--max-worker-port=0",  # OS-chosen worker ports: no shared range
         ]
         if head:
-            self.gcs_port = free_port()
+            self.gcs_port = next(free)
             role = [
                 "--head", f"--port={self.gcs_port}",
-                "--include-dashboard=false", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
+                "--include-dashboard=false", "--dashboard-host=127.0.0.1", f"--dashboard-port={next(free)}",
             ]
         else:
             role = [f"--address={self.address}"]
