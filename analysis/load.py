@@ -197,7 +197,7 @@ def _experiment_ids(client: mlflow.MlflowClient) -> list[str]:
             return ids
 
 
-def _search_runs(
+def search_all_runs(
     client: mlflow.MlflowClient,
     experiment_ids: Sequence[str],
     filter_string: str,
@@ -233,7 +233,7 @@ def _parents_filter(sweep_id: str | None = None) -> str:
 
 def list_sweep_ids(client: mlflow.MlflowClient, limit: int = 5) -> list[str]:
     """Sweep ids of the ``limit`` most recently started parent runs across all experiments, newest first."""
-    runs = _search_runs(client, _experiment_ids(client), _parents_filter(), limit=limit)
+    runs = search_all_runs(client, _experiment_ids(client), _parents_filter(), limit=limit)
     return [r.data.tags.get(TAG_SWEEP_ID, r.info.run_name or r.info.run_id) for r in runs]
 
 
@@ -245,7 +245,7 @@ def find_parent_run(client: mlflow.MlflowClient, sweep_id: str | None = None) ->
     uri = client.tracking_uri
     experiment_ids = _experiment_ids(client)
     limit = None if sweep_id else 1
-    parents = list(_search_runs(client, experiment_ids, _parents_filter(sweep_id), limit=limit))
+    parents = list(search_all_runs(client, experiment_ids, _parents_filter(sweep_id), limit=limit))
     if parents:
         if len(parents) > 1:
             warnings.warn(
@@ -356,7 +356,7 @@ def load_sweep(
     sweep_id = parent.data.tags.get(TAG_SWEEP_ID, sweep_id)
     assert sweep_id is not None
     children_filter = and_(tag_equals(TAG_SWEEP_ID, sweep_id), tag_equals(TAG_ROLE, ROLE_TRIAL))
-    children = list(_search_runs(client, _experiment_ids(client), children_filter))
+    children = list(search_all_runs(client, _experiment_ids(client), children_filter))
     axes, knob = sweep_axes(parent, children)
 
     kept: dict[Identity, Run] = {}

@@ -22,10 +22,12 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from analysis.aggregate import mean_ci
+from analysis.load import parse_axis_value, search_all_runs, sweep_axes
 from sweep.filters import and_, tag_equals
-from sweep.names import ROLE_TRIAL, TAG_ROLE, TAG_SWEEP_ID
+from sweep.names import ROLE_TRIAL, TAG_GRID_POINT, TAG_ROLE, TAG_SWEEP_ID
 
 TAG_TUNE_TRIAL = "tune_trial_id"
+TAG_STOPPED_EARLY = "stopped_early"
 
 
 def search_settings(parent: Any) -> dict[str, Any] | None:
@@ -47,41 +49,56 @@ def search_settings(parent: Any) -> dict[str, Any] | None:
 
 
 def configurations(client: Any, parent: Any, settings: dict[str, Any]) -> pd.DataFrame:
-    """One row per configuration: trial (Tune trial id, or the grid point), order (1 = first started), each
-    searched key, metric, metric_ci (95% half width over seeds), test_error, last_step, budget, stopped_early,
-    n_seeds."""
+    """One row per configuration, i.e. per grid point (the values of every axis, sampled or listed): its
+    FINISHED runs over all its seeds, whatever Tune trials trained them (a scheduled grid may split a grid
+    point's seeds into several packs; a search may sample one configuration twice, each seed then counted
+    once). Columns: grid_point, trial (the first Tune trial id, else the grid point), start_time, order
+    (1 = first started), each axis, metric (mean over seeds of each seed's value at its last step),
+    metric_ci (95% half width over seeds), test_error (the same mean, for the record), last_step (the
+    smallest over seeds), budget, stopped_early (a seed stopped by the scheduler), ran_budget (every seed
+    reached the budget), n_seeds, run_ids."""
     sweep_id = parent.data.tags[TAG_SWEEP_ID]
-    runs = client.search_runs([parent.info.experiment_id],
-                              and_(tag_equals(TAG_SWEEP_ID, sweep_id), tag_equals(TAG_ROLE, ROLE_TRIAL)),
-                              max_results=10000)
+    children = list(search_all_runs(client, [parent.info.experiment_id],
+                                    and_(tag_equals(TAG_SWEEP_ID, sweep_id), tag_equals(TAG_ROLE, ROLE_TRIAL))))
+    axes, _ = sweep_axes(parent, children)
     metric = settings["metric"]
-    groups: dict[str, list[Any]] = {}
-    for run in runs:
+    groups: dict[str, dict[str, Any]] = {}
+    for run in sorted(children, key=lambda r: r.info.start_time):
         if run.info.status == "FINISHED" and metric in run.data.metrics:
-            key = run.data.tags.get(TAG_TUNE_TRIAL) or run.data.tags.get("grid_point", run.info.run_id)
-            groups.setdefault(key, []).append(run)
+            point = run.data.tags.get(TAG_GRID_POINT, run.info.run_id)
+            groups.setdefault(point, {}).setdefault(run.data.tags.get("seed", run.info.run_id), run)
     rows = []
-    for trial, members in groups.items():
-        steps = [max(m.step for m in client.get_metric_history(r.info.run_id, metric)) for r in members]
-        values = [r.data.metrics[metric] for r in members]
-        ci = mean_ci(values)
+    for point, by_seed in groups.items():
+        members = list(by_seed.values())
         first = members[0]
+        steps = [max(m.step for m in client.get_metric_history(r.info.run_id, metric)) for r in members]
+        budget = int(first.data.params.get("budget", 0))
+        values = [r.data.metrics[metric] for r in members]
         rows.append({
-            "trial": trial, "start_time": min(r.info.start_time for r in members), "grid_point":
-            first.data.tags.get("grid_point", ""),
-            **{k: float(first.data.params[k]) for k in settings["space"] if k in first.data.params},
-            "metric": float(np.mean(values)), "metric_ci": ci.half_width if len(values) > 1 else float("nan"),
+            "grid_point": point, "trial": first.data.tags.get(TAG_TUNE_TRIAL, point),
+            "start_time": min(r.info.start_time for r in members),
+            **{a: parse_axis_value(a, first.data.params.get(a, first.data.tags.get(a))) for a in axes},
+            "metric": float(np.mean(values)), "metric_ci": mean_ci(values).half_width,
             "test_error": float(np.mean([r.data.metrics.get("test_error", float("nan")) for r in members])),
-            "last_step": min(steps), "budget": int(first.data.params.get("budget", 0)),
-            "stopped_early": any(r.data.tags.get("stopped_early") == "true" for r in members),
-            "n_seeds": len(members),
+            "last_step": min(steps), "budget": budget,
+            "stopped_early": any(r.data.tags.get(TAG_STOPPED_EARLY) == "true" for r in members),
+            "ran_budget": min(steps) >= budget, "n_seeds": len(members),
+            "run_ids": sorted(r.info.run_id for r in members),
         })
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    frame = frame.sort_values("start_time").reset_index(drop=True)
-    frame.insert(1, "order", range(1, len(frame) + 1))
+    frame = frame.sort_values("start_time", kind="stable").reset_index(drop=True)
+    frame.insert(2, "order", range(1, len(frame) + 1))
     return frame
+
+
+def best_configuration(frame: pd.DataFrame, settings: dict[str, Any]) -> pd.Series:
+    """The row of :func:`configurations` with the best mean ``metric`` over its seeds, among the configurations
+    whose every seed ran the budget (a stopped one was scored earlier in training), among all when none did.
+    What the parent run records, summary.md states and search.png marks."""
+    pool = frame[frame["ran_budget"]] if frame["ran_budget"].any() else frame
+    return pool.loc[pool["metric"].idxmin() if settings["mode"] == "min" else pool["metric"].idxmax()]
 
 
 def rungs(settings: dict[str, Any], budget: int) -> list[int]:
@@ -103,14 +120,18 @@ def plot_search(frame: pd.DataFrame, settings: dict[str, Any], out_dir: Path, ti
     fig = new_figure(4.2 * n, 3.6)
     axes = fig.subplots(1, n, squeeze=False)[0]
     metric, better = settings["metric"], (np.minimum if settings["mode"] == "min" else np.maximum)
-    full = frame[~frame["stopped_early"]]
-    stopped = frame[frame["stopped_early"]]
+    full = frame[frame["ran_budget"]]
+    stopped = frame[~frame["ran_budget"]]
+    best = best_configuration(frame, settings)
+    pool = full if len(full) else frame  # the configurations the best is chosen among
     ax = axes[0]
     ax.scatter(full["order"], full["metric"], color="tab:blue", label="ran its budget")
     if len(stopped):
         ax.scatter(stopped["order"], stopped["metric"], color="tab:gray", marker="x", label="stopped early")
-    ax.step(frame["order"], better.accumulate(frame["metric"].to_numpy()), where="post", color="tab:red",
+    ax.step(pool["order"], better.accumulate(pool["metric"].to_numpy()), where="post", color="tab:red",
             label="best so far")
+    ax.scatter([best["order"]], [best["metric"]], s=160, marker="*", color="tab:red", zorder=3,
+               label="best configuration")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial (start order)")
     ax.set_ylabel(f"{metric} (mean over seeds, last step)")
@@ -120,6 +141,7 @@ def plot_search(frame: pd.DataFrame, settings: dict[str, Any], out_dir: Path, ti
         ax.scatter(full[key], full["metric"], color="tab:blue")
         if len(stopped):
             ax.scatter(stopped[key], stopped["metric"], color="tab:gray", marker="x")
+        ax.scatter([best[key]], [best["metric"]], s=160, marker="*", color="tab:red", zorder=3)
         if settings["space"][key][0] == "loguniform":
             ax.set_xscale("log")
         ax.set_xlabel(key)
@@ -141,9 +163,8 @@ def plot_search(frame: pd.DataFrame, settings: dict[str, Any], out_dir: Path, ti
 
 
 def best_sentence(frame: pd.DataFrame, settings: dict[str, Any]) -> str:
-    """The best configuration (among those that ran their budget, else all), with its seed interval."""
-    pool = frame[~frame["stopped_early"]] if (~frame["stopped_early"]).any() else frame
-    row = pool.loc[pool["metric"].idxmin() if settings["mode"] == "min" else pool["metric"].idxmax()]
+    """The best configuration (:func:`best_configuration`), with its seed interval."""
+    row = best_configuration(frame, settings)
     values = ", ".join(f"{k}={row[k]:g}" for k in settings["space"] if k in row)
     ci = "" if math.isnan(row["metric_ci"]) else f" ± {row['metric_ci']:.3f} (95% CI over {row['n_seeds']} seeds)"
     return (f"Best configuration ({settings['algorithm']} search, {len(frame)} configurations, "
@@ -171,4 +192,5 @@ def analyze_search(client: Any, parent: Any, out_dir: Path) -> tuple[list[str], 
 
 
 SEARCH_FILES = ("search.png", "search.pdf", "search.csv")
-__all__ = ["SEARCH_FILES", "analyze_search", "best_sentence", "configurations", "rungs", "search_settings"]
+__all__ = ["SEARCH_FILES", "analyze_search", "best_configuration", "best_sentence", "configurations", "rungs",
+           "search_settings"]

@@ -70,11 +70,23 @@ class ResNetSpec(CommonSpec):
 
     @field_validator("batch_size")
     @classmethod
-    def _batch_fits(cls, v: int | list[int]) -> int | list[int]:
+    def _batch_fits_the_training_half(cls, v: int | list[int]) -> int | list[int]:
         for b in as_list(v):
             if b > N_TRAIN:
                 raise ValueError(f"batch_size {b} is larger than the training half ({N_TRAIN} images)")
         return v
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> ResNetSpec:
+        """A minibatch is drawn from the images trained on: the training half, less the validation split when
+        something selects on it (a search or a scheduler)."""
+        n_val = round(self.data.val_fraction * N_TRAIN) if self.search.active else 0
+        for b in as_list(self.batch_size):
+            if b > N_TRAIN - n_val:
+                raise ValueError(f"batch_size {b} is larger than the {N_TRAIN - n_val} images trained on: the "
+                                 f"training half's {N_TRAIN} less the {n_val} of the validation split a search or "
+                                 f"scheduler holds out (data.val_fraction); allowed: 1..{N_TRAIN - n_val}")
+        return self
 
     @model_validator(mode="after")
     def _eval_fits_budget(self) -> ResNetSpec:

@@ -16,10 +16,10 @@ PROTOCOLS: tuple[str, ...] = ("handout", "epochs")
 DEFAULT_EVAL_EVERY = {"handout": 25, "epochs": 10}
 
 
-def n_flipped_labels(label_noise: float) -> int:
-    """Training labels replaced at noise level ``label_noise``: ``round(label_noise * 898)`` (Python's
-    round, half to even)."""
-    return round(label_noise * N_TRAIN)
+def n_flipped_labels(label_noise: float, n_train: int = N_TRAIN) -> int:
+    """Labels replaced at noise level ``label_noise`` among the ``n_train`` images trained on:
+    ``round(label_noise * n_train)`` (Python's round, half to even); 898 without a validation split."""
+    return round(label_noise * n_train)
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,9 @@ class TrainConfig:
 
     @property
     def n_flipped_labels(self) -> int:
-        """How many training labels label noise replaces: ``round(label_noise * 898)``."""
-        return n_flipped_labels(self.label_noise)
+        """How many of the labels trained on label noise replaces: ``round(label_noise * n_train)`` (the
+        validation split's labels are never replaced)."""
+        return n_flipped_labels(self.label_noise, self.n_train)
 
     def axis_value(self, axis: str) -> object:
         """The value of grid axis ``axis`` (a :data:`sweep.names.AXES` name) for this config, as logged."""

@@ -1,15 +1,15 @@
 """scikit-learn's digits as tensors, split 50/50 by a ``split_seed`` that is separate from training seeds.
 
-Label noise (``data.label_noise`` in a spec) replaces ``round(f * 898)`` of the training half's labels by a
+Label noise (``data.label_noise`` in a spec) replaces ``round(f * n)`` of the ``n`` labels trained on by a
 uniformly drawn different class, before training; which images and which wrong labels are fixed by
 ``split_seed`` and ``f`` alone (:func:`noisy_labels`), so every width and seed of a sweep trains on the same
 corrupted labels. The test half is never touched.
 
-A validation split (searches and schedulers only, issue 14: ``data.val_fraction``) holds
-``round(val_fraction * 898)`` images of the training half out of training, after label noise (a
-practitioner's validation labels come from the same labelled data): which ones is fixed by ``split_seed`` and
-the count alone (:func:`val_positions`), the same for every configuration and seed of a search. Without one,
-nothing changes.
+A validation split (searches and schedulers only: ``data.val_fraction``) holds ``round(val_fraction * 898)``
+images of the training half out of training: which ones is fixed by ``split_seed`` and the count alone
+(:func:`val_positions`), the same for every configuration and seed of a search. Its labels are the true ones:
+label noise applies to what is trained on (the other ``n = 898 - n_val`` images), so a selection on validation
+error does not reward a configuration for a low noise level. Without a split, nothing changes (n = 898).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Digits:
     label_noise: float = 0.0
     n_flipped: int = 0
     x_val: Tensor | None = None  # (n_val, 1, 8, 8) held out of training; None without a validation split
-    y_val: Tensor | None = None  # (n_val,) their labels (as the training half has them)
+    y_val: Tensor | None = None  # (n_val,) their true labels (label noise applies to what is trained on)
 
 
 DigitsArrays = tuple[np.ndarray, np.ndarray]
@@ -81,24 +81,25 @@ def split_hash(split_seed: int) -> str:
 
 
 def noisy_labels(labels: np.ndarray, split_seed: int, label_noise: float) -> tuple[np.ndarray, np.ndarray]:
-    """The training half's labels with ``round(label_noise * 898)`` of them replaced by a wrong class.
+    """The labels trained on with ``round(label_noise * n)`` of them replaced by a wrong class.
 
-    labels: (898,) int labels 0..9 of the training half, in split order. Returns (noisy labels (898,),
-    sorted positions that were flipped). The positions are a uniform sample without replacement; each new
-    label is ``(old + k) % 10`` with k uniform in 1..9, i.e. uniform over the nine other classes. Both come
-    from a generator seeded by ``(split_seed, round(label_noise * 1e6))`` and nothing else: the same
-    corruption for every width, training seed and pack of a sweep.
+    labels: (n,) int labels 0..9 of the images trained on, in split order (the 898 of the training half, or
+    fewer when a validation split is held out). Returns (noisy labels (n,), sorted positions that were
+    flipped). The positions are a uniform sample without replacement; each new label is ``(old + k) % 10``
+    with k uniform in 1..9, i.e. uniform over the nine other classes. Both come from a generator seeded by
+    ``(split_seed, round(label_noise * 1e6))`` and nothing else: the same corruption for every width,
+    training seed and pack of a sweep.
     """
     if not 0 <= label_noise < 1:
         raise ValueError(f"label_noise must be a fraction in [0, 1), got {label_noise}")
-    if labels.shape != (N_TRAIN,):
-        raise ValueError(f"expected the {N_TRAIN} training labels, got shape {labels.shape}")
-    n = n_flipped_labels(label_noise)
+    if labels.ndim != 1 or not 0 < len(labels) <= N_TRAIN:
+        raise ValueError(f"expected at most the {N_TRAIN} training labels, got shape {labels.shape}")
+    n = n_flipped_labels(label_noise, len(labels))
     noisy = labels.copy()
     if n == 0:
         return noisy, np.empty(0, dtype=np.int64)
     rng = np.random.default_rng(np.random.SeedSequence([split_seed, round(label_noise * 1e6), _NOISE_STREAM]))
-    flipped = np.sort(rng.choice(N_TRAIN, size=n, replace=False))
+    flipped = np.sort(rng.choice(len(labels), size=n, replace=False))
     noisy[flipped] = (labels[flipped] + rng.integers(1, N_CLASSES, size=n)) % N_CLASSES
     return noisy, flipped
 
@@ -126,19 +127,18 @@ def load_digits_split(
     """
     images, labels = arrays if arrays is not None else digits_arrays()
     train_idx, test_idx = split_indices(split_seed)
-    clean = labels[train_idx]
-    noisy, flipped = noisy_labels(clean, split_seed, label_noise)
 
     def to(a: np.ndarray, dt: torch.dtype) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
 
     val: dict[str, Tensor] = {}
-    if n_val:
+    if n_val:  # held out first, with their true labels; the noise goes to the images trained on
         held = val_positions(split_seed, n_val)
         keep = np.setdiff1d(np.arange(N_TRAIN), held)  # sorted: the training images keep their split order
-        val = {"x_val": to(images[train_idx[held]], dtype), "y_val": to(noisy[held], torch.int64)}
-        train_idx, noisy, clean = train_idx[keep], noisy[keep], clean[keep]
-        flipped = np.intersect1d(flipped, keep)
+        val = {"x_val": to(images[train_idx[held]], dtype), "y_val": to(labels[train_idx[held]], torch.int64)}
+        train_idx = train_idx[keep]
+    clean = labels[train_idx]
+    noisy, flipped = noisy_labels(clean, split_seed, label_noise)
 
     return Digits(
         **val,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -32,7 +33,7 @@ from sweep.names import (
     TAG_TUNE_PATH,
 )
 from sweep.plan import TrialGroup, plan_trials
-from sweep.spec import SpecError, SweepSpec, validate
+from sweep.spec import SpecError, SweepSpec, load_yaml, validate
 
 SPEC_ARTIFACT = "spec.yaml"
 
@@ -245,7 +246,7 @@ def load_sweep(sweep_id: str | None, tracking_uri: str) -> Sweep:
     parent = parents[0]
     text = Path(client.download_artifacts(parent.info.run_id, SPEC_ARTIFACT)).read_text()
     try:
-        spec = validate(yaml.safe_load(text))
+        spec = validate(load_yaml(text))
     except SpecError as exc:  # e.g. a sweep made before a rule was added (name pattern, distinct grid values)
         raise SweepError(f"sweep {parent.data.tags[TAG_SWEEP_ID]}'s spec.yaml is no longer valid: {exc}") from None
     return Sweep(spec, parent.data.tags[TAG_SWEEP_ID], tracking_uri, parent.info.experiment_id,
@@ -387,27 +388,34 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     from sweep.search_callback import trial_run_ids
 
     client = MlflowClient(sweep.tracking_uri)
-    for result in results:
-        if result.error is not None:
-            reason = f"trial failed after {sweep.spec.max_failures} retries: {str(result.error).splitlines()[0]}"
-            run_ids = trial_run_ids(client, sweep.experiment_id, sweep.sweep_id, _trial_id(result), result.config)
-            tracking.end_unfinished_runs(client, run_ids, reason[:4000])
-    if sweep.searched:
-        end_superseded_runs(sweep, results)
-    if sweep.spec.search.active:
-        record_best(sweep, results)
-    runs = trial_runs(sweep)
-    tracking.end_unfinished_runs(client, [r.info.run_id for r in runs], "trial did not finish")
-    runs = trial_runs(sweep)
     family = sweep.spec.family
     knob = family.knob
+    runless: list[dict[str, Any]] = []  # trials that failed before making a run: rows of their own
+    for result in results:
+        if result.error is not None:
+            reason = f"trial failed after {sweep.spec.max_failures} retries: {error_summary(result.error)}"
+            run_ids = trial_run_ids(client, sweep.experiment_id, sweep.sweep_id, _trial_id(result), result.config)
+            tracking.end_unfinished_runs(client, run_ids, reason[:4000])
+            if not run_ids:
+                group = trial_group(sweep, result.config)
+                runless.append({"grid_point": group.grid_point, knob: group.config.axis_value(knob),
+                                "seed": ",".join(map(str, group.seeds)),
+                                **{key: float("nan") for key, _ in family.table_metrics},
+                                "status": "FAILED", "failure_reason": reason})
+    if sweep.searched:
+        end_superseded_runs(sweep, results)
+    runs = trial_runs(sweep)
+    tracking.end_unfinished_runs(client, [r.info.run_id for r in runs], "trial did not finish")
+    if sweep.spec.search.active:
+        record_best(sweep)
+    runs = trial_runs(sweep)
     rows = sorted(
         ({"grid_point": r.data.tags.get(TAG_GRID_POINT, f"{knob}={r.data.params[knob]}"),
           knob: int(r.data.params[knob]), "seed": int(r.data.params["seed"]),
           **{key: r.data.metrics.get(key, float("nan")) for key, _ in family.table_metrics},
           "status": r.info.status, "failure_reason": r.data.tags.get(TAG_FAILURE, "")} for r in runs),
         key=lambda row: (row[knob], row["grid_point"], row["seed"]),
-    )
+    ) + runless
     n_failed = sum(row["status"] != "FINISHED" for row in rows)
     share = logging_share(results)
     # A tag, not a metric: a parent metric would get a chart of its own among the trials' metrics.
@@ -416,6 +424,26 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
                                                                "n_failed": str(n_failed), **share_tag})
     tracking.with_retry(client.set_terminated, sweep.parent_run_id, "FINISHED")
     return rows
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_summary(error: BaseException) -> str:
+    """A trial's error as plain text: its cause's last line (``ValueError: C, budget and lr must be positive``),
+    without the terminal colour codes Ray puts around the remote frame's name."""
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def trial_group(sweep: Sweep, config: dict[str, Any]) -> TrialGroup:
+    """The grid point and seeds of a Tune trial, from its config: a grid trial's group, or a search trial's
+    base group with its sampled values."""
+    from sweep.trainable import search_group
+
+    if "trial" in config:
+        return TrialGroup.from_dict(config["trial"]["group"], family=sweep.spec.family)
+    return search_group(config, sweep.spec.family)
 
 
 def _trial_id(result: Any) -> str:
@@ -456,48 +484,31 @@ def end_superseded_runs(sweep: Sweep, results: Any) -> list[str]:
     return ended
 
 
-def best_result(sweep: Sweep, results: Any) -> Any:
-    """The trial with the best ``search.metric`` (a validation metric: the mean over its live seeds at its last
-    report) among those that ran their whole budget; among all when none did. None when no trial reported."""
-    from sweep.search_callback import trial_budget
-
-    metric, sign = sweep.spec.search.metric, (1 if sweep.spec.search.mode == "min" else -1)
-    scored = [r for r in results if r.error is None and r.metrics and r.metrics.get("live_members")
-              and r.metrics.get(metric) == r.metrics.get(metric)]  # drops NaN
-    full = [r for r in scored if r.metrics.get("step", 0) >= trial_budget(r.config)]
-    pool = full or scored
-    return min(pool, key=lambda r: sign * r.metrics[metric]) if pool else None
-
-
-def best_config(sweep: Sweep, result: Any) -> dict[str, Any]:
-    """The searched (and grid) values of a trial: what distinguishes it from the others."""
-    if "point" in result.config:
-        return dict(result.config["point"])
-    from sweep.plan import TrialGroup
-
-    group = TrialGroup.from_dict(result.config["trial"]["group"], family=sweep.spec.family)
-    return {axis: group.config.axis_value(axis) for axis in group.axes}
-
-
-def record_best(sweep: Sweep, results: Any) -> None:
-    """On the parent run: tag ``best_config`` (JSON), params ``best.<key>``, tag ``best_run_ids`` (JSON list)
-    and ``best.<metric>`` (the trial's mean over seeds)."""
+def record_best(sweep: Sweep) -> None:
+    """On the parent run, the best configuration (:func:`analysis.search.best_configuration`: per grid point,
+    over all its FINISHED seeds, among those that ran the budget): tag ``best_config`` (JSON of every axis
+    value), params ``best.<axis>``, tag ``best_run_ids`` (JSON list) and ``best.<metric>`` (mean over seeds).
+    The same function writes summary.md's Search section and marks search.png, so the three agree."""
     from mlflow import MlflowClient
 
+    from analysis.load import sweep_axes
+    from analysis.search import best_configuration, configurations, search_settings
     from sweep import tracking
     from sweep.search import TAG_BEST_CONFIG
-    from sweep.search_callback import trial_run_ids
 
-    best = best_result(sweep, results)
-    if best is None:
-        return
     client = MlflowClient(sweep.tracking_uri)
-    config = best_config(sweep, best)
-    run_ids = trial_run_ids(client, sweep.experiment_id, sweep.sweep_id, _trial_id(best), best.config)
-    metric = sweep.spec.search.metric
+    parent = tracking.with_retry(client.get_run, sweep.parent_run_id)
+    settings = search_settings(parent)
+    frame = configurations(client, parent, settings) if settings else None
+    if frame is None or frame.empty:
+        return
+    best = best_configuration(frame, settings)
+    axes, _ = sweep_axes(parent, [])
+    config = {axis: best[axis].item() if hasattr(best[axis], "item") else best[axis] for axis in axes}
+    metric = settings["metric"]
     tracking.log_params(client, sweep.parent_run_id, {f"best.{k}": v for k, v in config.items()},
-                        tags={TAG_BEST_CONFIG: json.dumps(config), "best_run_ids": json.dumps(sorted(run_ids)),
-                              f"best.{metric}": f"{best.metrics[metric]:.6g}"})
+                        tags={TAG_BEST_CONFIG: json.dumps(config), "best_run_ids": json.dumps(list(best["run_ids"])),
+                              f"best.{metric}": f"{best['metric']:.6g}"})
 
 
 def logging_share(results: Any) -> float | None:

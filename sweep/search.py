@@ -33,9 +33,10 @@ def check(spec: CommonSpec) -> None:
     """Refuse a search block the family cannot run, one line each (SpecError), before Ray starts."""
     search = spec.search
     family = spec.family
+    if search.space and search.algorithm == "grid":  # with or without a scheduler: a grid samples nothing
+        raise SpecError("search.space is given but search.algorithm is grid, which never samples it: use "
+                        "algorithm random or optuna, or give the values as a grid list")
     if not search.active:
-        if search.space:
-            raise SpecError("search.space is given but search.algorithm is grid: use algorithm random or optuna")
         return
     if not family.validation_metrics:
         raise SpecError(f"family {family.name} logs no validation metric, so it cannot be searched or scheduled "
@@ -49,6 +50,9 @@ def check(spec: CommonSpec) -> None:
     if search.algorithm != "grid" and not search.space:
         raise SpecError(f"search.algorithm {search.algorithm} needs a search.space, e.g. "
                         "space: {lr: {loguniform: [0.001, 1]}}")
+    if search.algorithm != "grid" and spec.pack == "off":
+        raise SpecError(f"pack: off cannot go with search.algorithm {search.algorithm}: a sampled configuration "
+                        "trains all its seeds in one trial, whose mean over seeds the searcher reads; use pack: auto")
     searchable = [a for a in family.axis_keys if a not in ("budget", "protocol", "eval_every")]
     for key, dist in search.space.items():
         if key not in searchable:
@@ -85,19 +89,27 @@ def check(spec: CommonSpec) -> None:
         if grid:
             raise SpecError(f"search.algorithm optuna cannot take grid lists ({', '.join(grid)}): give one value, "
                             "or search it in search.space, or use algorithm random (it multiplies grids)")
-    if "batch_size" in search.space:
-        _check_batch_sizes(spec)
 
 
-def _check_batch_sizes(spec: CommonSpec) -> None:
-    from sweep.config import N_TRAIN
-
-    name, args = distribution(spec, "batch_size")
-    n_train = N_TRAIN - round(spec.data.val_fraction * N_TRAIN)
-    largest = max(args) if name == "choice" else args[1]
-    if largest > n_train:
-        raise SpecError(f"search.space.batch_size reaches {largest}, more than the {n_train} images trained on "
-                        f"(898 less the validation split)")
+def drawable_values(spec: CommonSpec) -> list[tuple[str, Any, str]]:
+    """(key, value, how it is drawn) for the values of ``search.space`` that decide whether every draw is valid:
+    each choice; the lowest and the highest value an interval can give. Tune's uniform and loguniform draw
+    from [low, high) and randint from low..high - 1, so the highest draw is the float just below ``high``, or
+    ``high - 1``. A key's rules are bounds (> 0, < 1, <= the images trained on) and a type, so checking these
+    values checks every draw (:func:`sweep.spec.validate` runs them through the spec's own rules)."""
+    out: list[tuple[str, Any, str]] = []
+    for key in spec.search.space:
+        name, args = distribution(spec, key)
+        where = f"search.space.{key}.{name}"
+        if name == "choice":
+            out += [(key, v, f"{where} can draw {v!r}") for v in args]
+        elif name == "randint":
+            out += [(key, args[0], f"{where} can draw {args[0]!r}"),
+                    (key, args[1] - 1, f"{where} can draw {args[1] - 1!r} (its high {args[1]} is exclusive)")]
+        else:
+            out += [(key, float(args[0]), f"{where} can draw {args[0]!r}"),
+                    (key, math.nextafter(float(args[1]), -math.inf), f"{where} can draw values just below {args[1]!r}")]
+    return out
 
 
 def knob_values(spec: CommonSpec) -> list[Any]:
@@ -157,4 +169,4 @@ def scheduler(spec: CommonSpec) -> Any:
 
 
 __all__ = ["LOG_DISTRIBUTIONS", "TAG_BEST_CONFIG", "TAG_STOPPED_EARLY", "TAG_SUPERSEDED", "TAG_TUNE_TRIAL", "check",
-           "distribution", "max_t", "scheduler", "searcher", "tune_space"]
+           "distribution", "drawable_values", "max_t", "scheduler", "searcher", "tune_space"]

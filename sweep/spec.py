@@ -19,6 +19,7 @@ touches Ray or MLflow.
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,32 @@ from pydantic import BaseModel, ValidationError
 
 from models.family import Family, family_names, get_family
 from sweep.spec_base import NAME_MAX_LENGTH, NAME_PATTERN, CommonSpec, SpecError
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers in scientific notation without a dot (``1e-3``) as floats.
+
+    PyYAML implements YAML 1.1, whose float pattern needs a dot (``1.0e-3``), so ``1e-3`` would be the string
+    "1e-3"; YAML 1.2 (and a user) reads it as a number. The resolver below is YAML 1.2's float pattern; a second
+    YAML library (ruamel.yaml) would bring that, at the price of two parsers for one regex.
+    """
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                 |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                 |[-+]?\.(?:inf|Inf|INF)
+                 |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed with :class:`SpecLoader` (safe, scientific notation read as numbers)."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+
 
 #: The base class of every family's spec (annotations: a validated spec of any family).
 SweepSpec = CommonSpec
@@ -66,7 +93,7 @@ def load_raw(source: str) -> dict[str, Any]:
             f"presets are {', '.join(preset_names())}, or give a path to a .yaml file"
         )
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -84,7 +111,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
             raise SpecError(f"malformed --set {item!r}: expected key=value, e.g. --set model.C=[1,2,4]")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
             raise SpecError(f"malformed --set {item!r}: the value {text!r} is not valid YAML") from None
         node = raw
@@ -154,7 +181,29 @@ def validate(raw: dict[str, Any]) -> CommonSpec:
     from sweep import search  # the search block against the family: distributions, keys, metric
 
     search.check(spec)
+    _check_drawable(spec)
     return spec
+
+
+def _check_drawable(spec: CommonSpec) -> None:
+    """Every value a searcher can draw passes the same validation as a value written in the spec: each one
+    (:func:`sweep.search.drawable_values`: the choices, an interval's ends) is put in the spec in place of
+    the key's value and the spec validated again; the first one refused is one line naming the draw."""
+    from sweep import search
+
+    family = spec.family
+    resolved = spec.model_dump(mode="json")
+    for key, value, drawn in search.drawable_values(spec):
+        raw = apply_overrides(resolved, [])
+        node = raw
+        *parents, leaf = family.axis_keys[key].split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+        try:
+            family.spec_class.model_validate(raw)
+        except ValidationError as exc:
+            raise SpecError(f"{drawn}: {_one_line(exc, family)}") from None
 
 
 def load_spec(source: str, overrides: list[str] | None = None) -> tuple[SweepSpec, dict[str, Any]]:
@@ -226,5 +275,6 @@ def _one_line(exc: ValidationError, family: Family) -> str:
     return f"bad value for {key!r}: {err.get('input')!r} ({msg})" + (f"; allowed: {allowed}" if allowed else "")
 
 
-__all__ = ["ALLOWED", "DEFAULT_FAMILY", "NAME_MAX_LENGTH", "NAME_PATTERN", "SpecError", "SweepSpec", "apply_overrides",
-           "load_raw", "load_spec", "preset_names", "preset_summaries", "spec_family", "validate"]
+__all__ = ["ALLOWED", "DEFAULT_FAMILY", "NAME_MAX_LENGTH", "NAME_PATTERN", "SpecError", "SpecLoader", "SweepSpec",
+           "apply_overrides", "load_raw", "load_spec", "load_yaml", "preset_names", "preset_summaries", "spec_family",
+           "validate"]

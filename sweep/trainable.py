@@ -49,10 +49,16 @@ def _report_metrics(trainer: Trainer, evaluation: Evaluation, logger: TrialRunLo
     return metrics
 
 
-def _plain(point: dict[str, Any]) -> dict[str, Any]:
+def plain_values(point: dict[str, Any]) -> dict[str, Any]:
     """Tune hands numpy scalars for randint; params and names want plain numbers."""
     return {k: (int(v) if isinstance(v, numbers.Integral) else float(v) if isinstance(v, numbers.Real) else v)
             for k, v in point.items()}
+
+
+def search_group(config: dict[str, Any], family: Family) -> TrialGroup:
+    """A search trial's group: the base group (the spec's values, all seeds) with its sampled ``point`` values."""
+    base = TrialGroup.from_dict(config["search"]["group"], family=family)
+    return replace(base, config=replace(base.config, **plain_values(config["point"])))
 
 
 def _search_runs(config: dict[str, Any], family: Family) -> tuple[TrialGroup, dict[int, str]]:
@@ -64,8 +70,7 @@ def _search_runs(config: dict[str, Any], family: Family) -> tuple[TrialGroup, di
     from sweep.tracking import find_or_create_trial_runs
 
     info = config["search"]
-    base = TrialGroup.from_dict(info["group"], family=family)
-    group = replace(base, config=replace(base.config, **_plain(config["point"])))
+    group = search_group(config, family)
     client = MlflowClient(config["tracking_uri"])
     params = {seed: group.member_params(seed, info["split_hash"], family) for seed in group.seeds}
     run_ids, created = find_or_create_trial_runs(
@@ -130,9 +135,7 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
     if "search" in config:  # a search sweep: the trial's configuration was sampled, its runs are made now
         family = family or TrialGroup.from_dict(config["search"]["group"]).family
         names = (*family.metric_names, *(m.name for m in family.validation_metrics))
-        base = TrialGroup.from_dict(config["search"]["group"], family=family)
-        done = _finished_elsewhere(config, replace(base, config=replace(base.config, **_plain(config["point"]))),
-                                   names)
+        done = _finished_elsewhere(config, search_group(config, family), names)
         if done is not None:
             tune.report(done)
             return
@@ -173,6 +176,7 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
     timing = {"training_started_unix": time.time(), "seconds_in_trainer": 0.0, "seconds_reporting": 0.0}
     evaluations = trainer.run()
     last_report = time.monotonic()
+    done = False
     while True:
         entered = time.perf_counter()
         evaluation = next(evaluations, None)
@@ -183,7 +187,12 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
         logger.add(evaluation)
         metrics = {**_report_metrics(trainer, evaluation, logger, metric_names), **timing}
         finished = trainer.step >= group.config.budget or not evaluation.records
-        if position.get(evaluation.step, 0) % every and not finished:
+        if finished:
+            # Before the last report: a scheduler may stop the trial at it, and Ray then leaves this function
+            # inside tune.report, so a trial that trained its whole budget ends its runs here, with weights.
+            _finish_members(trainer, logger, family, group)
+            done = True
+        elif position.get(evaluation.step, 0) % every:
             if report_all or time.monotonic() - last_report >= REPORT_EVERY_S:
                 if report_all:  # a scheduler may stop the trial at this report: its steps are in MLflow first
                     logger.flush()
@@ -199,7 +208,12 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         timing["seconds_reporting"] += time.perf_counter() - reporting
         last_report = time.monotonic()
+    if not done:  # restored from a checkpoint taken at the budget: nothing left to train, the runs to end
+        _finish_members(trainer, logger, family, group)
 
+
+def _finish_members(trainer: Trainer, logger: TrialRunLogger, family: Family, group: TrialGroup) -> None:
+    """Flush, save every live member's weights and end its run FINISHED (diverged ones ended FAILED already)."""
     logger.flush()
     with tempfile.TemporaryDirectory() as folder:
         for seed in trainer.seeds:

@@ -100,7 +100,32 @@ SEARCH_CASES = [
     (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {loguniform: [0.001, 1]}}", "--set", "lr=[0.1,0.2]"],
      ["'lr' is given both as a grid list and in search.space"]),
     (["run", "smoke", *_RANDOM, "--set", "search.space={batch_size: {choice: [32, 800]}}"],
-     ["search.space.batch_size reaches 800", "718 images"]),
+     ["search.space.batch_size.choice can draw 800", "718 images trained on", "allowed: 1..718"]),
+    # issue 27: fixed and grid values against the images a validation split leaves, whatever the search
+    (["run", "smoke", "--set", "search.scheduler=asha", "--set", "batch_size=800"],
+     ["batch_size 800 is larger than the 718 images trained on", "allowed: 1..718"]),
+    (["run", "smoke", "--set", "search.scheduler=asha", "--set", "data.val_fraction=0.5",
+      "--set", "batch_size=[128,449,500]"], ["batch_size 500 is larger than the 449 images trained on"]),
+    # issue 27: every value a searcher can draw passes the key's own rules (the grid's validation)
+    (["run", "smoke", *_RANDOM, "--set", "model.C=1", "--set", "search.space={C: {choice: [0, 4]}}"],
+     ["search.space.C.choice can draw 0", "'model.C'", "greater than 0"]),
+    (["run", "smoke", *_RANDOM, "--set", "model.C=1", "--set", "search.space={C: {choice: [2.5, 4]}}"],
+     ["search.space.C.choice can draw 2.5", "valid integer"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {uniform: [-1, 1]}}"],
+     ["search.space.lr.uniform can draw -1", "'lr'", "greater than 0"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={label_noise: {uniform: [0.5, 2]}}"],
+     ["search.space.label_noise.uniform can draw values just below 2", "'data.label_noise'", "less than 1"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={batch_size: {choice: [0, 64]}}"],
+     ["search.space.batch_size.choice can draw 0", "greater than 0"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={batch_size: {choice: [64, 128.0]}}"],
+     ["search.space.batch_size.choice can draw 128.0", "valid integer"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {choice: ['a', 0.1]}}"],
+     ["search.space.lr.choice can draw 'a'", "valid number"]),
+    (["run", "smoke", *_RANDOM, "--set", "search.space={batch_size: {randint: [1, 720]}}"],
+     ["search.space.batch_size.randint can draw 719 (its high 720 is exclusive)", "718 images trained on"]),
+    # issue 27: a space next to a grid is refused whatever the scheduler; pack: off cannot split a sample
+    (["run", "smoke", "--set", "search.scheduler=asha", *_LR], ["search.space is given but search.algorithm is grid"]),
+    (["run", "smoke", *_RANDOM, *_LR, "--set", "pack=off"], ["pack: off cannot go with search.algorithm random"]),
     (["run", "smoke", *_RANDOM, "--set", "model.C=2", "--set", "search.space={C: {uniform: [1, 8]}}"],
      ["search.space.C takes integers"]),
     (["run", "smoke", *_RANDOM], ["search.algorithm random needs a search.space"]),
@@ -132,6 +157,25 @@ def test_gpu_requested_on_a_machine_without_one(no_compute, capsys):
     assert code == 2 and err.count("\n") == 1
     assert "resources.gpu=1.0 requested" in err and "no GPU" in err
     assert not (no_compute / "mlflow.db").exists()
+
+
+def test_scientific_notation_in_a_yaml_file_is_a_number():
+    """PyYAML reads 1e-3 as a string (YAML 1.1 wants 1.0e-3); a spec file is read as a user means it."""
+    from sweep.spec import load_yaml, validate
+
+    raw = load_yaml("name: s\nmodel: {C: 4}\nseeds: 1\nlr: 2E-1\n"
+                    "search: {algorithm: random, space: {lr: {loguniform: [1e-3, 1]}}}\n")
+    assert raw["search"]["space"]["lr"]["loguniform"] == [0.001, 1] and raw["lr"] == 0.2
+    assert validate(raw).search.space["lr"] == {"loguniform": [0.001, 1]}
+    assert load_yaml("[1e3, 1.5, 10, .inf, '1e-3', 1_000]") == [1000.0, 1.5, 10, float("inf"), "1e-3", 1000]
+
+
+def test_a_randint_space_may_reach_its_exclusive_bound(no_compute):
+    """randint: [1, 719] draws 1..718, all of which fit the 718 images a validation split leaves."""
+    from sweep.spec import load_spec
+
+    spec, _ = load_spec("smoke", ["search.algorithm=random", "search.space={batch_size: {randint: [1, 719]}}"])
+    assert spec.search.space["batch_size"] == {"randint": [1, 719]}
 
 
 def test_yaml_that_does_not_parse(no_compute, capsys):

@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 
 from sweep import data, driver
@@ -51,6 +52,23 @@ def test_validation_split_is_held_out_of_the_training_half_only():
     assert len(set(held)) == n_val and not set(held) & set(test_idx)
     # drawn by split_seed alone: another split seed holds out other images
     assert not np.array_equal(val_positions(3, n_val), val_positions(4, n_val))
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1, 0.3])
+def test_validation_labels_are_the_true_ones_and_noise_goes_to_the_labels_trained_on(noise):
+    """Issue 27 item 6: a perfect classifier (the true labels) scores val_error 0 at every noise level, so
+    selection cannot reward a low noise level; round(noise x 718) of the 718 labels trained on are flipped, and
+    that is the count a run logs (n_flipped_labels)."""
+    n_val = round(0.2 * N_TRAIN)
+    d = load_digits_split(split_seed=0, label_noise=noise, n_val=n_val)
+    images, labels = data.digits_arrays()
+    train_idx, _ = split_indices(0)
+    held = train_idx[val_positions(0, n_val)]
+    assert np.array_equal(d.y_val.numpy(), labels[held])  # a perfect classifier's val_error: 0
+    flipped = int((d.y_train != d.y_train_clean).sum())
+    assert flipped == d.n_flipped == round(noise * 718)  # 0, 72 (71.8), 215 (215.4)
+    assert TrainConfig(C=1, label_noise=noise, val_fraction=0.2).n_flipped_labels == flipped
+    assert TrainConfig(C=1, label_noise=noise).n_flipped_labels == round(noise * 898)  # grids: the whole half
 
 
 def test_grids_have_no_validation_split():
@@ -94,8 +112,8 @@ def test_random_search_six_samples(ray_local, tmp_path):
     assert len(lrs) == 6  # six distinct configurations
     parent = client.get_run(sweep.parent_run_id)
     assert json.loads(parent.data.tags["sweep.axes"]) == ["C", "lr"]
-    best = json.loads(parent.data.tags["best_config"])
-    assert set(best) == {"lr"} and parent.data.params["best.lr"] == str(best["lr"])
+    best = json.loads(parent.data.tags["best_config"])  # the grid point: every axis, the fixed knob included
+    assert best["C"] == 1 and set(best) == {"C", "lr"} and parent.data.params["best.lr"] == str(best["lr"])
     assert mean_val[str(best["lr"])] == min(mean_val.values())  # selected on validation error alone
     best_runs = {r.info.run_id for r in trials[next(t for t, rs in trials.items()
                                                       if rs[0].data.params["lr"] == str(best["lr"]))]}
@@ -133,6 +151,70 @@ def test_asha_stops_the_worse_trial(ray_local, tmp_path):
     assert json.loads(client.get_run(sweep.parent_run_id).data.tags["best_config"]) == {"C": 4, "lr": 0.5}
 
 
+def test_a_trial_asha_stops_at_its_last_report_ends_finished_with_its_weights(ray_local, tmp_path):
+    """Issue 27 item 1: the rung at 45 falls between the last evaluation before the budget (40) and the budget
+    (50), so ASHA decides on C=1 (one trial at a time, after C=16) at its final report. A trial that trained its
+    whole budget ends FINISHED with its weights whatever the scheduler does there (before: FAILED, no weights,
+    exit 1)."""
+    sweep = run_sweep(tmp_path, "smoke", "--no-analyze", "--set", "search.scheduler=asha",
+                      "--set", "search.grace_period=45", "--set", "max_concurrent_trials=1", "--set", "model.C=[1,16]")
+    client = MlflowClient(sweep.tracking_uri)
+    runs = driver.trial_runs(sweep)
+    assert len(runs) == 4
+    for r in runs:
+        assert r.info.status == "FINISHED", (r.info.run_name, r.data.tags.get("failure_reason"))
+        assert "stopped_early" not in r.data.tags  # it trained its budget
+        assert [s for s, _ in histories(client, r.info.run_id, "val_error")][-1] == 50
+        C, seed = r.data.params["C"], r.data.params["seed"]
+        assert [a.path for a in client.list_artifacts(r.info.run_id)] == [f"model_C{C}_seed{seed}.pt"]
+    assert client.get_run(sweep.parent_run_id).data.tags["n_failed"] == "0"
+
+
+def test_the_best_configuration_is_a_grid_point_over_all_its_seeds(ray_local, tmp_path):
+    """Issue 27 item 2: every seed its own trial (pack: off) under ASHA; the best is the grid point with the best
+    mean val_error over ALL its seeds (recomputed here from the runs), with all its runs, and summary.md says
+    the same (before: one seed's trial, one run)."""
+    sweep = run_sweep(tmp_path, "smoke", "--set", "model.C=4", "--set", "lr=[0.3,0.6]", "--set", "seeds=3",
+                      "--set", "pack=off", "--set", "search.scheduler=asha", "--set", "search.grace_period=60")
+    client = MlflowClient(sweep.tracking_uri)
+    by_lr: dict[str, list] = defaultdict(list)
+    for r in driver.trial_runs(sweep):
+        assert r.info.status == "FINISHED"
+        by_lr[r.data.params["lr"]].append(r)
+    # The budget (50) is below the grace period: nothing is stopped, every seed ran its budget.
+    means = {lr: np.mean([final(client, r, "val_error")[1] for r in runs]) for lr, runs in by_lr.items()}
+    best_lr = min(means, key=means.get)
+    parent = client.get_run(sweep.parent_run_id)
+    assert json.loads(parent.data.tags["best_config"]) == {"C": 4, "lr": float(best_lr)}
+    assert sorted(json.loads(parent.data.tags["best_run_ids"])) == sorted(r.info.run_id for r in by_lr[best_lr])
+    assert float(parent.data.tags["best.val_error"]) == pytest.approx(means[best_lr], rel=1e-5)
+    summary = (tmp_path / "sweep_results" / sweep.sweep_id / "summary.md").read_text()
+    assert f"C=4 lr={best_lr}, val_error {means[best_lr]:.3f}" in summary
+
+
+def test_a_trial_that_failed_before_making_runs_is_counted_with_its_plain_reason(tmp_path):
+    """Issue 27 item 4, no Ray: a search trial that errored before it made any run is a FAILED row of the sweep's
+    table and of n_trials/n_failed, and its reason is the error's last line without terminal colour codes."""
+    from types import SimpleNamespace
+
+    from sweep.spec import load_spec
+
+    spec, _ = load_spec("smoke", ["model.C=2", "seeds=[0,1]", "search.algorithm=random", f"{LR}"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = driver.create_sweep(spec, "smoke", uri, str(tmp_path / "ray_results"))
+    error = RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=123, ip=127.0.0.1)\n"
+                         "  File \"trainable.py\", line 1, in train_group\n"
+                         "ValueError: C, budget and lr must be positive")
+    config = {"search": {"group": sweep.trials[0]["group"]}, "point": {"lr": 0.25}}
+    result = SimpleNamespace(error=error, config=config, metrics={}, path=str(tmp_path / "ray_results" / "trial_t9"))
+    rows = driver.finish_sweep(sweep, [result])
+    reason = "trial failed after 3 retries: ValueError: C, budget and lr must be positive"
+    assert [(r["grid_point"], r["seed"], r["status"], r["failure_reason"]) for r in rows] == [
+        ("C=2 lr=0.25", "0,1", "FAILED", reason)]
+    tags = MlflowClient(uri).get_run(sweep.parent_run_id).data.tags
+    assert (tags["n_trials"], tags["n_failed"]) == ("1", "1")
+
+
 def test_optuna_four_samples(ray_local, tmp_path):
     sweep = run_sweep(tmp_path, "smoke", "--no-analyze", "--set", "model.C=1", "--set", "seeds=1",
                       "--set", "budget=20", "--set", "search.algorithm=optuna", "--set", "search.num_samples=4",
@@ -145,7 +227,8 @@ def test_optuna_four_samples(ray_local, tmp_path):
         assert run.data.params["batch_size"] in ("16", "64")
         assert run.info.run_name == f"C=1 lr={run.data.params['lr']} batch_size={run.data.params['batch_size']} seed=0"
     parent = client.get_run(sweep.parent_run_id)
-    assert parent.info.status == "FINISHED" and set(json.loads(parent.data.tags["best_config"])) == {"lr", "batch_size"}
+    assert parent.info.status == "FINISHED"
+    assert set(json.loads(parent.data.tags["best_config"])) == {"C", "lr", "batch_size"}
 
 
 def _random_test_labels(arrays):
