@@ -24,21 +24,23 @@ run: setup
 
 test: setup browser
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not cluster" --durations=12
 
-# tests/test_ui.py drives the MLflow UI in Debian's chromium: install it when we can (root with apt), else stop
+# tests/sweep/test_ui.py drives the MLflow UI in Debian's chromium: install it when we can (root with apt), else stop
 # with one line saying how. The test is never skipped.
 browser:
 	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing chromium and chromium-driver (apt-get) for tests/test_ui.py"; \
+	  echo "installing chromium and chromium-driver (apt-get) for tests/sweep/test_ui.py"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else \
-	  echo "make test: tests/test_ui.py needs chromium: sudo apt-get install -y chromium chromium-driver" >&2; exit 1; \
+	  echo "make test: tests/sweep/test_ui.py needs chromium: sudo apt-get install -y chromium chromium-driver" >&2; exit 1; \
 	fi
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -1,11 +1,13 @@
-"""Seed statistics per grid point: final and best-step errors, error curves, and the interpolation threshold.
+"""Seed statistics per grid point: the family's quantities (final and best-step values), curves over steps,
+and the threshold the family declares (the ResNet's interpolation threshold).
 
 A grid point is one value of every axis of the sweep (``C``, and ``lr``, ``label_noise``, ... where they
-vary); statistics are taken over the seeds of one grid point and never pooled across an axis.
+vary); statistics are taken over the seeds of one grid point and never pooled across an axis. Which numbers
+are summarised is the family's declaration (:attr:`models.family.Family.quantities`): nothing here names a
+metric.
 
 Intervals are two-sided Student t-intervals over seeds: ``mean ± t_{(1+conf)/2, n-1} * s / sqrt(n)`` with
 ``s`` the sample standard deviation (ddof=1). With fewer than two seeds the half-width is NaN (undefined).
-All errors are misclassification rates in [0, 1]; the gap is test error minus train error.
 """
 
 from __future__ import annotations
@@ -19,19 +21,14 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from models.family import Family, Quantity, ThresholdRule, get_family
+
 CONFIDENCE = 0.95
-#: Mean final train error below which a width counts as interpolating (fits the training half).
-INTERPOLATION_TOL = 0.01
-#: Per-trial quantities summarised per grid point: column name -> description.
-QUANTITIES: dict[str, str] = {
-    "final_train_error": "final train error",
-    "final_test_error": "final test error",
-    "final_gap": "final generalization gap (test - train error)",
-    "best_test_error": "oracle best-step test error (step picked on the test set)",
-}
-#: Summarised too when the runs logged ``train_error_clean`` (train error against the true labels).
-CLEAN_QUANTITY = ("final_train_error_clean", "final train error on the true labels")
-CURVE_METRICS = ("train_error", "test_error")
+
+
+def default_family(family: Family | None) -> Family:
+    """``family``, or the ResNet when a caller (a notebook, a test) analyses a frame without naming one."""
+    return family or get_family("resnet")
 
 
 @dataclass(frozen=True)
@@ -70,52 +67,44 @@ def mean_ci(values: ArrayLike, confidence: float = CONFIDENCE) -> Interval:
     return Interval(float(v.mean()), float(t_half_width(std, v.size, confidence)), int(v.size))
 
 
-def per_trial(metrics: pd.DataFrame, axes: Sequence[str] = ("C",)) -> pd.DataFrame:
+def per_trial(metrics: pd.DataFrame, axes: Sequence[str] = ("C",), family: Family | None = None) -> pd.DataFrame:
     """One row per run from the tidy metric frame (see :class:`analysis.load.SweepData`).
 
-    Columns: run_id, the ``axes``, seed, final_step (last logged step of test_error), final_train_error,
-    final_test_error, final_gap (the logged ``generalization_gap`` at the final step, else test - train),
-    best_test_error (min of test_error over steps: an oracle, the step is picked on the test set),
-    best_step (first step reaching it), and final_train_error_clean when ``train_error_clean`` was logged.
-    Sorted by the axes, then seed.
+    Columns: run_id, the ``axes``, seed, final_step (the run's last logged step), then every quantity of the
+    family whose metric the run logged: ``final`` ones the value at the metric's last logged step, ``best`` ones
+    its best value over steps in the metric's direction (an oracle: the step is picked on the metric itself),
+    with ``<column>_step`` the first step reaching it. Sorted by the axes, then seed.
     """
+    family = default_family(family)
     keys = ["run_id", *axes, "seed"]
     wide = metrics.pivot_table(index=[*keys, "step"], columns="metric", values="value", aggfunc="last")
-    clean = "train_error_clean" in wide.columns
+    present = [q for q in family.quantities if q.metric in wide.columns]
     rows = []
     for key, g in wide.groupby(level=keys, sort=False):
         g = g.droplevel(keys).sort_index()
-
-        def series(name: str, g: pd.DataFrame = g) -> pd.Series:
-            return g[name].dropna() if name in g else pd.Series(dtype=float)
-
-        test, train, gap = series("test_error"), series("train_error"), series("generalization_gap")
-        final_step = int(test.index[-1]) if len(test) else (int(g.index[-1]) if len(g) else -1)
-        final_train = float(train.iloc[-1]) if len(train) else math.nan
-        final_test = float(test.iloc[-1]) if len(test) else math.nan
         row = dict(zip(keys, key, strict=True))
-        row.update({
-            "final_step": final_step,
-            "final_train_error": final_train,
-            "final_test_error": final_test,
-            "final_gap": float(gap.iloc[-1]) if len(gap) else final_test - final_train,
-            "best_test_error": float(test.min()) if len(test) else math.nan,
-            "best_step": int(test.idxmin()) if len(test) else -1,
-        })
-        if clean:
-            train_clean = series("train_error_clean")
-            row[CLEAN_QUANTITY[0]] = float(train_clean.iloc[-1]) if len(train_clean) else math.nan
+        row["final_step"] = int(g.index[-1]) if len(g) else -1
+        for q in present:
+            row.update(_quantity(g[q.metric].dropna(), q, family))
         rows.append(row)
     return pd.DataFrame(rows).sort_values([*axes, "seed"], kind="stable").reset_index(drop=True)
 
 
-def quantities(frame: pd.DataFrame) -> dict[str, str]:
-    """:data:`QUANTITIES`, plus the clean train error when ``frame`` (per-trial or summary) has it."""
-    q = dict(QUANTITIES)
-    name, text = CLEAN_QUANTITY
-    if name in frame.columns or f"{name}_mean" in frame.columns:
-        q[name] = text
-    return q
+def _quantity(series: pd.Series, q: Quantity, family: Family) -> dict[str, float]:
+    """One run's value of quantity ``q`` from the metric's history ``series`` (indexed by step)."""
+    if not len(series):
+        return {q.column: math.nan, **({f"{q.column}_step": -1} if q.kind == "best" else {})}
+    if q.kind == "final":
+        return {q.column: float(series.iloc[-1])}
+    step = series.idxmax() if family.metric(q.metric).higher_is_better else series.idxmin()
+    return {q.column: float(series[step]), f"{q.column}_step": int(step)}
+
+
+def quantities(frame: pd.DataFrame, family: Family | None = None) -> dict[str, str]:
+    """The family's quantities ``frame`` (per-trial or summary) holds: column -> description."""
+    cols = set(frame.columns)
+    return {q.column: q.description for q in default_family(family).quantities
+            if q.column in cols or f"{q.column}_mean" in cols}
 
 
 def summarize(
@@ -124,10 +113,11 @@ def summarize(
     param_counts: dict[int, int] | None = None,
     axes: Sequence[str] = ("C",),
     knob: str = "C",
+    family: Family | None = None,
 ) -> pd.DataFrame:
     """Per-grid-point table from :func:`per_trial`: the ``axes``, param_count (from the ``knob`` value),
     n_seeds, n_failed, then ``<q>_mean`` and ``<q>_ci95`` (95% t half-width, NaN for one seed) for every
-    ``q`` in :func:`quantities`; one row per grid point, sorted by the axes.
+    quantity of the family in ``trials``; one row per grid point, sorted by the axes.
 
     failed: grid point (tuple of axis values in ``axes`` order; a bare value for a one-axis sweep) -> number
     of failed seeds. A grid point that appears only there gets a row with n_seeds = 0 and NaN statistics.
@@ -135,11 +125,10 @@ def summarize(
     axes = list(axes)
     param_counts = param_counts or {}
     failed_points = {(k if isinstance(k, tuple) else (k,)): int(n) for k, n in (failed or {}).items()}
-    qs = quantities(trials)
+    qs = quantities(trials, family)
     groups = {k if isinstance(k, tuple) else (k,): g for k, g in trials.groupby(axes, sort=False)}
-    points = set(groups) | set(failed_points)
     rows = []
-    for point in points:
+    for point in set(groups) | set(failed_points):
         sub = groups.get(point, trials.iloc[0:0])
         row: dict[str, object] = dict(zip(axes, point, strict=True))
         knob_value = row.get(knob)
@@ -149,8 +138,7 @@ def summarize(
         })
         for q in qs:
             iv = mean_ci(sub[q]) if len(sub) else Interval(math.nan, math.nan, 0)
-            row[f"{q}_mean"] = iv.mean
-            row[f"{q}_ci95"] = iv.half_width
+            row[f"{q}_mean"], row[f"{q}_ci95"] = iv.mean, iv.half_width
         rows.append(row)
     out = pd.DataFrame(rows).sort_values(axes, kind="stable").reset_index(drop=True)
     out["param_count"] = out["param_count"].astype("Int64")
@@ -159,7 +147,7 @@ def summarize(
 
 def curves(
     metrics: pd.DataFrame,
-    metric_names: Sequence[str] = CURVE_METRICS,
+    metric_names: Sequence[str] = ("train_error", "test_error"),
     confidence: float = CONFIDENCE,
     axes: Sequence[str] = ("C",),
 ) -> pd.DataFrame:
@@ -182,19 +170,20 @@ def seed_range_text(low: int, high: int) -> str:
     return f"{low}–{high} seeds"
 
 
-def interpolation_threshold(summary: pd.DataFrame, tol: float = INTERPOLATION_TOL, knob: str = "C") -> int | None:
-    """The interpolation threshold of ONE line (rows that differ only in ``knob``): the smallest width from
-    which every width at least as wide has a mean final train error below ``tol`` (default 1%); None when
-    the widest width does not. Widths without a finished seed (NaN mean) are ignored.
+def interpolation_threshold(summary: pd.DataFrame, tol: float = 0.01, knob: str = "C",
+                            column: str = "final_train_error_mean") -> int | None:
+    """The threshold of ONE line (rows that differ only in ``knob``): the smallest knob value from which every
+    larger one has a mean ``column`` below ``tol`` (the ResNet's rule: final train error below 1%); None when
+    the largest does not. Values without a finished seed (NaN mean) are ignored.
 
-    A width below ``tol`` followed by a wider one at or above it is not a threshold: the net does not yet
-    interpolate reliably there. The train error is the one against the labels trained on (with label noise,
+    A value below ``tol`` followed by a larger one at or above it is not a threshold: the model does not yet
+    interpolate reliably there. The ResNet's train error is against the labels trained on (with label noise,
     the noisy ones: interpolating means fitting them, as in Nakkiran et al. 2019).
     """
-    s = summary[[knob, "final_train_error_mean"]].dropna().sort_values(knob)
+    s = summary[[knob, column]].dropna().sort_values(knob)
     threshold = None
-    for width, err in zip(reversed(s[knob].tolist()), reversed(s["final_train_error_mean"].tolist()), strict=True):
-        if not err < tol:
+    for width, value in zip(reversed(s[knob].tolist()), reversed(s[column].tolist()), strict=True):
+        if not value < tol:
             break
         threshold = int(width)
     return threshold
@@ -224,17 +213,22 @@ def varying(frame: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 
 
 def thresholds(
-    summary: pd.DataFrame, axes: Sequence[str] = ("C",), knob: str = "C", tol: float = INTERPOLATION_TOL
+    summary: pd.DataFrame, axes: Sequence[str] = ("C",), knob: str = "C", rule: ThresholdRule | None = None,
+    family: Family | None = None,
 ) -> dict[tuple, int | None]:
-    """:func:`interpolation_threshold` per line: key = values of the non-knob axes (in axis order; ``()``
-    for a sweep over the knob alone), value = the threshold width or None."""
+    """:func:`interpolation_threshold` per line under the family's rule (the ResNet's by default): key = values
+    of the non-knob axes (in axis order; ``()`` for a sweep over the knob alone), value = the threshold or None.
+    Empty for a family without a threshold rule."""
+    family = default_family(family)
+    rule = rule or family.threshold
+    if rule is None:
+        return {}
+    column = f"{family.final_column(rule.metric)}_mean"
     others = line_axes(axes, knob)
     if not others:
-        return {(): interpolation_threshold(summary, tol, knob)}
-    out: dict[tuple, int | None] = {}
-    for key, g in summary.groupby(others, sort=True):
-        out[key if isinstance(key, tuple) else (key,)] = interpolation_threshold(g, tol, knob)
-    return out
+        return {(): interpolation_threshold(summary, rule.below, knob, column)}
+    return {(key if isinstance(key, tuple) else (key,)): interpolation_threshold(g, rule.below, knob, column)
+            for key, g in summary.groupby(others, sort=True)}
 
 
 @dataclass
@@ -268,10 +262,13 @@ def aggregate(
     param_counts: dict[int, int] | None = None,
     axes: Sequence[str] = ("C",),
     knob: str = "C",
+    family: Family | None = None,
 ) -> Aggregates:
-    """Per-trial finals, per-grid-point summary, mean/CI curves and per-line interpolation thresholds of a
-    tidy metric frame with one column per axis in ``axes``."""
+    """Per-trial quantities, per-grid-point summary, mean/CI curves of the family's curve metrics and per-line
+    thresholds of a tidy metric frame with one column per axis in ``axes``."""
+    family = default_family(family)
     axes = list(axes)
-    trials = per_trial(metrics, axes)
-    summary = summarize(trials, failed, param_counts, axes, knob)
-    return Aggregates(trials, summary, curves(metrics, axes=axes), thresholds(summary, axes, knob), axes, knob)
+    trials = per_trial(metrics, axes, family)
+    summary = summarize(trials, failed, param_counts, axes, knob, family)
+    return Aggregates(trials, summary, curves(metrics, family.curve_metrics, axes=axes),
+                      thresholds(summary, axes, knob, family=family), axes, knob)

@@ -1,7 +1,9 @@
 """``summary.csv`` and ``summary.md``: the per-grid-point table, skipped trials, and sentences stating the trend.
 
-Every number in the sentences comes from the summary table (see :func:`analysis.aggregate.summarize`);
-nothing about the expected outcome is written here.
+One report for every family, configured by its declarations (:mod:`models.family`): the (train, test) curve
+pair's trend, the gap metric's extremes, the best-step oracle of each ``best`` quantity, the threshold rule,
+and any other panel metric's trend and best value. Every number in the sentences comes from the summary table
+(:func:`analysis.aggregate.summarize`); nothing about the expected outcome is written here.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.aggregate import (
-    INTERPOLATION_TOL,
     combo_text,
+    default_family,
     line_axes,
     quantities,
     seed_range_text,
@@ -21,9 +23,10 @@ from analysis.aggregate import (
     varying,
 )
 from analysis.load import SkippedTrial
-from sweep.names import HARDWARE_IDENTITY
+from models.family import Family
+from record import HARDWARE_IDENTITY
 
-_SAME = 0.005  # mean errors closer than this count as unchanged in the sentences
+_SAME = 0.005  # means closer than this count as unchanged in the sentences
 
 
 def _pm(mean: float, half: float, digits: int = 2) -> str:
@@ -35,7 +38,7 @@ def _pm(mean: float, half: float, digits: int = 2) -> str:
 
 
 def _change(values: Sequence[float]) -> str:
-    """Verb phrase for a series over increasing C: falls / rises (monotonically or not) / stays."""
+    """Verb phrase for a series along x: falls / rises (monotonically or not) / stays."""
     first, last = values[0], values[-1]
     steps = [b - a for a, b in zip(values[:-1], values[1:], strict=True)]
     if abs(last - first) < _SAME:
@@ -56,124 +59,133 @@ def _prefixed(prefix: str, sentence: str) -> str:
     return sentence if not prefix else f"{prefix}{sentence[0].lower()}{sentence[1:]}"
 
 
-def _along(s: pd.DataFrame, x: str, seed_text: str) -> list[str]:
-    """Trend, gap and oracle sentences for the rows of one line (sorted by ``x``, at least one row)."""
-    tr, te = s["final_train_error_mean"].tolist(), s["final_test_error_mean"].tolist()
-    gap, gap_ci = s["final_gap_mean"].tolist(), s["final_gap_ci95"].tolist()
+def _series(s: pd.DataFrame, family: Family, metric: str) -> tuple[list[float], list[float]]:
+    column = family.final_column(metric)
+    return s[f"{column}_mean"].tolist(), s[f"{column}_ci95"].tolist()
+
+
+def _along(s: pd.DataFrame, x: str, seed_text: str, family: Family) -> list[str]:
+    """The sentences of one line (rows sorted by ``x``, at least one): the curve pair's trend, the gap's
+    extremes, the oracles, and the other panel metrics' trends."""
+    train, test = (family.metric(m) for m in family.curve_metrics)
+    (tr, tr_ci), (te, te_ci) = _series(s, family, train.name), _series(s, family, test.name)
     at = [value_text(x, v) for v in s[x]]
-    out: list[str] = []
     if len(s) == 1:
-        train, test = _pm(tr[0], s["final_train_error_ci95"].iloc[0]), _pm(te[0], s["final_test_error_ci95"].iloc[0])
-        out.append(
-            f"Only {at[0]} was analysed ({seed_text}): final training error {train}, "
-            f"final test error {test}, gap {_pm(gap[0], gap_ci[0])}."
-        )
+        gap = ""
+        if family.gap_metric:
+            mean, half = (v[0] for v in _series(s, family, family.gap_metric))
+            gap = f", {family.metric(family.gap_metric).words} {_pm(mean, half)}"
+        out = [f"Only {at[0]} was analysed ({seed_text}): final {train.words} {_pm(tr[0], tr_ci[0])}, "
+               f"final {test.words} {_pm(te[0], te_ci[0])}{gap}."]
     else:
-        out.append(
-            f"Final training error {_from_to(_change(tr), tr[0], tr[-1], at[0], at[-1])}, and final test error "
-            f"{_from_to(_change(te), te[0], te[-1], at[0], at[-1])} (means over {seed_text})."
-        )
-        hi, lo = max(range(len(s)), key=lambda i: gap[i]), min(range(len(s)), key=lambda i: gap[i])
-        ends = f"; it is {gap[0]:.2f} at {at[0]} and {gap[-1]:.2f} at {at[-1]}"
-        if {hi, lo} == {0, len(s) - 1}:  # the ends are the extremes already named
-            ends = ""
-        if gap[hi] - gap[lo] < _SAME:  # no largest or smallest to name
-            stays = _from_to("stays", gap[0], gap[-1], at[0], at[-1])
-            out.append(f"The generalization gap (test − train error) {stays}.")
-        else:
-            out.append(
-                f"The generalization gap (test − train error) is largest at {at[hi]} "
-                f"({_pm(gap[hi], gap_ci[hi])}) and smallest at {at[lo]} ({_pm(gap[lo], gap_ci[lo])}){ends}."
-            )
-    best = s["best_test_error_mean"].tolist()
-    gain = [a - b for a, b in zip(te, best, strict=True)]
-    j = max(range(len(s)), key=lambda k: gain[k])
-    if gain[j] < _SAME:
-        out.append(
-            f"Picking each run's best step on the test set (an optimistic oracle, not early stopping) would "
-            f"lower the mean test error by less than {_SAME} everywhere."
-        )
-    else:
-        out.append(
-            f"Picking each run's best step on the test set (an optimistic oracle, not early stopping: the step "
-            f"is chosen on the set it is scored on) would lower the mean test error by at most {gain[j]:.3f}, "
-            f"at {at[j]} ({te[j]:.3f} → {best[j]:.3f})."
-        )
+        out = [f"Final {train.words} {_from_to(_change(tr), tr[0], tr[-1], at[0], at[-1])}, and final {test.words} "
+               f"{_from_to(_change(te), te[0], te[-1], at[0], at[-1])} (means over {seed_text})."]
+        if family.gap_metric:
+            out.append(_gap_sentence(s, family, at))
+    out += [_oracle_sentence(s, q.metric, q.column, family, at) for q in family.quantities if q.kind == "best"
+            and f"{q.column}_mean" in s]
+    covered = {*family.curve_metrics, family.gap_metric}
+    for metric in (m for panel in family.complexity_panels for m in panel.metrics if m not in covered):
+        values, _ = _series(s, family, metric)
+        info = family.metric(metric)
+        best = max(range(len(s)), key=lambda k: values[k] if info.higher_is_better else -values[k])
+        out.append(f"Final {info.words} {_from_to(_change(values), values[0], values[-1], at[0], at[-1])}; best "
+                   f"({'highest' if info.higher_is_better else 'lowest'}) {values[best]:.4g} at {at[best]}.")
     return out
 
 
-def _threshold_sentence(s: pd.DataFrame, threshold: int | None, knob: str) -> str:
-    """The interpolation-threshold sentence for the rows of one line over the knob."""
+def _gap_sentence(s: pd.DataFrame, family: Family, at: list[str]) -> str:
+    gap, gap_ci = _series(s, family, family.gap_metric)
+    words = family.metric(family.gap_metric).words
+    hi, lo = max(range(len(s)), key=lambda i: gap[i]), min(range(len(s)), key=lambda i: gap[i])
+    if gap[hi] - gap[lo] < _SAME:  # no largest or smallest to name
+        return f"The {words} {_from_to('stays', gap[0], gap[-1], at[0], at[-1])}."
+    ends = "" if {hi, lo} == {0, len(s) - 1} else f"; it is {gap[0]:.2f} at {at[0]} and {gap[-1]:.2f} at {at[-1]}"
+    return (f"The {words} is largest at {at[hi]} ({_pm(gap[hi], gap_ci[hi])}) and smallest at {at[lo]} "
+            f"({_pm(gap[lo], gap_ci[lo])}){ends}.")
+
+
+def _oracle_sentence(s: pd.DataFrame, metric: str, column: str, family: Family, at: list[str]) -> str:
+    """What picking each run's best step of ``metric`` would gain: an oracle, since the step is picked on the
+    very set it is scored on."""
+    info = family.metric(metric)
+    final, _ = _series(s, family, metric)
+    best = s[f"{column}_mean"].tolist()
+    gain = [abs(a - b) for a, b in zip(final, best, strict=True)]
+    j = max(range(len(s)), key=lambda k: gain[k])
+    verb = "raise" if info.higher_is_better else "lower"
+    if gain[j] < _SAME:
+        return (f"Picking each run's best step on the test set (an optimistic oracle, not early stopping) would "
+                f"{verb} the mean {info.words} by less than {_SAME} everywhere.")
+    return (f"Picking each run's best step on the test set (an optimistic oracle, not early stopping: the step is "
+            f"chosen on the set it is scored on) would {verb} the mean {info.words} by at most {gain[j]:.3f}, at "
+            f"{at[j]} ({final[j]:.3f} → {best[j]:.3f}).")
+
+
+def _threshold_sentence(s: pd.DataFrame, threshold: int | None, knob: str, family: Family) -> str:
+    """The family's threshold sentence for the rows of one line over the knob."""
+    rule = family.threshold
+    assert rule is not None
+    metric = family.metric(rule.metric)
+    column = f"{family.final_column(rule.metric)}_mean"
     if threshold is not None:
         row = s[s[knob] == threshold].iloc[0]
         params = "" if pd.isna(row["param_count"]) else f" ({int(row['param_count']):,} parameters)"
-        return (
-            f"Mean final training error is below {INTERPOLATION_TOL:.0%} at {knob}={threshold}{params} and at "
-            f"every wider width: the interpolation threshold; there the final test error is "
-            f"{_pm(row['final_test_error_mean'], row['final_test_error_ci95'])}."
-        )
-    tr = s["final_train_error_mean"].tolist()
-    i = min(range(len(s)), key=lambda k: tr[k])
-    return (
-        f"No width has a mean final training error below {INTERPOLATION_TOL:.0%} together with every wider "
-        f"width (lowest: {tr[i]:.2f} at {knob}={s[knob].iloc[i]}), so this line shows no interpolation "
-        "threshold."
-    )
+        test = family.final_column(family.curve_metrics[1])
+        return (f"Mean final {metric.words} is below {rule.below:.0%} at {knob}={threshold}{params} and at every "
+                f"larger {knob}: the {rule.name}; there the final {family.metric(family.curve_metrics[1]).words} is "
+                f"{_pm(row[f'{test}_mean'], row[f'{test}_ci95'])}.")
+    values = s[column].tolist()
+    i = min(range(len(s)), key=lambda k: values[k])
+    return (f"No {knob} has a mean final {metric.words} below {rule.below:.0%} together with every larger one "
+            f"(lowest: {values[i]:.2f} at {knob}={s[knob].iloc[i]}), so this line shows no {rule.name}.")
 
 
-def trend_sentences(
-    summary: pd.DataFrame,
-    thresholds: dict[tuple, int | None] | int | None = None,
-    skipped: Sequence[SkippedTrial] = (),
-    *,
-    axes: Sequence[str] = ("C",),
-    knob: str = "C",
-    x: str | None = None,
-) -> list[str]:
-    """Sentences stating, per line, the trend of final train/test error and gap along ``x`` (default the
-    knob), the interpolation threshold of each line over the knob and what the oracle best step would gain,
-    with the measured numbers (means over seeds, ± 95% half-widths).
-
-    A line is one value combination of the varying axes other than ``x``; its sentences start ``For
-    lr=0.05: ...`` (no prefix when no other axis varies). thresholds: :func:`analysis.aggregate.thresholds`
-    (or one width or None for a one-line sweep).
-    """
+def trend_sentences(summary: pd.DataFrame, thresholds: dict[tuple, int | None] | int | None = None,
+                    skipped: Sequence[SkippedTrial] = (), *, axes: Sequence[str] = ("C",), knob: str = "C",
+                    x: str | None = None, family: Family | None = None) -> list[str]:
+    """Sentences stating, per line, the trends along ``x`` (default the knob) with the measured numbers (means
+    over seeds, ± 95% half-widths), the family's threshold of each line over the knob and what the oracle best
+    step would gain. A line is one value combination of the varying axes other than ``x``; its sentences start
+    ``For lr=0.05: ...`` (no prefix when no other axis varies)."""
+    family = default_family(family)
     x = x or knob
     if not isinstance(thresholds, dict):
         thresholds = {(): thresholds}
     s = summary[summary["n_seeds"] > 0].sort_values([a for a in axes if a in summary.columns])
     if s.empty:
         return ["No trial finished, so there is nothing to summarise."]
-    seeds = s["n_seeds"]
-    seed_text = seed_range_text(seeds.min(), seeds.max())
-    group_axes = varying(s, line_axes(axes, x))
+    seed_text = seed_range_text(s["n_seeds"].min(), s["n_seeds"].max())
     knob_others = line_axes(axes, knob)
     out: list[str] = []
-    groups = [((), s)] if not group_axes else [
-        (k if isinstance(k, tuple) else (k,), g) for k, g in s.groupby(group_axes, sort=True)]
-    for key, g in groups:
-        prefix = f"For {combo_text(group_axes, key)}: " if group_axes else ""
+    for prefix, g in _lines(s, varying(s, line_axes(axes, x))):
         g = g.sort_values(x).reset_index(drop=True)
-        out += [_prefixed(prefix, t) for t in _along(g, x, seed_text)]
-        if x == knob:
+        out += [_prefixed(prefix, t) for t in _along(g, x, seed_text, family)]
+        if x == knob and family.threshold:
             line_key = tuple(g[a].iloc[0] for a in knob_others if a in g.columns)
-            out.append(_prefixed(prefix, _threshold_sentence(g, thresholds.get(line_key), knob)))
-    if x != knob and s[knob].nunique() > 1:
-        line_group = varying(s, knob_others)
-        for key, g in ([((), s)] if not line_group else s.groupby(line_group, sort=True)):
-            key = key if isinstance(key, tuple) else (key,)
-            prefix = f"For {combo_text(line_group, key)}: " if line_group else ""
+            out.append(_prefixed(prefix, _threshold_sentence(g, thresholds.get(line_key), knob, family)))
+    if x != knob and s[knob].nunique() > 1 and family.threshold:
+        for prefix, g in _lines(s, varying(s, knob_others)):
             line_key = tuple(g[a].iloc[0] for a in knob_others if a in g.columns)
-            out.append(_prefixed(prefix, _threshold_sentence(g.sort_values(knob), thresholds.get(line_key), knob)))
+            out.append(_prefixed(prefix, _threshold_sentence(g.sort_values(knob), thresholds.get(line_key), knob,
+                                                             family)))
     failed = [t for t in skipped if t.status == "FAILED"]
     if failed:
         out.append(f"{len(failed)} trial(s) failed and are left out of these numbers (listed below).")
     return out
 
 
+def _lines(s: pd.DataFrame, group_axes: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(sentence prefix, rows) per value combination of ``group_axes``."""
+    if not group_axes:
+        return [("", s)]
+    return [(f"For {combo_text(group_axes, k if isinstance(k, tuple) else (k,))}: ", g)
+            for k, g in s.groupby(group_axes, sort=True)]
+
+
 def hardware_lines(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    """Markdown lines on the machines that trained the analysed runs (tags :data:`sweep.names.HARDWARE_IDENTITY`):
-    one line per distinct machine, and a warning for every grid point whose seeds ran on different ones, since
+    """Markdown lines on the machines that trained the analysed runs (tags :data:`record.HARDWARE_IDENTITY`):
+    one line per distinct machine, and a note for every grid point whose seeds ran on different ones, since
     their numbers are then not comparable bit for bit. Empty when no run carries the tags."""
     tags = [t for t in HARDWARE_IDENTITY if t in runs.columns]
     if not tags or runs[tags].isna().all().all():
@@ -189,71 +201,57 @@ def hardware_lines(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     return lines
 
 
-def write_summary_csv(summary: pd.DataFrame, path: Path) -> Path:
-    """The per-grid-point summary table as CSV (one row per grid point, one column per axis; full precision;
-    an empty cell is NaN, e.g. the CI of a single seed)."""
-    summary.to_csv(path, index=False)
-    return path
-
-
-def _markdown_table(summary: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    qs = quantities(summary)
-    names = list(qs.values())
-    lines = [
-        "| " + " | ".join(axes) + " | parameters | seeds | failed | " + " | ".join(names) + " |",
-        "|" + "---:|" * (len(axes) + 3 + len(names)),
-    ]
+def _markdown_table(summary: pd.DataFrame, axes: Sequence[str], family: Family) -> list[str]:
+    """One row per grid point; a quantity column equal to an earlier one in every row is left out (the train
+    error on the true labels, without label noise)."""
+    qs = quantities(summary, family)
+    shown: list[str] = []
+    for q in qs:
+        if not any(summary[f"{q}_mean"].equals(summary[f"{o}_mean"]) for o in shown):
+            shown.append(q)
+    lines = ["| " + " | ".join(axes) + " | parameters | seeds | failed | " + " | ".join(qs[q] for q in shown) + " |",
+             "|" + "---:|" * (len(axes) + 3 + len(shown))]
     for _, r in summary.iterrows():
         params = "?" if pd.isna(r["param_count"]) else f"{int(r['param_count']):,}"
-        cells = [_pm(r[f"{q}_mean"], r[f"{q}_ci95"], 3) for q in qs]
-        point = " | ".join(str(value_text(a, r[a]).split("=", 1)[1]) for a in axes)
-        first = f"| {point} | {params} | {int(r['n_seeds'])} | {int(r['n_failed'])} | "
-        lines.append(first + " | ".join(cells) + " |")
-    return lines
+        point = " | ".join(value_text(a, r[a]).split("=", 1)[1] for a in axes)
+        cells = [_pm(r[f"{q}_mean"], r[f"{q}_ci95"], 3) for q in shown]
+        lines.append(f"| {point} | {params} | {int(r['n_seeds'])} | {int(r['n_failed'])} | " + " | ".join(cells) + " |")
+    notes = [q.note for q in family.quantities if q.note and q.column in shown]
+    return lines + [line for note in notes for line in ("", note)]
 
 
-def write_summary_md(
-    summary: pd.DataFrame,
-    sentences: Sequence[str],
-    path: Path,
-    *,
-    sweep_id: str,
-    header: dict[str, str] | None = None,
-    skipped: Sequence[SkippedTrial] = (),
-    figures: Sequence[str] = ("curves.png", "complexity.png", "heatmap.png"),
-    axes: Sequence[str] = ("C",),
-    x: str = "C",
-    hardware: Sequence[str] = (),
-) -> Path:
-    """A Markdown report: header facts, findings, the per-grid-point table (mean ± 95% half-width, one column
-    per axis), what the intervals cover, skipped trials, the machines (``hardware``: :func:`hardware_lines`)."""
-    subject = "model width" if x == "C" else x
-    lines = [f"# Sweep `{sweep_id}`: error against {subject}", ""]
+def write_summary_md(summary: pd.DataFrame, sentences: Sequence[str], path: Path, *, sweep_id: str,
+                     header: dict[str, str] | None = None, skipped: Sequence[SkippedTrial] = (),
+                     figures: Sequence[str] = ("curves.png", "complexity.png", "heatmap.png"),
+                     axes: Sequence[str] = ("C",), x: str = "C", hardware: Sequence[str] = (),
+                     sections: Sequence[str] = (), family: Family | None = None) -> Path:
+    """A Markdown report: header facts, findings, the family's metrics, the per-grid-point table (mean ± 95%
+    half-width, one column per axis), what the intervals cover, ``sections`` (a search's), skipped trials, the
+    machines (``hardware``: :func:`hardware_lines`), and the figures by artifact path."""
+    family = default_family(family)
+    subject = family.knob_meaning if x == family.knob else x
+    lines = [f"# Sweep `{sweep_id}`: {family.display_name}, final values against {subject}", ""]
     lines += [f"- {k}: {v}" for k, v in (header or {}).items()]
     lines += ["", "## Findings", ""] + [f"- {s}" for s in sentences]
+    lines += ["", "## Metrics", ""] + [
+        f"- `{m.name}`: {m.meaning}{f' ({m.unit})' if m.unit else ''}, {'higher' if m.higher_is_better else 'lower'} "
+        "is better" for m in family.metrics]
+    best = [q for q in family.quantities if q.kind == "best"]
+    oracle = (" The oracle best-step value is each run's best value over steps: the step is picked on the test set "
+              "itself, so it is an optimistic bound, not what early stopping would give (that needs a step chosen on "
+              "held-out data other than the test set).") if best else ""
     lines += [
         "", "## Per grid point", "",
         "One row per grid point (a value of every axis: " + ", ".join(axes) + "); nothing is pooled across an "
-        "axis. Errors are misclassification rates (0–1) at the last logged step, mean over seeds ± the "
-        "half-width of the 95% Student t-interval (no interval with one seed). The gap is test error minus "
-        "train error. The oracle best-step test error is each run's minimum test error over steps: the step "
-        "is picked on the test set itself, so it is an optimistic bound, not what early stopping would give "
-        "(that needs a step chosen on held-out data other than the test set).",
-        "",
+        "axis. Values are at the last logged step, mean over seeds ± the half-width of the 95% Student "
+        "t-interval (no interval with one seed)." + oracle, "",
         "**What the intervals cover:** the variation between seeds (initial weights and minibatch order) on "
         "one fixed train/test split (`split_seed`). They do not include the test set's sampling error (a "
         "different split, or new test images, would move every number) and are not intervals for the error "
-        "on new data.",
-        "",
+        "on new data.", "",
     ]
-    if "final_train_error_clean_mean" in summary.columns:
-        lines += [
-            "With label noise, the train error is measured against the labels the model was trained on (a "
-            "fraction replaced by a wrong class), and the interpolation threshold refers to it; the train error "
-            "on the true labels is the column so named.",
-            "",
-        ]
-    lines += _markdown_table(summary, axes)
+    lines += _markdown_table(summary, axes, family)
+    lines += list(sections)
     if skipped:
         lines += ["", "## Skipped trials", ""] + [f"- {t.describe()}" for t in skipped]
     lines += list(hardware)

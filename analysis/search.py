@@ -1,9 +1,10 @@
-"""What ``sweep analyze`` adds for a search sweep (issue 14): ``search.png`` and a ``## Search`` section.
+"""What ``sweep analyze`` adds for a search or a scheduled grid: ``search.png``, ``search.csv`` and a Search section.
 
-One row per configuration (a Ray trial: its runs share the ``tune_trial_id`` tag; only FINISHED runs count, so
-a re-suggested configuration's ended first runs never count twice), with its searched values, its start
-order, the mean over its seeds of the search metric (a validation metric) at its last step, whether the
-scheduler stopped it, and the same mean of ``test_error`` (for the record; selection never reads it).
+One row per configuration, i.e. grid point, over all its FINISHED seeds (a re-suggested configuration's ended
+first runs never count twice), with its values, start order, the mean over its seeds of the search metric (a
+validation metric) at their last step, whether the scheduler stopped it, and the same mean of ``test_error``
+(for the record; selection never reads it). The best configuration is chosen here, for the parent run
+(:func:`sweep.finish.record_best`), summary.md and the figure alike.
 
 ``search.png``: (1) the metric against trial start order, with the best so far; (2) one scatter per searched
 key, sampled value against the final metric (log x axis for loguniform keys); (3) with ASHA, how many trials
@@ -12,9 +13,7 @@ reached each rung (``grace_period * reduction_factor**k`` steps below ``max_t``)
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,30 +21,27 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from analysis.aggregate import mean_ci
-from analysis.load import parse_axis_value, search_all_runs, sweep_axes
-from sweep.filters import and_, tag_equals
-from sweep.names import ROLE_TRIAL, TAG_GRID_POINT, TAG_ROLE, TAG_SWEEP_ID
+from analysis.figures import Context, figure, new_figure
+from analysis.load import parse_axis_value, sweep_axes
+from models.spec import CommonSpec
+from record import (
+    TAG_GRID_POINT,
+    TAG_SEED,
+    TAG_STOPPED_EARLY,
+    TAG_SWEEP_ID,
+    TAG_TUNE_TRIAL,
+    search_all_runs,
+    trials_of,
+)
 
-TAG_TUNE_TRIAL = "tune_trial_id"
-TAG_STOPPED_EARLY = "stopped_early"
 
-
-def search_settings(parent: Any) -> dict[str, Any] | None:
-    """The parent's search block (from its ``sweep.search.*`` params), or None for a grid without scheduler."""
-    p = parent.data.params
-    algorithm = p.get("sweep.search.algorithm", "grid")
-    scheduler = p.get("sweep.search.scheduler", "fifo")
-    if algorithm == "grid" and scheduler == "fifo":
-        return None
-    space: dict[str, tuple[str, Any]] = {}
-    for key, value in p.items():
-        parts = key.split(".")
-        if key.startswith("sweep.search.space.") and len(parts) == 5:
-            space[parts[3]] = (parts[4], value)
-    return {"algorithm": algorithm, "scheduler": scheduler, "space": space,
-            "metric": p.get("sweep.search.metric", "val_error"), "mode": p.get("sweep.search.mode", "min"),
-            "grace_period": int(p.get("sweep.search.grace_period", 1)),
-            "reduction_factor": float(p.get("sweep.search.reduction_factor", 3))}
+def search_settings(spec: CommonSpec) -> dict[str, Any]:
+    """The spec's ``search:`` block as the analysis reads it: algorithm, scheduler, the searched keys with their
+    distribution (key -> (name, arguments)), metric, mode, ASHA's grace period and reduction factor."""
+    search = spec.search
+    space = {key: next(iter(dist.items())) for key, dist in search.space.items()}
+    return {"algorithm": search.algorithm, "scheduler": search.scheduler, "space": space, "metric": search.metric,
+            "mode": search.mode, "grace_period": search.grace_period, "reduction_factor": search.reduction_factor}
 
 
 def configurations(client: Any, parent: Any, settings: dict[str, Any]) -> pd.DataFrame:
@@ -57,16 +53,14 @@ def configurations(client: Any, parent: Any, settings: dict[str, Any]) -> pd.Dat
     metric_ci (95% half width over seeds), test_error (the same mean, for the record), last_step (the
     smallest over seeds), budget, stopped_early (a seed stopped by the scheduler), ran_budget (every seed
     reached the budget), n_seeds, run_ids."""
-    sweep_id = parent.data.tags[TAG_SWEEP_ID]
-    children = list(search_all_runs(client, [parent.info.experiment_id],
-                                    and_(tag_equals(TAG_SWEEP_ID, sweep_id), tag_equals(TAG_ROLE, ROLE_TRIAL))))
-    axes, _ = sweep_axes(parent, children)
+    children = list(search_all_runs(client, [parent.info.experiment_id], trials_of(parent.data.tags[TAG_SWEEP_ID])))
+    axes = sweep_axes(parent, children)
     metric = settings["metric"]
     groups: dict[str, dict[str, Any]] = {}
     for run in sorted(children, key=lambda r: r.info.start_time):
         if run.info.status == "FINISHED" and metric in run.data.metrics:
             point = run.data.tags.get(TAG_GRID_POINT, run.info.run_id)
-            groups.setdefault(point, {}).setdefault(run.data.tags.get("seed", run.info.run_id), run)
+            groups.setdefault(point, {}).setdefault(run.data.tags.get(TAG_SEED, run.info.run_id), run)
     rows = []
     for point, by_seed in groups.items():
         members = list(by_seed.values())
@@ -77,7 +71,7 @@ def configurations(client: Any, parent: Any, settings: dict[str, Any]) -> pd.Dat
         rows.append({
             "grid_point": point, "trial": first.data.tags.get(TAG_TUNE_TRIAL, point),
             "start_time": min(r.info.start_time for r in members),
-            **{a: parse_axis_value(a, first.data.params.get(a, first.data.tags.get(a))) for a in axes},
+            **{a: parse_axis_value(first.data.params.get(a, first.data.tags.get(a))) for a in axes},
             "metric": float(np.mean(values)), "metric_ci": mean_ci(values).half_width,
             "test_error": float(np.mean([r.data.metrics.get("test_error", float("nan")) for r in members])),
             "last_step": min(steps), "budget": budget,
@@ -110,15 +104,20 @@ def rungs(settings: dict[str, Any], budget: int) -> list[int]:
     return out
 
 
-def plot_search(frame: pd.DataFrame, settings: dict[str, Any], out_dir: Path, title: str) -> Any:
-    """Write ``search.png``/``.pdf``; returns the Figure."""
-    from analysis.plots import new_figure, save_figure
-
+def plot_search(frame: pd.DataFrame, settings: dict[str, Any], title: str) -> Any:
+    """The search figure: (1) the metric against start order with the best so far and the best configuration
+    starred; (2) one scatter per searched key, its value against the metric (log x axis for loguniform keys);
+    (3) with ASHA, how many configurations reached each rung."""
     keys = [k for k in settings["space"] if k in frame]
     asha = settings["scheduler"] == "asha"
     n = 1 + len(keys) + int(asha)
-    fig = new_figure(4.2 * n, 3.6)
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    # Two panels a row: a row of four was 2,520 px wide, which MLflow's artifact viewer shrinks past reading.
+    ncols = min(n, 2)
+    fig = new_figure(4.6 * ncols, 3.8 * -(-n // ncols) + 0.4)
+    axes = list(fig.subplots(-(-n // ncols), ncols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    axes = axes[:n]
     metric, better = settings["metric"], (np.minimum if settings["mode"] == "min" else np.maximum)
     full = frame[frame["ran_budget"]]
     stopped = frame[~frame["ran_budget"]]
@@ -158,7 +157,6 @@ def plot_search(frame: pd.DataFrame, settings: dict[str, Any], out_dir: Path, ti
         ax.set_ylabel("trials that reached it")
         ax.set_title(f"trials per rung (of {len(frame)})")
     fig.suptitle(title, fontsize=10)
-    save_figure(fig, out_dir, "search")
     return fig
 
 
@@ -173,24 +171,17 @@ def best_sentence(frame: pd.DataFrame, settings: dict[str, Any]) -> str:
             "(for the record: selection reads validation only).")
 
 
-def analyze_search(client: Any, parent: Any, out_dir: Path) -> tuple[list[str], dict[str, Any]]:
-    """For a search sweep: write ``search.png``, ``search.pdf`` and ``search.csv`` and return (sentences,
-    figures); ([], {}) for a grid sweep."""
-    settings = search_settings(parent)
-    if settings is None:
-        return [], {}
-    frame = configurations(client, parent, settings)
-    if frame.empty:
-        return [], {}
-    frame.to_csv(out_dir / "search.csv", index=False)
-    fig = plot_search(frame, settings, out_dir, f"Sweep {parent.data.tags[TAG_SWEEP_ID]}: search")
-    sentences = [best_sentence(frame, settings)]
-    best = parent.data.tags.get("best_config")
-    if best:
-        sentences.append(f"The driver recorded best_config {json.dumps(json.loads(best))} on the parent run.")
-    return sentences, {"search": fig}
+@figure("search")
+def search_figure(ctx: Context) -> Any:
+    """Drawn for a search or a scheduled grid (:attr:`Context.configurations`)."""
+    if ctx.configurations is None or ctx.configurations.empty:
+        return None
+    return plot_search(ctx.configurations, ctx.search_settings, f"{ctx.title}: search")
 
 
-SEARCH_FILES = ("search.png", "search.pdf", "search.csv")
-__all__ = ["SEARCH_FILES", "analyze_search", "best_configuration", "best_sentence", "configurations", "rungs",
-           "search_settings"]
+def search_section(frame: pd.DataFrame, settings: dict[str, Any]) -> list[str]:
+    """summary.md's Search section: the best configuration and how the figure reads."""
+    return ["", "## Search", "", f"- {best_sentence(frame, settings)}", "",
+            "`analysis/search.png`: the search metric against configuration start order with the best so far (the "
+            "best configuration starred); each searched key against it (log axis for loguniform keys); with ASHA, "
+            "configurations per rung. `analysis/search.csv`: one row per configuration."]

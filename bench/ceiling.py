@@ -112,7 +112,8 @@ def loop_phases(C: int, S: int, updates: int) -> dict[str, float]:
     synchronous, so the marks are exact): ms per pack-update in gathers (member minibatches and labels),
     forward (model + loss), backward, optimizer (zero_grad + step), divergence check, each the best over
     the updates (the cost without interference from other processes), and their sum."""
-    from sweep.trainer import TrainConfig, Trainer
+    from models.resnet.config import TrainConfig
+    from models.resnet.trainer import Trainer
 
     trainer = Trainer(TrainConfig(C=C, budget=updates, eval_every=updates), list(range(S)), packed=True)
     model, optimizer, y = trainer.model, trainer.optimizer, trainer.data.y_train
@@ -157,8 +158,9 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     """Each piece of one packed update alone, at the shapes it has in training, through the module's own
     methods where it has them: {piece: (forward ms, backward ms)} per pack-update; pieces that run twice
     (the two block convs, their BatchNorms) are counted twice. Each is the best of ``repeats`` rounds."""
-    from models.packed import PackedResNet
-    from sweep.trainer import TrainConfig, Trainer
+    from models.resnet.config import TrainConfig
+    from models.resnet.packed import PackedResNet
+    from models.resnet.trainer import Trainer
 
     trainer = Trainer(TrainConfig(C=C, budget=1, eval_every=1), list(range(S)), packed=True)
     model: PackedResNet = trainer.model

@@ -29,7 +29,7 @@ from scipy.special import logsumexp  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.bernoulli_mixture import BernoulliMixtureEM  # noqa: E402
+from models.mixture.em import BernoulliMixtureEM  # noqa: E402
 
 K = 80
 PACKS = (1, 8, 32)

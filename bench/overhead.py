@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 def _train(group: dict) -> None:
     import torch
 
+    from models.resnet.trainer import Trainer
     from sweep.plan import TrialGroup
-    from sweep.trainer import Trainer
 
     torch.set_num_threads(1)
     trial = TrialGroup.from_dict(group)

@@ -35,7 +35,8 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 import ceiling  # noqa: E402
 from plain_loop import run_plain  # noqa: E402
 
-from sweep.trainer import TrainConfig, Trainer  # noqa: E402
+from models.resnet.config import TrainConfig  # noqa: E402
+from models.resnet.trainer import Trainer  # noqa: E402
 
 WIDTHS = (1, 4, 64)
 PACKS = (1, 8, 32)

@@ -1,27 +1,16 @@
-"""What is trained, and the model families that say how (:mod:`models.family`).
+"""What is trained: the model families, each in its own package (:mod:`models.resnet`, :mod:`models.mixture`),
+and what they share (:mod:`models.family`, the interface and registry; :mod:`models.spec`, the spec keys every
+family has; :mod:`models.records`, what a trainer yields; :mod:`models.digits`, the data set and its split).
 
-Importing this package registers the built-in families (``resnet``, ``bernoulli_mixture``) without
-importing torch; ``ResNet``, ``Block`` and ``parameter_count`` (the ResNet's) load torch on first use.
+No Ray, no MLflow, nothing from ``analysis`` or ``sweep``. Importing this package registers the built-in
+families (``resnet``, ``bernoulli_mixture``) without importing torch.
 """
 
-from typing import Any
-
-from models.family import Family, MetricInfo, family_names, get_family, register
-from models.mixture_family import MIXTURE
-from models.resnet_family import RESNET
+from models.family import Family, MetricInfo, Panel, Quantity, ThresholdRule, family_names, get_family, register
+from models.mixture.family import MIXTURE
+from models.resnet.family import RESNET
 
 register(RESNET)
 register(MIXTURE)
 
-_LAZY = {"Block", "ResNet", "parameter_count"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from models import resnet
-
-        return getattr(resnet, name)
-    raise AttributeError(f"module 'models' has no attribute {name!r}")
-
-
-__all__ = ["Block", "Family", "MetricInfo", "ResNet", "family_names", "get_family", "parameter_count", "register"]
+__all__ = ["Family", "MetricInfo", "Panel", "Quantity", "ThresholdRule", "family_names", "get_family", "register"]

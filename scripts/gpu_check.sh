@@ -157,7 +157,8 @@ import time
 
 import torch
 
-from sweep.trainer import TrainConfig, Trainer
+from models.resnet.config import TrainConfig
+from models.resnet.trainer import Trainer
 
 budget, table = int(sys.argv[1]), sys.argv[2]
 if not torch.cuda.is_available():

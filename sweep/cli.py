@@ -1,7 +1,9 @@
 """The ``sweep`` command: presets, train, run, resume, analyze.
 
 Bad input exits with code 2 and one line naming what was wrong and what is allowed, before Ray starts or
-MLflow is written to.
+MLflow is written to. This module imports only the spec's checks at its top: each command imports what it
+needs (torch, Ray, MLflow: seconds each) after its input has been checked, so bad input is refused in well
+under a second.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sweep import preflight
+from sweep.preflight import SweepError, TrackingError
 from sweep.spec import SpecError, load_spec, preset_summaries
 
 RESULTS_DIR = Path("sweep_results")
@@ -86,9 +90,10 @@ def cmd_presets(_: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import torch
+    import torch  # see the module's docstring: heavy imports after the input is checked
 
-    from sweep.trainer import TrainConfig, Trainer
+    from models.resnet.config import TrainConfig
+    from models.resnet.trainer import Trainer
 
     try:
         config = TrainConfig(C=args.C, protocol=args.protocol, budget=args.budget, lr=args.lr,
@@ -118,56 +123,50 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _prepare(spec: Any, args: argparse.Namespace) -> tuple[str, str]:
-    """All checks that need no compute: tracking store reachable, Ray address reachable, GPUs exist."""
-    from sweep import driver
-    from sweep import tracking_uri as store
-
-    tracking_uri = store.resolve_tracking_uri(args.tracking_uri, spec.tracking.uri)
+    """All checks that need no compute: tracking store reachable, Ray address reachable, GPUs and CPUs exist."""
+    tracking_uri = preflight.resolve_tracking_uri(args.tracking_uri, spec.tracking.uri)
+    address = preflight.resolve_address(args.address)
     try:
-        store.check_reachable(tracking_uri)
-    except store.TrackingError as exc:
-        raise UsageError(str(exc)) from None
-    address = driver.resolve_address(args.address)
-    try:
-        driver.check_ray_address(address)
-        driver.check_local_gpus(spec, address)
-        driver.check_local_cpus(spec, address)
-    except driver.SweepError as exc:
+        preflight.check_reachable(tracking_uri)
+        preflight.check_ray_address(address)
+        preflight.check_local_gpus(spec, address)
+        preflight.check_local_cpus(spec, address)
+    except (TrackingError, SweepError) as exc:
         raise UsageError(str(exc)) from None
     return tracking_uri, address
 
 
 def _connect(spec: Any, address: str, gpus_may_autoscale: bool = False) -> None:
-    import ray
+    import ray  # see the module's docstring
 
     from sweep import driver
 
     try:
         driver.connect_ray(address)
-        driver.check_cluster_gpus(spec, gpus_may_autoscale)
-        driver.check_node_cpus(spec, gpus_may_autoscale)
-    except driver.SweepError as exc:
+        driver.check_cluster(spec, gpus_may_autoscale)
+    except SweepError as exc:
         if ray.is_initialized():
             ray.shutdown()
         raise UsageError(str(exc)) from None
 
 
 def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
-    from sweep import driver
+    from sweep.finish import finish_sweep, logging_share  # imports Ray and MLflow: see the module's docstring
 
-    rows = driver.finish_sweep(sweep, results)
+    rows = finish_sweep(sweep, results)
     print_table(rows, sweep.spec.family.table_metrics)
-    share = driver.logging_share(results)
+    share = logging_share(results)
     if share is not None:
         print(f"MLflow logging took {100 * share:.2f}% of the trials' wall time")
     out = args.out or RESULTS_DIR / sweep.sweep_id
     analyzed = not args.no_analyze
     if analyzed:
-        from analysis import NoTrialsError, analyze
+        from analysis import NoTrialsError, analyze  # imports MLflow and matplotlib: see the module's docstring
 
         try:
-            analyze(sweep.sweep_id, sweep.tracking_uri, out)
-            print(f"\nFigures and report: {out.resolve()}/ (complexity.png, curves.png, heatmap.png, summary.md)")
+            result = analyze(sweep.sweep_id, sweep.tracking_uri, out)
+            figures = ", ".join(name for name in result.files if name.endswith(".png"))
+            print(f"\nFigures and report: {out.resolve()}/ ({figures}, summary.md)")
         except NoTrialsError as exc:  # every trial diverged: the table above is the whole finding
             print(f"\nNo figures or report: nothing finished to plot ({exc})")
             analyzed = False
@@ -181,18 +180,18 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
 
 
 def _warm_up(tracking_uri: str) -> None:
-    """What a sweep needs before its first trial besides Ray: a new sqlite store's schema, the trainable's
-    imports (torch, Ray Tune) and the digits (scikit-learn): seconds of CPU each."""
-    from sweep import data, tracking
+    """What a sweep needs before its first trial besides Ray: a new sqlite store's schema, the driver's imports
+    (torch, Ray Tune, MLflow) and the digits (scikit-learn): seconds of CPU each."""
+    # the warm-up is these imports: see the module's docstring
+    from models.digits import digits_arrays
+    from sweep import tracking
 
     tracking.init_store(tracking_uri)
-    importlib.import_module("sweep.trainable")
-    data.digits_arrays()
+    importlib.import_module("sweep.driver")
+    digits_arrays()
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from sweep import driver
-
     try:
         spec, _ = load_spec(args.spec, args.overrides)
     except SpecError as exc:
@@ -202,33 +201,36 @@ def cmd_run(args: argparse.Namespace) -> None:
         ready = pool.submit(_warm_up, tracking_uri)
         _connect(spec, address, args.gpus_may_autoscale)
         ready.result()
+    from sweep import driver  # imported by the warm-up above already, while Ray started
+    from sweep.plan import plan_trials
+
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     slots = driver.concurrent_slots(spec)
-    sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage, slots)
-    n_members = sum(len(t["run_ids"]) for t in sweep.trials)
+    sweep = driver.create_sweep(spec, args.spec, tracking_uri, storage)
     where = f"MLflow {tracking_uri}, experiment {spec.tracking.experiment or spec.name!r}"
-    if sweep.searched:
+    if spec.search.algorithm != "grid":
         print(f"[sweep] {sweep.sweep_id}: {spec.search.algorithm} search, {spec.search.num_samples} samples of "
               f"{len(spec.seed_list)} packed seeds each, {spec.search.scheduler} scheduler; {where}", flush=True)
     else:
-        print(f"[sweep] {sweep.sweep_id}: {n_members} runs in {len(sweep.trials)} Ray trials; {where}", flush=True)
+        groups = plan_trials(spec, slots)
+        runs = sum(len(g.seeds) for g in groups)
+        print(f"[sweep] {sweep.sweep_id}: {runs} runs in {len(groups)} Ray trials; {where}", flush=True)
     results = driver.run_tuner(sweep, slots=slots)
     _end(sweep, results, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    from sweep import driver
-    from sweep import tracking_uri as store
+    from sweep import driver  # see the module's docstring
 
     # The store is found from --tracking-uri / MLFLOW_TRACKING_URI (else ./mlflow.db): the spec, with its
     # tracking.uri, is an artifact inside that store. Everything is checked before anything is written.
-    tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
+    tracking_uri = preflight.resolve_tracking_uri(args.tracking_uri, None)
     try:
-        store.check_exists(tracking_uri)
-        store.check_reachable(tracking_uri)
+        preflight.check_exists(tracking_uri)
+        preflight.check_reachable(tracking_uri)
         sweep = driver.load_sweep(args.sweep_id, tracking_uri)
         driver.check_resumable(sweep)
-    except (store.TrackingError, driver.SweepError) as exc:
+    except (TrackingError, SweepError) as exc:
         raise UsageError(str(exc)) from None
     _, address = _prepare(sweep.spec, args)
     _connect(sweep.spec, address)
@@ -236,35 +238,29 @@ def cmd_resume(args: argparse.Namespace) -> None:
     driver.reopen_parent(sweep)
     try:
         results = driver.run_tuner(sweep, restore=True)
-    except driver.SweepError as exc:
+    except SweepError as exc:
         raise UsageError(str(exc)) from None
     _end(sweep, results, args)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
+    from mlflow import MlflowClient  # see the module's docstring
+
     from analysis import analyze
     from analysis.run import AxisError
-    from sweep import tracking_uri as store
+    from record import TAG_SWEEP_ID, find_parent_run
 
-    tracking_uri = store.resolve_tracking_uri(args.tracking_uri, None)
+    tracking_uri = preflight.resolve_tracking_uri(args.tracking_uri, None)
     try:
-        store.check_exists(tracking_uri)  # reading a store that is not there must not create it
-        store.check_reachable(tracking_uri)
-        sweep_id = args.sweep_id or latest_sweep_id(tracking_uri)
+        preflight.check_exists(tracking_uri)  # reading a store that is not there must not create it
+        preflight.check_reachable(tracking_uri)
+        sweep_id = args.sweep_id or find_parent_run(MlflowClient(tracking_uri)).data.tags[TAG_SWEEP_ID]
         # Each sweep's figures go to its own folder, so analysing "the latest" never overwrites another's.
         result = analyze(sweep_id, tracking_uri, args.out or RESULTS_DIR / sweep_id, x=args.x)
-    except (store.TrackingError, LookupError, AxisError) as exc:
+    except (TrackingError, LookupError, AxisError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     print(result)
     print_ui_steps(tracking_uri, result.data.parent.info.experiment_id)
-
-
-def latest_sweep_id(tracking_uri: str) -> str:
-    """The ``sweep_id`` of the most recently started sweep in the store (LookupError when there is none)."""
-    from analysis.load import find_parent_run, make_client
-    from sweep.names import TAG_SWEEP_ID
-
-    return find_parent_run(make_client(tracking_uri)).data.tags[TAG_SWEEP_ID]
 
 
 def command(name: str) -> str:
@@ -304,7 +300,7 @@ def print_table(rows: list[dict[str, Any]],
 def print_ui_steps(tracking_uri: str, experiment_id: str) -> None:
     """How to open this experiment's runs in the MLflow UI: the command that starts it (for a local store)
     and the link to the model-training view."""
-    from sweep.mlflow_ui import runs_url
+    from sweep.mlflow_ui import runs_url  # imports MLflow: see the module's docstring
 
     print("\nOpen the MLflow UI:")
     if not tracking_uri.startswith(("http://", "https://")):

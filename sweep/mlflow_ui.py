@@ -26,24 +26,29 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 
-TAG_NOTE = "mlflow.note.content"
-TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+from analysis.figures import knob_hex_colours
+from models.digits import N_TEST, N_TRAIN
+from models.family import get_family
+from models.spec import CommonSpec
+from record import (
+    PARENT_PARAM_PREFIX,
+    TAG_EXPERIMENT_KIND,
+    TAG_NOTE,
+    TAG_RUN_COLOR,
+    TAG_WIDTH,
+    with_retry,
+)
+from sweep.provenance import git_commit
+
 EXPERIMENT_KIND = "custom_model_development"
-TAG_RUN_COLOR = "mlflow.runColor"
-TAG_WIDTH = "width"  # the grouping tag: "C=04" (ResNet), "K=05" (mixture): zero-padded so groups sort by the knob
-TAG_LOGGING_SHARE = "sweep.logging_share"  # a tag, not a metric: it must not get a chart among trial metrics
-PARENT_PARAM_PREFIX = "sweep."
 DATASET_NAME = "digits-8x8-split"
 DATASET_CONTEXT = "train"  # MLflow's usual context value; the split's both halves are described by its name
 UI_QUERY = "workflowType=machine_learning"
 DEFAULT_UI = "http://127.0.0.1:5000"
 
 
-
 def _family(name: str | None) -> Any:
     """The registered family ``name`` (None: the ResNet), or None for a name no longer registered."""
-    from models.family import get_family
-
     try:
         return get_family(name or "resnet")
     except KeyError:
@@ -60,24 +65,16 @@ def width_tag(C: int, widths: Sequence[int], knob: str = "C") -> str:
     return f"{knob}={int(C):0{digits}d}"
 
 
-def width_colours(widths: Sequence[int]) -> dict[int, str]:
-    """One ``#rrggbb`` colour per C, the same viridis positions as the figures (``analysis.plots.c_colours``):
-    dark to light as C grows, the pale yellow end left out."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    ws = sorted({int(c) for c in widths})
-    cmap = colormaps["viridis"]
-    positions = [0.35] if len(ws) == 1 else [0.85 * i / (len(ws) - 1) for i in range(len(ws))]
-    return {c: to_hex(cmap(p)) for c, p in zip(ws, positions, strict=True)}
-
-
-def parent_params(resolved: dict[str, Any]) -> dict[str, str]:
-    """The resolved spec as parent-run params: ``sweep.``-prefixed dotted keys, None values dropped.
+def parent_params(spec: CommonSpec) -> dict[str, str]:
+    """The resolved spec as parent-run params: ``sweep.``-prefixed dotted keys, None values dropped, and the
+    ``search.*`` block only where something searches or schedules (a grid's defaults would not apply).
 
     The prefix keeps the spec's lists (``sweep.model.C = [1, 2, 4, 64]``, ``sweep.seeds = 5``) apart from
     the children's per-run values (``C``, ``seed``) in the UI's column picker: one name per concept per role.
     """
+    resolved = spec.model_dump(mode="json")
+    if not spec.search.active:
+        resolved.pop("search")
     out: dict[str, str] = {}
 
     def walk(d: dict[str, Any], prefix: str) -> None:
@@ -112,18 +109,10 @@ def experiment_note(family: str) -> str:
     )
 
 
-def parent_note(sweep_id: str, source: str, n_runs: int) -> str:
+def parent_note(sweep_id: str, source: str) -> str:
     """The parent's description until the analysis replaces it with the findings."""
-    return (f"Sweep `{sweep_id}` (from `{source}`): {n_runs} trial runs nested below. "
-            f"Findings appear here once `sweep analyze {sweep_id}` has run.")
-
-
-def findings_note(sweep_id: str, sentences: Sequence[str]) -> str:
-    """The parent's description after analysis: the report's findings as a Markdown list."""
-    lines = [f"**Findings of sweep `{sweep_id}`** (from `analysis/summary.md`):", ""]
-    lines += [f"- {s}" for s in sentences]
-    lines += ["", "Figures: artifacts `analysis/complexity.png`, `analysis/curves.png`, `analysis/heatmap.png`."]
-    return "\n".join(lines)
+    return (f"Sweep `{sweep_id}` (from `{source}`): its trial runs are nested below, each made when its Ray "
+            f"trial starts. Findings appear here once `sweep analyze {sweep_id}` has run.")
 
 
 def child_note(params: dict[str, Any]) -> str:
@@ -143,8 +132,6 @@ def runs_url(experiment_id: str, tracking_uri: str) -> str:
 
 @functools.lru_cache(maxsize=8)  # one git subprocess per sweep, not one per child run
 def _source_tags(source: str) -> tuple[tuple[str, str], ...]:
-    from sweep.provenance import git_commit
-
     tags = {"mlflow.user": _user(), "mlflow.source.name": f"sweep run {source}", "mlflow.source.type": "LOCAL"}
     commit = git_commit()
     if commit:
@@ -170,24 +157,20 @@ def split_dataset(split_hash: str, split_seed: int) -> Dataset:
     return Dataset(
         name=DATASET_NAME, digest=split_hash, source_type="code",
         source=f'{{"loader": "sklearn.datasets.load_digits", "split_seed": {split_seed}, '
-               f'"n_train": 898, "n_test": 899}}',
+               f'"n_train": {N_TRAIN}, "n_test": {N_TEST}}}',
     )
 
 
 # -- writes -----------------------------------------------------------------------------------------------
 
 def decorate_experiment(client: MlflowClient, experiment_id: str, family: str) -> None:
-    from sweep.tracking import with_retry
-
     with_retry(client.set_experiment_tag, experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     with_retry(client.set_experiment_tag, experiment_id, TAG_NOTE, experiment_note(family))
 
 
-def decorate_parent(client: MlflowClient, run_id: str, sweep_id: str, source: str, n_runs: int,
-                    split_hash: str, split_seed: int) -> None:
-    from sweep.tracking import with_retry
-
-    tags = {**source_tags(source), TAG_NOTE: parent_note(sweep_id, source, n_runs)}
+def decorate_parent(client: MlflowClient, run_id: str, sweep_id: str, source: str, split_hash: str,
+                    split_seed: int) -> None:
+    tags = {**source_tags(source), TAG_NOTE: parent_note(sweep_id, source)}
     with_retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
     with_retry(client.log_inputs, run_id, [_input(split_hash, split_seed)])
 
@@ -197,11 +180,9 @@ def decorate_child(client: MlflowClient, run_id: str, params: dict[str, Any], so
     """Description, ``width`` tag, run colour, provenance tags, the dataset input, and the per-run summary
     metrics ``param_count`` and ``log2_<knob>`` (``log2_C``, ``log2_K``; step 0) that make the UI's scatter
     view useful. ``widths``: the sweep's knob values; ``knob``: the family's knob, a key of ``params``."""
-    from sweep.tracking import with_retry
-
     C = int(params[knob])
     tags = {**source_tags(source), TAG_NOTE: child_note(params), TAG_WIDTH: width_tag(C, widths, knob),
-            TAG_RUN_COLOR: width_colours(widths)[C]}
+            TAG_RUN_COLOR: knob_hex_colours(widths)[C]}
     now = int(time.time() * 1000)
     metrics = [Metric("param_count", float(params["param_count"]), now, 0),
                Metric(f"log2_{knob}", math.log2(C), now, 0)]
@@ -213,10 +194,3 @@ def decorate_child(client: MlflowClient, run_id: str, params: dict[str, Any], so
 def _input(split_hash: str, split_seed: int) -> DatasetInput:
     return DatasetInput(split_dataset(split_hash, split_seed), tags=[InputTag("mlflow.data.context",
                                                                                DATASET_CONTEXT)])
-
-
-def set_findings(client: MlflowClient, parent_run_id: str, sweep_id: str, sentences: Sequence[str]) -> None:
-    """Replace the parent's description with the analysis's findings."""
-    from sweep.tracking import with_retry
-
-    with_retry(client.set_tag, parent_run_id, TAG_NOTE, findings_note(sweep_id, sentences))

@@ -1,27 +1,27 @@
-"""The plan: a validated spec expanded into Ray trials, each training one or more seeds of one config."""
+"""The plan: what one Ray trial trains (a grid point and a pack of seeds), and a grid expanded into trials."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from models.family import Family, get_family
-from sweep.names import KNOB
-from sweep.spec import SweepSpec
+from models.spec import CommonSpec
 
 
 @dataclass(frozen=True)
 class TrialGroup:
     """One Ray Tune trial: a grid point (everything but the seed) and the seeds it trains together.
 
-    With ``pack: auto`` all seeds of a grid point are packed into one computation (at most ``pack_size``
-    per trial); with ``pack: off`` every seed is its own trial.
+    With ``pack: auto`` the seeds of a grid point are packed into one computation (at most ``pack_size`` per
+    trial); with ``pack: off`` every seed is its own trial.
     """
 
     config: Any  # the family's config dataclass (TrainConfig for the ResNet)
     seeds: tuple[int, ...]
-    axes: tuple[str, ...] = (KNOB,)  # the sweep's axes (SweepSpec.axes): what names this grid point
-    family_name: str = "resnet"
+    axes: tuple[str, ...]  # the sweep's axes (CommonSpec.axes): what names this grid point
+    family_name: str
 
     @property
     def family(self) -> Family:
@@ -42,10 +42,9 @@ class TrialGroup:
         """One member's MLflow run name: the grid point, then ``seed=<seed>`` (``C=4 lr=0.05 seed=1``)."""
         return f"{self.grid_point} seed={seed}"
 
-    def member_params(self, seed: int, split_hash: str, family: Family | None = None) -> dict[str, object]:
-        """Every hyperparameter of one member, as logged on its MLflow run (the family's
-        :meth:`~models.family.Family.member_params`; the ResNet's are :data:`sweep.names.TRIAL_PARAMS`)."""
-        return (family or self.family).member_params(self.config, seed, split_hash)
+    def with_values(self, values: dict[str, Any]) -> TrialGroup:
+        """This group with ``values`` (a searcher's sampled point: key -> value) in its config."""
+        return replace(self, config=replace(self.config, **plain(values))) if values else self
 
     def to_dict(self) -> dict[str, object]:
         return {"config": asdict(self.config), "seeds": list(self.seeds), "axes": list(self.axes),
@@ -54,12 +53,22 @@ class TrialGroup:
     @classmethod
     def from_dict(cls, d: dict, family: Family | None = None) -> TrialGroup:
         """``family``: the family object when the caller has it (a Ray worker gets it from the driver, so a
-        family registered only there works); else looked up by name. Tune state written before families
-        existed is a ResNet's; before axes existed, C was the only name part."""
-        name = d.get("family", "resnet")
-        family = family or get_family(name)
-        return cls(config=family.config_from_dict(d["config"]), seeds=tuple(d["seeds"]),
-                   axes=tuple(d.get("axes", [family.knob])), family_name=name)
+        family registered only there works); else looked up by name."""
+        family = family or get_family(d["family"])
+        return cls(config=family.config_from_dict(d["config"]), seeds=tuple(d["seeds"]), axes=tuple(d["axes"]),
+                   family_name=d["family"])
+
+
+def trial_group(config: dict[str, Any], family: Family | None = None) -> TrialGroup:
+    """The grid point and seeds of a Ray trial from its Tune config (:func:`sweep.driver.build_tuner`'s
+    ``param_space``): its ``group``, with a searcher's sampled ``point`` applied."""
+    return TrialGroup.from_dict(config["group"], family=family).with_values(config.get("point", {}))
+
+
+def plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Tune hands numpy scalars for randint; configs, params and names want plain numbers."""
+    return {k: (int(v) if isinstance(v, numbers.Integral) else float(v) if isinstance(v, numbers.Real) else v)
+            for k, v in values.items()}
 
 
 def grid_point(config: Any, axes: tuple[str, ...]) -> str:
@@ -69,13 +78,13 @@ def grid_point(config: Any, axes: tuple[str, ...]) -> str:
     return " ".join(f"{axis}={config.axis_value(axis)}" for axis in axes)
 
 
-def relative_cost(config: Any, family: Family | None = None) -> float:
-    """Rough CPU cost of one member's whole run (the family's :meth:`~models.family.Family.relative_cost`;
-    the ResNet's is in units of one C=1 update)."""
-    return (family or get_family("resnet")).relative_cost(config)
+def base_group(spec: CommonSpec) -> TrialGroup:
+    """The spec's own values of every key and all its seeds: what a searcher's samples are applied to."""
+    return TrialGroup(config=spec.configs()[0], seeds=tuple(spec.seed_list), axes=spec.axes,
+                      family_name=spec.family.name)
 
 
-def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
+def plan_trials(spec: CommonSpec, slots: int = 1) -> list[TrialGroup]:
     """Expand the grid into Ray trials.
 
     ``pack: off``: one trial per (grid point, seed). ``pack: auto``: the seeds of each grid point are packed
@@ -87,14 +96,9 @@ def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
     longest-processing-time-first schedule and no long trial starts last, alone on an otherwise idle cluster.
     """
     seeds = spec.seed_list
-    configs = spec.configs()
-    axes = spec.axes
     family = spec.family
-
-    def cost(config: Any) -> float:
-        return family.relative_cost(config)
-
-    total = sum(cost(c) for c in configs) * len(seeds)
+    configs = spec.configs()
+    total = sum(family.relative_cost(c) for c in configs) * len(seeds)
     share = total / max(1, slots)
     groups = []
     for config in configs:
@@ -103,8 +107,8 @@ def plan_trials(spec: SweepSpec, slots: int = 1) -> list[TrialGroup]:
         elif spec.pack_size:
             chunks = -(-len(seeds) // spec.pack_size)
         else:
-            chunks = min(len(seeds), max(1, round(cost(config) * len(seeds) / share)))
+            chunks = min(len(seeds), max(1, round(family.relative_cost(config) * len(seeds) / share)))
         size = -(-len(seeds) // chunks)
-        groups += [TrialGroup(config=config, seeds=tuple(seeds[i : i + size]), axes=axes, family_name=family.name)
-                   for i in range(0, len(seeds), size)]
-    return sorted(groups, key=lambda g: -cost(g.config) * len(g.seeds))  # stable: grid order on ties
+        groups += [TrialGroup(config=config, seeds=tuple(seeds[i: i + size]), axes=spec.axes,
+                              family_name=family.name) for i in range(0, len(seeds), size)]
+    return sorted(groups, key=lambda g: -family.relative_cost(g.config) * len(g.seeds))  # stable: grid order on ties

@@ -17,7 +17,11 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-from sweep.names import (
+import mlflow
+import ray
+import torch
+
+from record import (
     TAG_BLAS,
     TAG_CPU,
     TAG_CPU_CAPABILITY,
@@ -40,10 +44,6 @@ def git_commit() -> str | None:
 
 def version_tags() -> dict[str, str]:
     """torch, Ray and MLflow versions of this process."""
-    import mlflow
-    import ray
-    import torch
-
     return {"torch_version": torch.__version__, "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
 
 
@@ -72,8 +72,6 @@ def cpu_model() -> str:
 def blas() -> str:
     """torch's BLAS, from its build configuration: ``mkl 2024.2`` (with the version torch reports), else the
     name (``openblas``, ``accelerate``, ...)."""
-    import torch
-
     config = torch.__config__.show()
     name = re.search(r"BLAS_INFO=(\w+)", config)
     kind = name.group(1) if name else "unknown"
@@ -85,8 +83,6 @@ def machine_tags(device: str = "cpu") -> dict[str, str]:
     """A child run's: the numeric stack of this process (call it in the worker, after setting torch's
     threads): CPU model, torch's CPU capability, BLAS, torch threads, the GPU with CUDA and cuDNN versions
     when ``device`` is a CUDA device, and the library versions."""
-    import torch
-
     tags = {TAG_CPU: cpu_model(), TAG_CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(), TAG_BLAS: blas(),
             TAG_TORCH_THREADS: str(torch.get_num_threads()), **version_tags()}
     if os.environ.get("MKL_ENABLE_INSTRUCTIONS"):

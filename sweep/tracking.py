@@ -1,108 +1,80 @@
-"""MLflow at the edge: the sweep's parent run, one child run per trial, batched metric logging.
+"""MLflow at the edge, the writing side: the store and experiment, the sweep's parent run, each trial's runs
+made when the trial first starts, batched metric logging, and run ends.
 
-The driver owns every run id (it creates the child runs before any trial starts and hands their ids to the
-trials), so a restarted trial or a resumed sweep continues the SAME run instead of opening a second one.
+A trial's runs are keyed (sweep id, Tune trial id, seed): a restarted trial, or one a resumed sweep restores,
+finds the runs it made and continues them; grids and searches make their runs the same way. Names of tags and
+params are :mod:`record`'s.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
-from sweep.filters import tag_equals
-from sweep.names import (
-    METRICS,
+from models.records import Evaluation
+from record import (
+    DIVERGED,
+    MAX_METRICS_PER_BATCH,
     ROLE_PARENT,
     ROLE_TRIAL,
+    TAG_CREATE_TOKEN,
     TAG_FAILURE,
     TAG_GRID_POINT,
     TAG_NODE_ID,
     TAG_PACK_SEEDS,
     TAG_PARENT_RUN,
     TAG_ROLE,
+    TAG_SEED,
     TAG_SWEEP_ID,
+    TAG_TUNE_TRIAL,
     TAG_WORKER_PID,
+    retrying,
+    sweep_runs,
+    tag_equals,
+    with_retry,
 )
-from sweep.records import Evaluation
 
 T = TypeVar("T")
-MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
-TAG_CREATE_TOKEN = "sweep.create_token"  # one per run, so a retried create_run can find the first attempt
-DIVERGED = "diverged"  # how the trainer's reason for a member whose loss became NaN/inf starts
 
 
-def _transient(exc: MlflowException) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc) or exc.get_http_status_code() >= 500
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(0.05 * 2**attempt * (1 + random.random()))
-
-
-def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)``, retried when it lost a race for a busy sqlite file or hit a transient
-    HTTP error. Only for idempotent calls (reads, status updates, tags, metric batches: MLflow skips a
-    metric row that is already there with the same key, step, timestamp and value), where a call that
-    committed and then reported an error may simply be done again. Runs are created with
-    :func:`create_run_once`."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except MlflowException as exc:
-            if not _transient(exc) or attempt == attempts - 1:
-                raise
-        _backoff(attempt)
-    raise AssertionError("unreachable")
-
-
-def create_run_once(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
-                    attempts: int = 8) -> Run:
+def create_run_once(client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str]) -> Run:
     """``client.create_run`` that never makes two runs.
 
-    create_run is not idempotent: sqlite can report "database is locked" (or a server a 5xx) after the
-    insert committed, and a plain retry then inserts a second run. The run carries a token made here
-    (tag ``sweep.create_token``); after a transient error the experiment is searched for that token, and
-    the call is retried only if no run has it. (MLflow already gives every sqlite session a 20 s busy
-    timeout, so this path is rare.)
+    create_run is not idempotent: sqlite can report "database is locked" (or a server a 5xx) after the insert
+    committed, and a plain retry then inserts a second run. The run carries a token made here (tag
+    ``sweep.create_token``); before each retry the experiment is searched for that token, and the run that has
+    it is returned instead of creating again. (MLflow gives every sqlite session a 20 s busy timeout, so this
+    path is rare.)
     """
     token = secrets.token_hex(8)
     tags = {**tags, TAG_CREATE_TOKEN: token}
-    for attempt in range(attempts):
-        try:
+    for attempt in retrying():
+        with attempt:
+            if attempt.retry_state.attempt_number > 1:
+                found = with_retry(client.search_runs, [experiment_id], tag_equals(TAG_CREATE_TOKEN, token),
+                                   max_results=1)
+                if found:
+                    return found[0]
             return client.create_run(experiment_id, run_name=run_name, tags=tags)
-        except MlflowException as exc:
-            if not _transient(exc) or attempt == attempts - 1:
-                raise
-        found = with_retry(client.search_runs, [experiment_id], tag_equals(TAG_CREATE_TOKEN, token),
-                           max_results=1)
-        if found:
-            return found[0]
-        _backoff(attempt)
     raise AssertionError("unreachable")
 
 
 def init_store(uri: str) -> None:
-    """Create the store's schema under a file lock: two sweeps starting on one new sqlite file would
-    otherwise race through MLflow's migrations."""
+    """Create a sqlite store's schema under a file lock: two sweeps starting on one new file would otherwise
+    race through MLflow's migrations."""
     if not uri.startswith("sqlite:///"):
         return
-    import fcntl
-
-    with open(uri.removeprefix("sqlite:///") + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
+        MlflowClient(uri).search_experiments(max_results=1)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -118,17 +90,6 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = str(v)
-    return out
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any], tags: dict[str, str] | None = None
@@ -147,48 +108,25 @@ def pack_text(seeds: Iterable[int]) -> str:
     return ",".join(str(s) for s in seeds)
 
 
-def create_trial_run(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
-                     name: str, params: dict[str, Any], grid_point: str, knob: str = "C",
-                     pack_seeds: Iterable[int] = ()) -> str:
-    """A child run for one member, left SCHEDULED until its trial starts.
-
-    name: ``<grid point> seed=<seed>``; params: :data:`sweep.names.TRIAL_PARAMS`; grid_point: the name
-    without its seed part, tagged ``grid_point`` (the trial's identity together with the ``seed`` tag).
-    knob: the family's knob, tagged with the run's value (``C=4``, ``K=10``). pack_seeds: the seeds trained
-    together with this one (tag ``pack_seeds``).
-    """
-    run = create_run_once(client, experiment_id, name, {
-        TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id,
-        knob: str(params[knob]), "seed": str(params["seed"]), TAG_GRID_POINT: grid_point,
-        TAG_PACK_SEEDS: pack_text(pack_seeds)})
-    run_id = run.info.run_id
-    log_params(client, run_id, params)
-    with_retry(client.update_run, run_id, status="SCHEDULED")
-    return run_id
-
-
 def find_or_create_trial_runs(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
                               trial_id: str, names: dict[int, str], params: dict[int, dict[str, Any]],
-                              grid_point: str, knob: str = "C") -> tuple[dict[int, str], set[int]]:
-    """A search sweep's runs of one Ray trial, made when it first starts: (seed -> run id, seeds made now).
+                              grid_point: str, knob: str) -> tuple[dict[int, str], set[int]]:
+    """One Ray trial's runs, made when it first starts: (seed -> run id, seeds made now).
 
     Keyed (sweep id, Tune trial id, seed): a restarted or resumed trial finds the runs it made (tag
-    ``tune_trial_id``) and makes only those still missing, never a second one. Only one worker runs a trial
-    at a time, so no two processes make the same trial's runs at once.
+    ``tune_trial_id``) and makes only those still missing, never a second one. Only one worker runs a trial at
+    a time, so no two processes make the same trial's runs at once. ``names``/``params``: seed -> run name /
+    the family's member params; ``knob``: the family's knob, tagged with the run's value (``C=4``).
     """
-    from sweep.filters import and_
-    from sweep.search import TAG_TUNE_TRIAL
-
-    query = and_(tag_equals(TAG_SWEEP_ID, sweep_id), tag_equals(TAG_TUNE_TRIAL, trial_id))
-    found = with_retry(client.search_runs, [experiment_id], query, max_results=1000)
-    run_ids = {int(r.data.tags["seed"]): r.info.run_id for r in found}
+    found = sweep_runs(client, experiment_id, sweep_id, tag_equals(TAG_TUNE_TRIAL, trial_id))
+    run_ids = {int(r.data.tags[TAG_SEED]): r.info.run_id for r in found}
     created = set()
     for seed, name in names.items():
         if seed in run_ids:
             continue
         run = create_run_once(client, experiment_id, name, {
             TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id, TAG_TUNE_TRIAL: trial_id,
-            knob: str(params[seed][knob]), "seed": str(seed), TAG_GRID_POINT: grid_point,
+            knob: str(params[seed][knob]), TAG_SEED: str(seed), TAG_GRID_POINT: grid_point,
             TAG_PACK_SEEDS: pack_text(names)})
         run_ids[seed] = run.info.run_id
         log_params(client, run_ids[seed], params[seed])
@@ -213,9 +151,9 @@ class TrialRunLogger:
         failure reason left by the driver on a resumed sweep is removed with it).
     """
 
-    def __init__(self, tracking_uri: str, run_ids: dict[int, str], flush_seconds: float = 5.0,
-                 metric_names: tuple[str, ...] = METRICS) -> None:
-        """``metric_names``: the family's metric keys (read back on resume); the ResNet's by default."""
+    def __init__(self, tracking_uri: str, run_ids: dict[int, str], *, metric_names: tuple[str, ...],
+                 flush_seconds: float = 5.0) -> None:
+        """``metric_names``: the family's metric keys (read back on every start)."""
         self.client = MlflowClient(tracking_uri)
         self.metric_names = tuple(metric_names)
         self.run_ids = run_ids
@@ -310,11 +248,12 @@ def end_unfinished_runs(client: MlflowClient, run_ids: Iterable[str], reason: st
     ended = []
     for run_id in run_ids:
         if with_retry(client.get_run, run_id).info.status in ("RUNNING", "SCHEDULED"):
-            with_retry(client.set_tag, run_id, TAG_FAILURE, reason)
-            with_retry(client.set_terminated, run_id, "FAILED")
+            end_run(client, run_id, "FAILED", {TAG_FAILURE: reason})
             ended.append(run_id)
     return ended
 
 
-__all__ = ["TrialRunLogger", "create_parent_run", "create_run_once", "create_trial_run", "end_unfinished_runs",
-           "ensure_experiment", "with_retry"]
+def end_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]) -> None:
+    """Set ``tags`` on a run and end it with ``status``."""
+    log_params(client, run_id, {}, tags=tags)
+    with_retry(client.set_terminated, run_id, status)

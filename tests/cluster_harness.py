@@ -1,4 +1,4 @@
-"""Helpers for tests/test_cluster.py: a two-node Ray cluster and an MLflow server on one machine.
+"""Helpers for tests/sweep/test_cluster.py: a two-node Ray cluster and an MLflow server on one machine.
 
 Everything here is owned by the test that starts it and is stopped by process id, never by name:
 

@@ -28,6 +28,13 @@ def ray_local():
     ray.shutdown()
 
 
+def trial_runs(sweep: driver.Sweep) -> list:
+    """Every child run of ``sweep``, newest first."""
+    from record import sweep_runs
+
+    return sweep_runs(MlflowClient(sweep.tracking_uri), sweep.experiment_id, sweep.sweep_id)
+
+
 def run_sweep(folder: Path, *args: str) -> driver.Sweep:
     """``sweep run ARGS`` in-process against a sqlite store in ``folder``; returns the sweep just made."""
     uri = f"sqlite:///{folder}/mlflow.db"
@@ -62,14 +69,14 @@ def kill_worker_when_logged(uri: str, metric: str, min_steps: int,
     have logged ``min_steps`` values of ``metric``. Returns (thread, killed): ``killed`` gets ``pid`` (the
     worker's, from the run's ``ray.worker_pid`` tag), ``steps_before`` (values logged when it was killed)
     and whatever ``before_kill()`` returns, called just before the kill."""
+    from record import TAG_WORKER_PID
     from sweep import driver
-    from sweep.names import TAG_WORKER_PID
 
     killed: dict = {}
 
     def progressed_run():
         try:
-            runs = driver.trial_runs(driver.load_sweep(None, uri))
+            runs = trial_runs(driver.load_sweep(None, uri))
         except Exception:  # the sweep or its runs do not exist yet
             return None
         return next((r for r in runs if TAG_WORKER_PID in r.data.tags
@@ -103,7 +110,7 @@ def run_then_kill_driver(folder: Path, spec_file: str, metric: str, min_steps: i
 
     def progressed() -> bool:
         try:
-            runs = driver.trial_runs(driver.load_sweep(None, uri))
+            runs = trial_runs(driver.load_sweep(None, uri))
         except Exception:  # the sweep or its runs do not exist yet
             return False
         return any(len(client.get_metric_history(r.info.run_id, metric)) >= min_steps for r in runs)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from ceiling import packed_products  # noqa: E402
 
-from models.packed import PackedResNet  # noqa: E402
+from models.resnet.packed import PackedResNet  # noqa: E402
 
 
 def test_flop_count_by_hand_at_c64():

@@ -1,0 +1,333 @@
+"""S handout ResNets of the same width trained as one computation ("packing"), for 8x8 inputs only.
+
+Every member is a :class:`models.resnet.model.ResNet` (same ``C``, its own weights and BatchNorm buffers); the
+packed module evaluates all S of them with a few batched matrix products instead of S small convolutions.
+
+Why batched matmuls: on an 8x8 image the stem conv (1 -> C, 3x3, stride 2, padding 1) has a 4x4 output,
+i.e. 16 patches of 9 pixels (im2col). After the 2x2 max-pool the residual block sees 2x2 maps, and a 3x3
+padding-1 convolution on a 2x2 map is a dense linear map of the 4C numbers of one image (every output
+pixel sees every input pixel), so each block conv is one (4C x 4C) matrix per member, gathered from the
+(C, C, 3, 3) weight on every forward (differentiable) and applied with ``torch.bmm``.
+
+Layout: activations are kept as (S, C, P, N): member, channel, pixel (row-major), image. Per member a
+feature map is then a (C*P, N) matrix that a (C'*P', C*P) matrix multiplies directly, and the (s, c)
+channels of all members are contiguous, so one ``F.batch_norm`` call on a (1, S*C, P*N) view is each block
+BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics update). The stem's
+BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
+elementwise passes over the largest activation, (S, C, 16, N). The stem's per-image work (padding, and the
+patch moments those statistics need) can be done once per image set: :class:`StemInputs`, which the trainer
+builds for the training half and gathers per minibatch.
+
+Equivalence with S separate ``ResNet`` modules (weights, BatchNorm buffers, logits, gradients) is tested
+to 1e-10 in float64 after 200 SGD updates (tests/test_packed.py); only round-off differs.
+
+A member's numbers do not depend on S, bit for bit, in float32 too (tested for packs of 1, 2 and 5): every
+operation works on each member's slice alone, and every matrix product runs on ATen's batched kernel whatever
+S is (:func:`_baddbmm`, which explains why that needs care).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.resnet.model import ResNet
+
+_BN_NAMES = ("stem_bn", "bn1", "bn2")
+_MOMENTUM = 0.1  # nn.BatchNorm2d defaults
+_EPS = 1e-5
+
+
+def _stem_patch_index() -> Tensor:
+    """(9, 16) index into a flattened 8x8 image with one zero appended (index 64 = padding).
+
+    Entry [k, p] is the pixel that kernel tap k = 3*ky + kx reads for output pixel p = 4*i + j of the
+    stride-2, padding-1, 3x3 stem convolution.
+    """
+    index = torch.full((9, 16), 64, dtype=torch.long)
+    for i in range(4):
+        for j in range(4):
+            for ky in range(3):
+                for kx in range(3):
+                    r, c = 2 * i - 1 + ky, 2 * j - 1 + kx
+                    if 0 <= r < 8 and 0 <= c < 8:
+                        index[3 * ky + kx, 4 * i + j] = 8 * r + c
+    return index
+
+
+def _block_conv_index(C: int) -> Tensor:
+    """(4C, 4C) index into a flattened (C, C, 3, 3) weight: the dense matrix of a 3x3, padding-1 conv on 2x2.
+
+    Row ``co*4 + q`` (output channel, output pixel q = 2a + b), column ``ci*4 + q'`` (input channel, input
+    pixel q' = 2a' + b'); the entry is the weight tap (a' - a + 1, b' - b + 1) of (co, ci).
+    """
+    tap = torch.empty(4, 4, dtype=torch.long)
+    for q in range(4):
+        for q_in in range(4):
+            a, b, a_in, b_in = q // 2, q % 2, q_in // 2, q_in % 2
+            tap[q, q_in] = 3 * (a_in - a + 1) + (b_in - b + 1)
+    co = torch.arange(C).view(C, 1, 1, 1)
+    ci = torch.arange(C).view(1, 1, C, 1)
+    index = co * (9 * C) + ci * 9 + tap.view(1, 4, 1, 4)  # (C, 4, C, 4)
+    return index.reshape(16 * C * C)
+
+
+def _baddbmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    """``bias + a @ b`` per member: a (S, M, K) or (1, M, K), b (S, K, N) or (1, K, N), bias broadcastable to
+    (S, M, N) or None -> (S, M, N); on the same kernel for every S, so that a member's result does not
+    depend on how many members share the call.
+
+    Why: ATen's CPU bmm/baddbmm gives a batch of one to a plain gemm (``addmm`` per batch item) and a
+    larger batch of contiguous or transposed items to MKL's batched gemm (``_baddbmm_mkl_``), and the two
+    round differently for some shapes, mostly matrix-vector ones: the fc weight gradient at C=1,
+    (10 x 128) @ (128 x 1), and the stem's batch mean at C=64, (64 x 9) @ (9 x 1), differ in the last bit
+    (measured with torch 2.13 + MKL 2024.2; batches of 2, 3, 5 and 32 agree with each other). A
+    one-member pack trained on other numbers than the same seed in a pack of five. So a batch of one is run
+    as a batch of two, the same matrices twice through stride-0 views (no copy; twice the product's
+    arithmetic, for single-member packs only), and the first result kept. Its gradients also run as
+    batches of two, and summing the unused copy's exact zero gradient into the used one changes nothing.
+    A shared operand (batch 1 against S > 1) is expanded to S the same way. Products small enough for
+    ATen's naive loop (K * M * N < 400) take that loop for every S, which is per item anyway. CPU only: on
+    CUDA, cuBLAS chooses its batched kernel by batch count (batches of 2, 5 and 32 differ there too), which
+    no padding to two fixes.
+    """
+    S = max(a.shape[0], b.shape[0])
+    batch = max(S, 2)
+    a2, b2 = a.expand(batch, -1, -1), b.expand(batch, -1, -1)
+    out = torch.bmm(a2, b2) if bias is None else torch.baddbmm(bias.expand(batch, *bias.shape[1:]), a2, b2)
+    return out if batch == S else out[:S]
+
+
+@dataclass(frozen=True)
+class StemInputs:
+    """8x8 images as the packed stem reads them: built once per image set by
+    :meth:`PackedResNet.stem_inputs`, then gathered per minibatch by :meth:`select`.
+
+    ``pixels`` (G, 65, N): group g's images as columns, 64 pixels row-major plus a zero row 64 (the stem
+    conv's padding). ``moments`` (G, 90) or None: summed over the group's N images and their 16 stem patches
+    p (9 pixels each), p p^T (81 entries, row-major) then p (9): all the stem's batch statistics need; None
+    where only eval mode will read them. G is the number of member batches, or 1 for one batch all members
+    share. A set built with ``per_image=True`` keeps one moments row per image instead, (1, N, 90): it is
+    what :meth:`select` reads.
+    """
+
+    pixels: Tensor
+    moments: Tensor | None
+
+    def select(self, index: Tensor) -> StemInputs:
+        """Member minibatches out of a one-group set (one image per column): index (S, B) -> S groups of B.
+
+        Per minibatch this is two gathers: the patch moments, the costly part of the stem's batch
+        statistics, were computed once per image in :meth:`PackedResNet.stem_inputs`.
+        """
+        if self.moments is None or self.moments.dim() != 3:
+            raise ValueError("select() reads a set built with stem_inputs(images, per_image=True)")
+        S, B = index.shape
+        flat = index.reshape(-1)
+        pixels = self.pixels[0].index_select(1, flat).view(65, S, B).transpose(0, 1).contiguous()
+        moments = self.moments[0].index_select(0, flat).view(S, B, -1).sum(1)
+        return StemInputs(pixels, moments)
+
+
+class PackedResNet(nn.Module):
+    """S members of ``ResNet(C)`` evaluated together on 8x8 inputs.
+
+    Parameters have each ResNet parameter's natural shape behind a leading S axis: ``stem_conv``
+    (S, C, 1, 3, 3), ``conv1``/``conv2`` (S, C, C, 3, 3), ``<bn>_weight``/``<bn>_bias`` (S, C) for
+    ``<bn>`` in stem_bn, bn1, bn2, ``fc_weight`` (S, 10, C), ``fc_bias`` (S, 10). BatchNorm buffers:
+    ``<bn>_running_mean``/``<bn>_running_var`` (S, C) and ``<bn>_num_batches_tracked`` (S,).
+
+    ``forward`` takes (S, N, 1, 8, 8) (a minibatch per member) or a shared (N, 1, 8, 8) batch and returns
+    (S, N, num_classes) logits; ``train()``/``eval()`` switch BatchNorm exactly as for nn.BatchNorm2d.
+    """
+
+    def __init__(self, C: int, S: int, num_classes: int = 10) -> None:
+        super().__init__()
+        if C <= 0 or S <= 0:
+            raise ValueError(f"C and S must be positive, got C={C}, S={S}")
+        self.C, self.S, self.num_classes = C, S, num_classes
+        self.stem_conv = nn.Parameter(torch.empty(S, C, 1, 3, 3))
+        self.conv1 = nn.Parameter(torch.empty(S, C, C, 3, 3))
+        self.conv2 = nn.Parameter(torch.empty(S, C, C, 3, 3))
+        for name in _BN_NAMES:
+            setattr(self, f"{name}_weight", nn.Parameter(torch.ones(S, C)))
+            setattr(self, f"{name}_bias", nn.Parameter(torch.zeros(S, C)))
+            self.register_buffer(f"{name}_running_mean", torch.zeros(S, C))
+            self.register_buffer(f"{name}_running_var", torch.ones(S, C))
+            self.register_buffer(f"{name}_num_batches_tracked", torch.zeros(S, dtype=torch.long))
+        self.fc_weight = nn.Parameter(torch.empty(S, num_classes, C))
+        self.fc_bias = nn.Parameter(torch.empty(S, num_classes))
+        self.register_buffer("_stem_index", _stem_patch_index(), persistent=False)
+        self.register_buffer("_block_index", _block_conv_index(C), persistent=False)
+
+    # -- conversion ------------------------------------------------------------------------------------
+    @staticmethod
+    def _pairs(net: ResNet) -> dict[str, Tensor]:
+        """This module's tensor names -> the member tensor each one stacks (parameters and buffers)."""
+        pairs = {
+            "stem_conv": net.stem[0].weight,
+            "conv1": net.block.f[0].weight,
+            "conv2": net.block.f[3].weight,
+            "fc_weight": net.fc.weight,
+            "fc_bias": net.fc.bias,
+        }
+        for name, bn in zip(_BN_NAMES, (net.stem[1], net.block.f[1], net.block.f[4]), strict=True):
+            pairs[f"{name}_weight"] = bn.weight
+            pairs[f"{name}_bias"] = bn.bias
+            pairs[f"{name}_running_mean"] = bn.running_mean
+            pairs[f"{name}_running_var"] = bn.running_var
+            pairs[f"{name}_num_batches_tracked"] = bn.num_batches_tracked
+        return pairs
+
+    @classmethod
+    def from_models(cls, models: Sequence[ResNet]) -> PackedResNet:
+        """Pack ``models`` (same C, same number of classes): weights and BatchNorm buffers copied exactly;
+        dtype and device follow the models. The packed module starts in training mode."""
+        if not models:
+            raise ValueError("from_models needs at least one model")
+        C, num_classes = models[0].C, models[0].fc.out_features
+        if any(m.C != C or m.fc.out_features != num_classes for m in models):
+            raise ValueError("all members must have the same C and number of classes")
+        ref = models[0].fc.weight
+        packed = cls(C, len(models), num_classes).to(device=ref.device, dtype=ref.dtype)
+        member_tensors = [cls._pairs(m) for m in models]
+        with torch.no_grad():
+            for name, tensor in packed._named_state().items():
+                tensor.copy_(torch.stack([mt[name].detach() for mt in member_tensors]))
+        return packed
+
+    def members(self) -> list[ResNet]:
+        """Fresh plain ``ResNet(C)`` modules, one per member, holding copies of its weights and buffers
+        (same dtype and device as this module, same train/eval mode)."""
+        ref = self.fc_weight
+        state = self._named_state()
+        nets = []
+        for s in range(self.S):
+            with torch.device("meta"):  # no random initialisation: no cost, the global RNG left alone
+                net = ResNet(self.C, self.num_classes)
+            net = net.to_empty(device=ref.device).to(ref.dtype)
+            with torch.no_grad():
+                for name, tensor in self._pairs(net).items():
+                    tensor.copy_(state[name][s])
+            nets.append(net.train(self.training))
+        return nets
+
+    def _named_state(self) -> dict[str, Tensor]:
+        named = dict(self.named_parameters())
+        named.update((k, v) for k, v in self.named_buffers() if not k.startswith("_"))
+        return named
+
+    # -- computation -----------------------------------------------------------------------------------
+    def _batch_norm(self, h: Tensor, name: str) -> Tensor:
+        """nn.BatchNorm2d on every member's every channel: h is (S, C, P, N), statistics over (P, N)."""
+        S, C = h.shape[:2]
+        if self.training:
+            getattr(self, f"{name}_num_batches_tracked").add_(1)
+        out = F.batch_norm(
+            h.reshape(1, S * C, -1),
+            getattr(self, f"{name}_running_mean").view(S * C),  # views: F.batch_norm updates them in place
+            getattr(self, f"{name}_running_var").view(S * C),
+            getattr(self, f"{name}_weight").reshape(S * C),
+            getattr(self, f"{name}_bias").reshape(S * C),
+            training=self.training,
+            momentum=_MOMENTUM,
+            eps=_EPS,
+        )
+        return out.view(h.shape)
+
+    def stem_inputs(self, x: Tensor, per_image: bool = False) -> StemInputs:
+        """Images (S, N, 1, 8, 8) or shared (N, 1, 8, 8) -> :class:`StemInputs` with S groups or 1.
+
+        ``per_image=True`` (shared input only) keeps every image its own moments row, (1, N, 90), for
+        :meth:`StemInputs.select`; otherwise moments are summed per group. Moments are left out (None) when
+        the module is in eval mode and ``per_image`` is False, since eval-mode BatchNorm never reads them.
+        """
+        if per_image and x.dim() == 5 and x.shape[0] != 1:
+            raise ValueError("per_image=True needs one shared batch of images, shape (N, 1, 8, 8)")
+        N = x.shape[-4]
+        pixels = F.pad(x.reshape(-1, N, 64), (0, 1)).transpose(1, 2).contiguous()  # (G, 65, N)
+        if not (self.training or per_image):
+            return StemInputs(pixels, None)
+        patches = pixels.index_select(1, self._stem_index.view(-1)).view(-1, 9, 16, N)
+        per = patches.permute(0, 3, 1, 2)  # (G, N, 9, 16): image n's patches as columns
+        moments = torch.cat([(per @ per.transpose(2, 3)).flatten(2), per.sum(3)], dim=2)  # (G, N, 90)
+        return StemInputs(pixels, moments if per_image else moments.sum(1))
+
+    def _stem(self, inputs: StemInputs) -> Tensor:
+        """Stem conv + its BatchNorm, folded into one matmul: G groups of N images -> (S, C, 16, N).
+
+        BatchNorm of a linear map of the patches is again a linear map: per member and channel the batch mean
+        and biased variance of ``w . p`` are ``w . E[p]`` and ``w' Cov(p) w``, computed from the (9, 9) patch
+        moments, and the normalisation folds into the conv weight and a bias. This is nn.BatchNorm2d
+        mathematically (gradients included, by autograd through the statistics) without the elementwise
+        passes over the largest activation, which is (S, C, 16, N).
+        """
+        S, C = self.S, self.C
+        G, _, N = inputs.pixels.shape
+        n = 16 * N  # values per channel: 16 output pixels per image
+        # im2col: (G, 9, 16N), entry [g, k, p*N + m] is the pixel tap k reads for output pixel p of image m;
+        # constants, no gradient flows into them.
+        patches = inputs.pixels.index_select(1, self._stem_index.view(-1)).view(G, 9, n)
+        weight = self.stem_conv.view(S, C, 9)
+        running_mean, running_var = self.stem_bn_running_mean, self.stem_bn_running_var
+        if self.training:
+            if inputs.moments is None or inputs.moments.dim() != 2:
+                raise ValueError("training mode needs moments summed per group: StemInputs built in training "
+                                 "mode, or select() of a per-image set")
+            # Patch moments, uncentred: for pixels in [0, 1] (multiples of 1/16 for digits, whose products
+            # then sum exactly) E[pp'] - E[p]E[p]' loses next to nothing.
+            p_mean = (inputs.moments[:, 81:] / n).unsqueeze(2)  # (G, 9, 1)
+            p_cov = inputs.moments[:, :81].view(G, 9, 9) / n - p_mean * p_mean.transpose(1, 2)  # (G, 9, 9)
+            mean = _baddbmm(None, weight, p_mean).squeeze(2)  # (S, C)
+            var = (_baddbmm(None, weight, p_cov) * weight).sum(dim=2).clamp(min=0)  # (S, C), biased
+            with torch.no_grad():
+                self.stem_bn_num_batches_tracked.add_(1)
+                running_mean.lerp_(mean, _MOMENTUM)
+                running_var.lerp_(var * (n / (n - 1)), _MOMENTUM)  # unbiased, as nn.BatchNorm2d
+        else:
+            mean, var = running_mean, running_var
+        scale = self.stem_bn_weight * torch.rsqrt(var + _EPS)  # (S, C)
+        bias = self.stem_bn_bias - mean * scale
+        folded = weight * scale.unsqueeze(2)
+        # A shared input (G = 1) is one (S*C, 9) @ (9, n) product in principle; it runs as S member products,
+        # so that a member's numbers do not depend on S (see _baddbmm).
+        return _baddbmm(bias.unsqueeze(2), folded, patches).view(S, C, 16, N)
+
+    def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
+        """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
+        S, C, _, N = h.shape
+        dense = weight.reshape(S, C * C * 9).index_select(1, self._block_index).view(S, 4 * C, 4 * C)
+        return _baddbmm(None, dense, h.reshape(S, 4 * C, N)).view(S, C, 4, N)
+
+    def forward(self, x: Tensor | StemInputs) -> Tensor:
+        """x: images (S, N, 1, 8, 8) or shared (N, 1, 8, 8), or their :class:`StemInputs` (S groups or 1)
+        -> logits (S, N, num_classes)."""
+        if isinstance(x, Tensor):
+            if x.dim() == 5 and x.shape[0] != self.S:
+                raise ValueError(f"expected {self.S} member batches, got input of shape {tuple(x.shape)}")
+            if x.dim() not in (4, 5) or tuple(x.shape[-3:]) != (1, 8, 8):
+                raise ValueError(
+                    f"PackedResNet supports only 8x8 single-channel inputs, (S, N, 1, 8, 8) or (N, 1, 8, 8); "
+                    f"got shape {tuple(x.shape)}"
+                )
+            x = self.stem_inputs(x)
+        elif x.pixels.shape[0] not in (1, self.S):
+            raise ValueError(f"expected {self.S} member batches or 1 shared, got {x.pixels.shape[0]}")
+        S, C, N = self.S, self.C, x.pixels.shape[2]
+        h = self._stem(x)  # (S, C, 16, N), pixel 4i + j, BatchNorm applied
+        # 2x2 max-pool: the (S*C, N, 4, 4) permuted view is a channels-last image batch, which max_pool2d
+        # pools without copying; permuting back gives (S, C, 4, N) with output pixel q = 2a + b. ReLU
+        # commutes with max, so it runs after the pool, on a quarter of the values.
+        h = F.max_pool2d(h.view(S * C, 4, 4, N).permute(0, 3, 1, 2), kernel_size=2)
+        h = h.permute(0, 2, 3, 1).reshape(S, C, 4, N).relu_()
+        f = self._batch_norm(self._block_conv(self.conv1, h), "bn1").relu_()
+        f = self._batch_norm(self._block_conv(self.conv2, f), "bn2")
+        h = (h + f).relu_()
+        pooled = h.mean(dim=2)  # (S, C, N): global average pool
+        # Computed as (S, 10, N) = W @ pooled and returned as its (S, N, 10) transpose: several times faster
+        # than pooled^T @ W^T here, and a loss over classes on dim 1 then reads contiguous memory.
+        return _baddbmm(self.fc_bias.unsqueeze(2), self.fc_weight, pooled).transpose(1, 2)
