@@ -21,7 +21,6 @@ from analysis.figures import (
     _select,
     c_label,
     figure,
-    knob_colours,
     new_figure,
     panel_keys,
     rate_axis,
@@ -29,6 +28,7 @@ from analysis.figures import (
     step_label,
 )
 from models.family import Family
+from record.colours import knob_colours
 
 TRAIN_STYLE, TEST_STYLE = "-", "--"
 

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from analysis.aggregate import Aggregates, line_axes, varying
 from analysis.load import SweepData
 from models.family import Family
+from record.colours import knob_colours
 
 DPI = 150
 #: The widest figure in pixels: MLflow's artifact viewer shows about this much without shrinking the labels.
@@ -129,20 +129,6 @@ def step_label(protocol: str | None, family: Family | None = None) -> str:
     if protocol:
         return "step (updates or epochs: protocols differ)"
     return family.budget_unit if family is not None else "step"
-
-
-def knob_colours(values: Sequence[int]) -> dict[int, tuple[float, float, float, float]]:
-    """One colour per knob value from viridis (dark to light as it grows; the pale yellow end is left out): the
-    figures' colours, and the runs' colours in MLflow's UI."""
-    cmap = colormaps["viridis"]
-    ws = sorted(set(int(c) for c in values))
-    pos = np.linspace(0.0, 0.85, len(ws)) if len(ws) > 1 else [0.35]
-    return {c: cmap(float(p)) for c, p in zip(ws, pos, strict=True)}
-
-
-def knob_hex_colours(values: Sequence[int]) -> dict[int, str]:
-    """:func:`knob_colours` as ``#rrggbb`` (MLflow's ``mlflow.runColor`` tag)."""
-    return {c: to_hex(rgba) for c, rgba in knob_colours(values).items()}
 
 
 def c_label(c: int, param_counts: dict[int, int] | None = None, sep: str = " ", knob: str = "C") -> str:

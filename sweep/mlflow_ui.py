@@ -26,7 +26,6 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 
-from analysis.figures import knob_hex_colours
 from models.digits import N_TEST, N_TRAIN
 from models.family import get_family
 from models.spec import CommonSpec
@@ -38,6 +37,7 @@ from record import (
     TAG_WIDTH,
     with_retry,
 )
+from record.colours import knob_hex_colours
 from sweep.provenance import git_commit
 
 EXPERIMENT_KIND = "custom_model_development"

@@ -3,7 +3,7 @@ are checked in tests/sweep/test_ui.py."""
 
 from __future__ import annotations
 
-from analysis.figures import knob_hex_colours
+from record.colours import knob_hex_colours
 from sweep import mlflow_ui
 from sweep.spec import load_spec
 
