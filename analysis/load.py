@@ -25,6 +25,8 @@ from record import (
     TAG_FAILURE,
     TAG_FAMILY,
     TAG_KNOB,
+    TAG_REFINE_ORDER,
+    TAG_REFINE_REASON,
     TAG_SEED,
     TAG_SWEEP_ID,
     find_parent_run,
@@ -32,6 +34,7 @@ from record import (
     trials_of,
 )
 
+REFINE_TAGS = (TAG_REFINE_ORDER, TAG_REFINE_REASON)
 AxisValue = int | float | str
 #: A trial's identity: (value of every axis, in axis order; seed).
 Identity = tuple[tuple[AxisValue, ...], int]
@@ -102,8 +105,8 @@ class SweepData:
     ``step`` (the family's budget unit), ``metric``, ``value``; every (run_id, metric, step) once, sorted by the
     axes, seed, metric, step. runs: one row per included (finished) trial: ``run_id``, ``run_name``, the axes,
     ``seed``, ``status``, ``start_time`` (ms since the epoch), its other params (as logged, strings) and the tags
-    of :data:`record.HARDWARE_IDENTITY` (None where a run has none). skipped: trials left out (failed,
-    unfinished, or superseded duplicates of a (grid point, seed)).
+    of :data:`record.HARDWARE_IDENTITY` and a refine search's order and reason (None where a run has none).
+    skipped: trials left out (failed, unfinished, or superseded duplicates of a (grid point, seed)).
     """
 
     sweep_id: str
@@ -201,7 +204,7 @@ def load_sweep(sweep_id: str | None = None, tracking_uri: str | None = None, *,
     run_rows = [{"run_id": run.info.run_id, "run_name": run.info.run_name, **dict(zip(axes, values, strict=True)),
                  "seed": seed, "status": run.info.status, "start_time": run.info.start_time,
                  **{p: v for p, v in run.data.params.items() if p not in axes and p != "seed"},
-                 **{tag: run.data.tags.get(tag) for tag in HARDWARE_IDENTITY}}
+                 **{tag: run.data.tags.get(tag) for tag in (*HARDWARE_IDENTITY, *REFINE_TAGS)}}
                 for run, values, seed in trials]
     experiment = client.get_experiment(parent.info.experiment_id)
     return SweepData(

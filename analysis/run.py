@@ -14,8 +14,9 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
 # The figure modules register their figures in analysis.figures.FIGURES when imported.
-from analysis import complexity, curves, search  # noqa: F401
+from analysis import complexity, curves, refinement, search  # noqa: F401
 from analysis.aggregate import Aggregates, aggregate
+from analysis.curve import log_curve
 from analysis.figures import FIGURES, Context, save_figure
 from analysis.load import SkippedTrial, SweepData, load_sweep
 from analysis.report import hardware_lines, trend_sentences, write_summary_md
@@ -94,7 +95,8 @@ def analyze(sweep_id: str | None, tracking_uri: str | None, out_dir: Path, *, x:
     other varying axis splits lines and panels (never pooled). With ``log_artifacts`` the files are logged on the
     parent run under ``analysis/`` and the findings become its description. Raises LookupError (one line) when
     the sweep does not exist or has no finished trial, and :class:`AxisError` for a bad ``x``, before anything is
-    written; failed trials are skipped with a :class:`analysis.load.SkippedTrialsWarning`.
+    written; failed trials are skipped with a :class:`analysis.load.SkippedTrialsWarning`. The complexity curve
+    goes on the parent run as metrics too (:mod:`analysis.curve`).
     """
     out_dir = Path(out_dir)
     client = MlflowClient(tracking_uri)
@@ -108,13 +110,15 @@ def analyze(sweep_id: str | None, tracking_uri: str | None, out_dir: Path, *, x:
     sections: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = read_spec(client, data.parent)
-    if spec.search.active:  # a search or a scheduled grid: its configurations and their best
+    if spec.search.selects:  # a search or a scheduled grid: its configurations and their best
         ctx.search_settings = search.search_settings(spec)
         ctx.configurations = search.configurations(client, data.parent, ctx.search_settings)
         if not ctx.configurations.empty:
             ctx.configurations.to_csv(out_dir / "search.csv", index=False)
             sections = search.search_section(ctx.configurations, ctx.search_settings)
             sentences = [search.best_sentence(ctx.configurations, ctx.search_settings), *sentences]
+    if spec.search.algorithm == "refine":
+        sections += refinement.refinement_section(data, agg, len(spec.seed_list))
     figures = {name: fig for name, draw in FIGURES.items() if (fig := draw(ctx)) is not None}
     files: dict[str, Path] = {}
     for name, fig in figures.items():
@@ -128,7 +132,10 @@ def analyze(sweep_id: str | None, tracking_uri: str | None, out_dir: Path, *, x:
     files.update({name: out_dir / name for name in TABLES})
     if (out_dir / "search.csv").exists() and ctx.configurations is not None:
         files["search.csv"] = out_dir / "search.csv"
-    artifact_uri = _log(client, data, files, sentences, list(figures)) if log_artifacts else None
+    artifact_uri = None
+    if log_artifacts:
+        artifact_uri = _log(client, data, files, sentences, list(figures))
+        log_curve(client, data.parent, agg.summary, axes, family)
     return AnalysisResult(sweep_id=data.sweep_id, parent_run_id=data.parent.info.run_id, out_dir=out_dir,
                           files=files, summary=agg.summary, thresholds=agg.thresholds, sentences=sentences,
                           skipped=data.skipped, artifact_uri=artifact_uri, figures=figures, data=data,

@@ -92,13 +92,15 @@ DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 
 class SearchSpec(Strict):
     """How configurations are chosen: ``grid`` (every grid point, the default), ``random`` (Ray Tune's
-    BasicVariantGenerator: ``num_samples`` draws from ``space``, times every grid point) or ``optuna``
-    (Ray Tune's OptunaSearch, TPE); ``scheduler``: ``fifo`` (every trial runs to its budget) or ``asha``
-    (Ray Tune's ASHAScheduler over the protocol's steps). The space's distributions and keys are checked
-    against the family in :func:`sweep.search.check` (one line each)."""
+    BasicVariantGenerator: ``num_samples`` draws from ``space``, times every grid point), ``optuna`` (Ray Tune's
+    OptunaSearch, TPE) or ``refine`` (the knob's values chosen one after another where the complexity curve is
+    least resolved, starting from the grid's; at most ``num_samples`` values in all); ``scheduler``: ``fifo``
+    (every trial runs to its budget) or ``asha`` (Ray Tune's ASHAScheduler over the protocol's steps). Checked
+    against the family in :func:`sweep.spec_check.check_search` (one line each)."""
 
-    algorithm: Literal["grid", "random", "optuna"] = "grid"
-    num_samples: int = Field(1, strict=True, description="configurations sampled (random: per grid point)")
+    algorithm: Literal["grid", "random", "optuna", "refine"] = "grid"
+    num_samples: int = Field(1, strict=True, description="configurations sampled (random: per grid point; "
+                                                         "refine: knob values in all, the grid's included)")
     space: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                              description="key -> {loguniform|uniform|randint|choice: [...]}")
     metric: str = "val_error"
@@ -110,8 +112,15 @@ class SearchSpec(Strict):
 
     @property
     def active(self) -> bool:
-        """Whether configurations are searched or trials can be stopped: then a validation split is held out."""
+        """Whether this block does anything: configurations are chosen by an algorithm or trials can be stopped."""
         return self.algorithm != "grid" or self.scheduler != "fifo"
+
+    @property
+    def selects(self) -> bool:
+        """Whether configurations are compared on a validation metric (random, optuna, a scheduler): then a
+        validation split is held out of the training half, and a best configuration is chosen. A refine search
+        describes the complexity curve on the training and test halves and selects nothing."""
+        return self.algorithm in ("random", "optuna") or self.scheduler != "fifo"
 
 
 class CommonSpec(Strict):

@@ -57,6 +57,7 @@ PARENT_PARAM_PREFIX = "sweep."  # the resolved spec as params: sweep.model.C = [
 SPEC_ARTIFACT = "spec.yaml"
 ANALYSIS_ARTIFACT_DIR = "analysis"
 CURVE_PREFIX = "curve/"  # the complexity curve on the parent: curve/test_error at step = the knob's value
+TAG_CURVE_PREFIX = "sweep.curve_prefix"  # which prefix holds the current curve (curve2/ after it changed)
 
 # -- a trial's runs --------------------------------------------------------------------------------------
 TAG_TUNE_TRIAL = "tune_trial_id"  # the Ray Tune trial that made the run
@@ -70,6 +71,8 @@ TAG_STOPPED_EARLY = "stopped_early"
 TAG_STOPPED_AT = "stopped_at_step"
 TAG_SUPERSEDED = "superseded"  # a re-suggested configuration's first runs, ended by the driver
 TAG_CREATE_TOKEN = "sweep.create_token"  # one per run, so a retried create_run can find the first attempt
+TAG_REFINE_ORDER = "refine.order"  # a refine search's: the knob value's place in the order chosen (1, 2, ...)
+TAG_REFINE_REASON = "refine.reason"  # why the refine search chose it
 DIVERGED = "diverged"  # how the reason of a member whose loss became NaN/inf starts
 
 # -- the machine that trained a run (sweep.provenance.machine_tags) ------------------------------------

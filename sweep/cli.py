@@ -1,4 +1,4 @@
-"""The ``sweep`` command: presets, train, run, resume, analyze.
+"""The ``sweep`` command: presets, train, run, resume, analyze, compare.
 
 Bad input exits with code 2 and one line naming what was wrong and what is allowed, before Ray starts or
 MLflow is written to. This module imports only the spec's checks at its top: each command imports what it
@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--x", metavar="AXIS",
                    help="x axis of complexity.png: any numeric axis of the sweep (default: the width knob C); "
                         "every other varying axis splits lines, then panels")
+    c = sub.add_parser("compare", help="the complexity curves of several sweeps on one figure, with a table")
+    c.add_argument("sweep_ids", nargs="+", metavar="SWEEP_ID", help="two or more sweep ids (same family and knob)")
+    c.add_argument("--tracking-uri")
+    c.add_argument("--out", type=Path, help="folder (default: sweep_results/compare-<short ids>)")
     return p
 
 
@@ -263,6 +267,22 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     print_ui_steps(tracking_uri, result.data.parent.info.experiment_id)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from analysis import compare  # imports MLflow and matplotlib: see the module's docstring
+
+    tracking_uri = preflight.resolve_tracking_uri(args.tracking_uri, None)
+    try:
+        preflight.check_exists(tracking_uri)
+        preflight.check_reachable(tracking_uri)
+        compared = compare.load(args.sweep_ids, tracking_uri)
+    except (TrackingError, LookupError, compare.CompareError) as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    out = args.out or RESULTS_DIR / compare.default_folder(args.sweep_ids)
+    files = compare.write(compared, out)
+    print("\n".join(f"  {c.label}" for c in compared))
+    print(f"Figure and table: {out.resolve()}/ ({', '.join(name for name in files if not name.endswith('.pdf'))})")
+
+
 def command(name: str) -> str:
     """How to call this environment's ``name`` (``sweep``, ``mlflow``) from the current folder, as printed.
 
@@ -316,7 +336,7 @@ def print_next_steps(sweep_id: str, tracking_uri: str, analyzed: bool, experimen
 
 
 COMMANDS = {"presets": cmd_presets, "train": cmd_train, "run": cmd_run, "resume": cmd_resume,
-            "analyze": cmd_analyze}
+            "analyze": cmd_analyze, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -175,8 +175,8 @@ def build_tuner(sweep: Sweep, slots: int) -> tune.Tuner:
     param_space = {"group": search.group, "point": search.point, "sweep": info, "tracking_uri": sweep.tracking_uri,
                    "cpus": spec.resources.cpu, "checkpoint_every": spec.checkpoint_every,
                    # a searcher or a scheduler compares trials: every evaluation goes to Tune, not one a second
-                   "report_every_evaluation": spec.search.active}
-    selects = spec.search.active
+                   "report_every_evaluation": spec.search.selects}
+    selects = spec.search.selects
     run_config = tune.RunConfig(
         name=sweep.sweep_id, storage_path=sweep.tune_path.rsplit("/", 1)[0], verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),

@@ -63,7 +63,7 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
     end_superseded_runs(sweep, results)
     runs = sweep_runs(client, sweep.experiment_id, sweep.sweep_id)
     tracking.end_unfinished_runs(client, [r.info.run_id for r in runs], "trial did not finish")
-    if sweep.spec.search.active:
+    if sweep.spec.search.selects:
         record_best(sweep)
     rows = sorted(
         ({"grid_point": r.data.tags.get(TAG_GRID_POINT, f"{knob}={r.data.params[knob]}"),

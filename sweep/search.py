@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from models.spec import CommonSpec
 from sweep.plan import base_group, plan_trials
+from sweep.refine import RefineSearcher
 from sweep.spec_check import distribution
 
 
@@ -61,9 +62,15 @@ def optuna_tpe(spec: CommonSpec, slots: int) -> TuneSearch:
                       spec.search.num_samples)
 
 
+def refine(spec: CommonSpec, slots: int) -> TuneSearch:
+    """The knob's values one after another where the complexity curve bends (:mod:`sweep.refine`), each with
+    all its seeds packed, at most ``slots`` at once."""
+    return TuneSearch(base_group(spec).to_dict(), {}, RefineSearcher(spec, slots), spec.search.num_samples)
+
+
 #: ``search.algorithm`` -> how it maps onto Ray Tune.
 ALGORITHMS: dict[str, Callable[[CommonSpec, int], TuneSearch]] = {
-    "grid": grid, "random": random, "optuna": optuna_tpe,
+    "grid": grid, "random": random, "optuna": optuna_tpe, "refine": refine,
 }
 
 
@@ -85,8 +92,12 @@ def tune_space(spec: CommonSpec) -> dict[str, Any]:
 
 
 def knob_values(spec: CommonSpec) -> list[Any]:
-    """Every value the knob can take in this sweep (for the UI's width colours)."""
+    """Every value the knob can take in this sweep (for the UI's width colours): the grid's, every integer
+    between the grid's ends for a refine search, the values a searched knob can draw."""
     knob = spec.family.knob
+    if spec.search.algorithm == "refine":
+        start = spec.values(knob)
+        return list(range(min(start), max(start) + 1))
     if knob not in spec.search.space:
         return spec.values(knob)
     name, args = distribution(spec, knob)

@@ -60,6 +60,9 @@ def check_search(spec: CommonSpec) -> None:
     if search.space and search.algorithm == "grid":  # with or without a scheduler: a grid samples nothing
         raise SpecError("search.space is given but search.algorithm is grid, which never samples it: use "
                         "algorithm random or optuna, or give the values as a grid list")
+    if search.algorithm == "refine":
+        check_refine(spec)
+        return
     if not search.active:
         return
     if not family.validation_metrics:
@@ -111,6 +114,27 @@ def check_search(spec: CommonSpec) -> None:
         if grid:
             raise SpecError(f"search.algorithm optuna cannot take grid lists ({', '.join(grid)}): give one value, "
                             "or search it in search.space, or use algorithm random (it multiplies grids)")
+
+
+def check_refine(spec: CommonSpec) -> None:
+    """A refine search chooses values of the knob alone, integers, starting from the grid's: at least two of
+    them, no other grid axis or searched key, no scheduler, and ``num_samples`` (values in all) no fewer than
+    the grid's."""
+    search, family = spec.search, spec.family
+    knob, key = family.knob, family.axis_keys[family.knob]
+    start = spec.values(knob)
+    if len(start) < 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in start):
+        raise SpecError(f"search.algorithm refine needs {key} as a list of at least two integers to start from "
+                        f"(it refines between them), got {start!r}")
+    others = [a for a in spec.axes if a != knob]
+    if search.space or others:
+        raise SpecError(f"search.algorithm refine chooses {key} alone: give the other keys one value each "
+                        f"(not {', '.join([*others, *search.space])})")
+    if search.scheduler != "fifo":
+        raise SpecError("search.algorithm refine trains every value it chooses to its budget: use scheduler fifo")
+    if search.num_samples < len(start):
+        raise SpecError(f"search.num_samples {search.num_samples} is below the {len(start)} values of {key} that "
+                        f"refine starts from: it counts every value of {knob} trained, the grid's included")
 
 
 def drawable_values(spec: CommonSpec) -> list[tuple[str, Any, str]]:

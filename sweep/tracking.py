@@ -110,13 +110,15 @@ def pack_text(seeds: Iterable[int]) -> str:
 
 def find_or_create_trial_runs(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str,
                               trial_id: str, names: dict[int, str], params: dict[int, dict[str, Any]],
-                              grid_point: str, knob: str) -> tuple[dict[int, str], set[int]]:
+                              grid_point: str, knob: str, tags: dict[str, str] | None = None
+                              ) -> tuple[dict[int, str], set[int]]:
     """One Ray trial's runs, made when it first starts: (seed -> run id, seeds made now).
 
     Keyed (sweep id, Tune trial id, seed): a restarted or resumed trial finds the runs it made (tag
     ``tune_trial_id``) and makes only those still missing, never a second one. Only one worker runs a trial at
     a time, so no two processes make the same trial's runs at once. ``names``/``params``: seed -> run name /
-    the family's member params; ``knob``: the family's knob, tagged with the run's value (``C=4``).
+    the family's member params; ``knob``: the family's knob, tagged with the run's value (``C=4``); ``tags``:
+    more tags for the runs made now.
     """
     found = sweep_runs(client, experiment_id, sweep_id, tag_equals(TAG_TUNE_TRIAL, trial_id))
     run_ids = {int(r.data.tags[TAG_SEED]): r.info.run_id for r in found}
@@ -127,7 +129,7 @@ def find_or_create_trial_runs(client: MlflowClient, experiment_id: str, sweep_id
         run = create_run_once(client, experiment_id, name, {
             TAG_SWEEP_ID: sweep_id, TAG_ROLE: ROLE_TRIAL, TAG_PARENT_RUN: parent_run_id, TAG_TUNE_TRIAL: trial_id,
             knob: str(params[seed][knob]), TAG_SEED: str(seed), TAG_GRID_POINT: grid_point,
-            TAG_PACK_SEEDS: pack_text(names)})
+            TAG_PACK_SEEDS: pack_text(names), **(tags or {})})
         run_ids[seed] = run.info.run_id
         log_params(client, run_ids[seed], params[seed])
         created.add(seed)

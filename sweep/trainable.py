@@ -78,13 +78,15 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
 
 
 def open_runs(config: dict[str, Any], group: TrialGroup, family: Family) -> dict[int, str]:
-    """This trial's runs, found (a restart) or made now, one per seed; a new run is described for the UI."""
+    """This trial's runs, found (a restart) or made now, one per seed; a new run is described for the UI and
+    gets the trial's ``run_tags`` (a refine search's order and reason)."""
     info = config["sweep"]
     client = MlflowClient(config["tracking_uri"])
     params = {seed: family.member_params(group.config, seed, info["split_hash"]) for seed in group.seeds}
     run_ids, created = find_or_create_trial_runs(
         client, info["experiment_id"], info["sweep_id"], info["parent_run_id"], tune.get_context().get_trial_id(),
-        {seed: group.run_name(seed) for seed in group.seeds}, params, group.grid_point, family.knob)
+        {seed: group.run_name(seed) for seed in group.seeds}, params, group.grid_point, family.knob,
+        tags=config.get("run_tags", {}))
     for seed in created:
         mlflow_ui.decorate_child(client, run_ids[seed], params[seed], info["source"], info["knob_values"],
                                  family.knob)
@@ -114,8 +116,8 @@ def finished_elsewhere(config: dict[str, Any], group: TrialGroup, family: Family
             continue
         key = next(k for k in names if all(k in r.data.metrics for r in runs))
         step = min(_last_step(client, r, key) for r in runs)
-        metrics = {key: sum(r.data.metrics[key] for r in runs) / len(runs)
-                   for key in names if all(key in r.data.metrics for r in runs)}
+        metrics = _mean_and_std({key: [r.data.metrics[key] for r in runs] for key in names
+                                 if all(key in r.data.metrics for r in runs)})
         return {**metrics, "step": step, "progress": step / group.config.budget, "live_members": len(runs),
                 "reused_from": trial}
     return None
@@ -128,15 +130,24 @@ def _last_step(client: MlflowClient, run: Any, key: str) -> int:
 
 def _report_metrics(trainer: Trainer, evaluation: Evaluation, logger: TrialRunLogger,
                     metric_names: tuple[str, ...]) -> dict[str, Any]:
-    """What goes to Tune: the step, progress, and the mean over live members of each of the family's metrics."""
+    """What goes to Tune: the step, progress, and the mean and std over live members of each of the family's
+    metrics."""
     records = evaluation.records
     metrics: dict[str, Any] = {"step": evaluation.step, "progress": evaluation.step / trainer.config.budget,
                                "live_members": len(records), "seconds_logging": logger.seconds_logging,
                                "ms_per_update": trainer.ms_per_update}
-    for key in metric_names:
-        values = [r.metrics()[key] for r in records]
-        metrics[key] = sum(values) / len(values) if values else float("nan")
-    return metrics
+    return {**metrics, **_mean_and_std({key: [r.metrics()[key] for r in records] for key in metric_names})}
+
+
+def _mean_and_std(values: dict[str, list[float]]) -> dict[str, float]:
+    """``key`` -> the mean over members, ``key_std`` -> their sample standard deviation (NaN for fewer than two):
+    what a searcher reads of a trial (a refine search's seed intervals come from the std)."""
+    out: dict[str, float] = {}
+    for key, v in values.items():
+        mean = sum(v) / len(v) if v else float("nan")
+        out[key] = mean
+        out[f"{key}_std"] = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
+    return out
 
 
 def _train(trainer: Trainer, logger: TrialRunLogger, family: Family, group: TrialGroup, run_ids: dict[int, str],

@@ -81,8 +81,8 @@ class ResNetSpec(CommonSpec):
     @model_validator(mode="after")
     def _batch_fits(self) -> ResNetSpec:
         """A minibatch is drawn from the images trained on: the training half, less the validation split when
-        something selects on it (a search or a scheduler)."""
-        n_val = round(self.data.val_fraction * N_TRAIN) if self.search.active else 0
+        something selects on it (a search or a scheduler; not a refine search, which selects nothing)."""
+        n_val = round(self.data.val_fraction * N_TRAIN) if self.search.selects else 0
         for b in as_list(self.batch_size):
             if b > N_TRAIN - n_val:
                 raise ValueError(f"batch_size {b} is larger than the {N_TRAIN - n_val} images trained on: the "
@@ -161,7 +161,7 @@ class ResNetFamily(Family):
 
     def make_config(self, values: dict[str, Any], spec: Any) -> TrainConfig:
         # A validation split only where something selects on it: grids keep the handout protocol.
-        val_fraction = spec.data.val_fraction if spec.search.active else 0.0
+        val_fraction = spec.data.val_fraction if spec.search.selects else 0.0
         return TrainConfig(**values, split_seed=spec.split_seed, dtype=spec.dtype, val_fraction=val_fraction)
 
     def config_from_dict(self, d: dict[str, Any]) -> TrainConfig:

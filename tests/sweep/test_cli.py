@@ -77,7 +77,7 @@ CASES = [
 _RANDOM = ["--set", "search.algorithm=random", "--set", "search.num_samples=2"]
 _LR = ["--set", "search.space={lr: {loguniform: [0.001, 1]}}"]
 SEARCH_CASES = [
-    (["run", "smoke", "--set", "search.algorithm=bayes"], ["'search.algorithm'", "'bayes'", "'random' or 'optuna'"]),
+    (["run", "smoke", "--set", "search.algorithm=bayes"], ["'search.algorithm'", "'bayes'", "'optuna' or 'refine'"]),
     (["run", "smoke", "--set", "search.scheduler=hyperband"], ["'search.scheduler'", "'fifo' or 'asha'"]),
     (["run", "smoke", *_RANDOM, "--set", "search.space={lr: {normal: [0, 1]}}"],
      ["unknown distribution 'normal'", "loguniform, uniform, randint, choice"]),
@@ -127,6 +127,12 @@ SEARCH_CASES = [
     # issue 27: a space next to a grid is refused whatever the scheduler; pack: off cannot split a sample
     (["run", "smoke", "--set", "search.scheduler=asha", *_LR], ["search.space is given but search.algorithm is grid"]),
     (["run", "smoke", *_RANDOM, *_LR, "--set", "pack=off"], ["pack: off cannot go with search.algorithm random"]),
+    # a refine search chooses the knob alone, from a list of integers, within num_samples
+    (["run", "refine-threshold", "--set", "model.C=4"], ["refine needs model.C as a list of at least two integers"]),
+    (["run", "refine-threshold", "--set", "search.num_samples=3"], ["search.num_samples 3 is below the 4 values"]),
+    (["run", "refine-threshold", "--set", "lr=[0.05,0.1]"], ["refine chooses model.C alone", "not lr"]),
+    (["run", "refine-threshold", "--set", "search.scheduler=asha"], ["refine trains every value", "fifo"]),
+    (["run", "refine-threshold", *_LR], ["refine chooses model.C alone", "not lr"]),
     (["run", "smoke", *_RANDOM, "--set", "model.C=2", "--set", "search.space={C: {uniform: [1, 8]}}"],
      ["search.space.C.uniform can draw 1.0", "valid integer"]),
     (["run", "smoke", *_RANDOM], ["search.algorithm random needs a search.space"]),
@@ -224,8 +230,8 @@ def test_console_script_exit_code_and_stderr(tmp_path):
 def test_presets_listed_one_line_each(capsys):
     cli.main(["presets"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["double-descent", "em", "hw2", "hw2-epochs", "search-lr", "smoke",
-                                               "width"]
+    assert [ln.split()[0] for ln in lines] == ["double-descent", "double-descent-epochs", "em", "hw2", "hw2-epochs",
+                                               "refine-threshold", "search-lr", "smoke", "width"]
     assert all(len(ln.split(maxsplit=1)[1]) > 20 for ln in lines)
 
 

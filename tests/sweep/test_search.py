@@ -449,6 +449,7 @@ def test_a_configuration_suggested_again_after_it_finished_is_not_trained_twice(
     client.set_terminated(run_ids[1], "FINISHED")
     assert as_trial("t1") is None  # its own runs (a restarted trial) never count as another's
     done = as_trial("t2")
-    assert done == {"val_error": 0.5, "test_error": 0.25, "step": 20, "progress": 1.0, "live_members": 2,
-                    "reused_from": "t1"}
+    stds = {"val_error_std": 0.25 * 2 ** 0.5, "test_error_std": 0.125 * 2 ** 0.5}  # of (0.25, 0.75), (0.125, 0.375)
+    assert done == {"val_error": 0.5, "test_error": 0.25, **{k: pytest.approx(v) for k, v in stds.items()},
+                    "step": 20, "progress": 1.0, "live_members": 2, "reused_from": "t1"}
     assert as_trial("t2", base.with_values({"lr": 0.02})) is None  # another configuration

@@ -11,7 +11,8 @@ relative_cost = get_family("resnet").relative_cost
 
 
 def test_presets_match_the_issue():
-    assert preset_names() == ["double-descent", "em", "hw2", "hw2-epochs", "search-lr", "smoke", "width"]
+    assert preset_names() == ["double-descent", "double-descent-epochs", "em", "hw2", "hw2-epochs", "refine-threshold",
+                              "search-lr", "smoke", "width"]
     hw2, _ = load_spec("hw2")
     assert (hw2.model.C, hw2.seed_list, hw2.protocol, hw2.budget, hw2.lr, hw2.batch_size) == (
         [1, 2, 4, 64], [0, 1, 2, 3, 4], "handout", 4000, 0.1, 128)

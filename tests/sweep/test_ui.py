@@ -97,9 +97,10 @@ def test_parent_params_are_the_spec_under_sweep_prefix_without_none(ui_sweep):
     assert not child_keys & set(params)
 
 
-def test_logging_share_is_a_tag_not_a_metric(ui_sweep):
+def test_the_parent_s_metrics_are_its_complexity_curve_and_the_logging_share_a_tag(ui_sweep):
     parent = ui_sweep["parent"]
-    assert parent.data.metrics == {}
+    assert set(parent.data.metrics) == {f"curve/{m}{end}" for m in ("train_error", "test_error", "generalization_gap")
+                                        for end in ("", "_low", "_high")}
     assert 0.0 < float(parent.data.tags["sweep.logging_share"]) < 1.0
 
 
@@ -192,10 +193,15 @@ def screenshot(drv: Any, name: str, keep: bool = True) -> Path:
 
 def open_page(drv: Any, url: str) -> None:
     """Open ``url`` and close the MLflow Assistant side panel if it shows (it covers a third of the page)."""
+    drv.get(url)
+    close_assistant(drv)
+
+
+def close_assistant(drv: Any) -> None:
+    """Close the MLflow Assistant side panel if it shows, once the UI has loaded."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    drv.get(url)
     wait_for(drv, lambda d: d.find_elements(By.CSS_SELECTOR, "a[href*='#/experiments/']"), message="the UI")
     for button in drv.find_elements(By.CSS_SELECTOR, 'button[data-component-id="mlflow.assistant.chat_panel.close"]'):
         ActionChains(drv).click(button).perform()
@@ -312,6 +318,18 @@ def test_parent_overview_shows_the_findings(ui_sweep, ui_server, browser):
     screenshot(browser, "parent")
 
 
+def chart_card(drv: Any, title: str) -> list[Any]:
+    """The chart view's card for metric ``title``; cards render lazily, so scroll on until it is there (the
+    parent's ``curve/...`` section comes first)."""
+    from selenium.webdriver.common.by import By
+
+    cards = drv.find_elements(By.CSS_SELECTOR, "div[data-testid='experiment-view-compare-runs-card']")
+    found = [c for c in cards if c.find_elements(By.XPATH, f".//h4[@title='{title}']")]
+    if not found and cards:
+        drv.execute_script("arguments[0].scrollIntoView({block: 'start'})", cards[-1])
+    return found
+
+
 def test_group_by_width_in_the_chart_view(ui_sweep, ui_server, browser):
     """What the README tells a user to do: Group by > width, then the chart view."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -334,16 +352,64 @@ def test_group_by_width_in_the_chart_view(ui_sweep, ui_server, browser):
     search = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']"),
                       message="the chart search box")[0]
     ActionChains(browser).click(search).send_keys("_error").perform()  # train_error and test_error only
-    card_xpath = "//div[@data-testid='experiment-view-compare-runs-card'][.//h4[@title='test_error']]"
-    card = wait_for(browser, lambda d: d.find_elements(By.XPATH, card_xpath), message="the grouped test_error chart")
+    card = wait_for(browser, lambda d: chart_card(d, "test_error"), message="the grouped test_error chart")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", card[0])
     wait_for(browser, lambda d: "C=01" in card[0].text and "C=04" in card[0].text, message="one line per group")
     screenshot(browser, "grouped_by_width")
+
+
+@pytest.fixture(scope="module")
+def second_sweep(ui_sweep) -> Any:
+    """A second smoke sweep in the same experiment and store, trained twice as long (another curve)."""
+    root = ui_sweep["root"]
+    proc = subprocess.run(
+        [str(BIN / "sweep"), "run", "smoke", "--set", "budget=100", "--tracking-uri", ui_sweep["uri"],
+         "--storage", str(root / "ray_results"), "--out", str(root / "out_second")],
+        cwd=root, env=ray_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = driver.load_sweep(None, ui_sweep["uri"])
+    assert sweep.sweep_id != ui_sweep["sweep"].sweep_id
+    return sweep
+
+
+def test_the_chart_view_overlays_the_curves_of_two_sweeps(ui_sweep, second_sweep, ui_server, browser):
+    """Issue 25: each parent carries its complexity curve (step = C); the chart view draws one line per sweep."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    first = ui_sweep["sweep"]
+    for sweep in (first, second_sweep):
+        history = ui_sweep["client"].get_metric_history(sweep.parent_run_id, "curve/test_error")
+        assert sorted(m.step for m in history) == [1, 4]
+    open_page(browser, ui_link(ui_sweep, ui_server))
+    # Forget the grouping the test above chose: the UI keeps it in the browser's storage.
+    browser.execute_script("window.localStorage.clear(); window.sessionStorage.clear()")
+    browser.refresh()
+    close_assistant(browser)
+    for sweep in (first, second_sweep):
+        wait_for(browser, lambda d, s=sweep: run_links(d, s.parent_run_id), message=f"the parent {sweep.sweep_id}")
+    chart_view = browser.find_element(By.XPATH, "//input[@name='runs-view-mode'][@value='CHART']/ancestor::label[1]")
+    ActionChains(browser).click(chart_view).perform()
+    search = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']"),
+                      message="the chart search box")[0]
+    ActionChains(browser).click(search).send_keys("curve/test_error").perform()
+    card = wait_for(browser, lambda d: chart_card(d, "curve/test_error"), message="the curve/test_error chart")[0]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
+    wait_for(browser, lambda d: first.sweep_id in card.text and second_sweep.sweep_id in card.text,
+             message="both sweeps in the chart's legend")
+
+    def lines(_: Any) -> list[Any]:  # one plotted line per parent, each through its two widths
+        paths = card.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer path.js-line")
+        return [p for p in paths if (p.get_attribute("d") or "").count("L") >= 1]
+
+    assert len(wait_for(browser, lambda d: len(lines(d)) >= 2 and lines(d), message="two curves")) >= 2
+    screenshot(browser, "curves_of_two_sweeps")
 
 
 def test_screenshots_are_small_pngs():
     """Run last: every screenshot this module made is a PNG under 300 kB (they are committed)."""
     shots = sorted(SHOTS.glob("*.png"))
     assert {p.stem for p in shots} >= {"runs", "child_metrics", "artifact", "summary_md", "parent",
-                                       "grouped_by_width"}
+                                       "grouped_by_width", "curves_of_two_sweeps"}
     for path in shots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 300_000, path
