@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from models.family import Family, Quantity, ThresholdRule, get_family
+from record import short_value
 
 CONFIDENCE = 0.95
 
@@ -195,10 +196,9 @@ def line_axes(axes: Sequence[str], x: str) -> list[str]:
 
 
 def value_text(axis: str, value: object) -> str:
-    """``lr=0.05``: an axis value as the run names print it (``str()``, numpy scalars as Python ones)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return f"{axis}={value}"
+    """``lr=0.05``: an axis value as the run names print it (:func:`record.short_value`: floats to 3 significant
+    digits; summary.csv keeps the exact values)."""
+    return f"{axis}={short_value(value)}"
 
 
 def combo_text(axes: Sequence[str], values: Sequence[object]) -> str:

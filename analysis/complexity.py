@@ -49,23 +49,26 @@ def _short_count(p: int | None) -> str:
     return f"{p / 1000:.1f}k" if p < 10_000 else f"{p // 1000}k"
 
 
-def _x_scale(ax, values: np.ndarray, axis: str, knob: str, counts: dict[int, int], family: Family) -> str:
+def _x_scale(ax, values: np.ndarray, axis: str, knob: str, counts: dict[int, int], family: Family,
+             compact: bool = False) -> str:
     """Scale, ticks and label of the x axis; returns the x label. The knob: log2 axis, ticks labelled with the
-    value and its parameter count. Another axis: a log axis when all values are positive and span more than a
-    factor of 10, else linear; ticks at the values."""
+    value and its parameter count (``compact``, for panels side by side: the short form from three values on).
+    Another axis: a log axis when all values are positive and span more than a factor of 10, else linear; ticks
+    at the values."""
     values = np.unique(values)
     if axis == knob and (values > 0).all():
         ax.set_xscale("log", base=2)
         ax.set_xticks(values)
-        if len(values) > CROWDED_TICKS:  # full labels would overlap: value over short count
+        crowded = len(values) > (2 if compact else CROWDED_TICKS)
+        if crowded:  # full labels would overlap: value over short count
             ax.set_xticklabels([f"{int(c)}\n{_short_count(counts.get(int(c)))}" for c in values], fontsize=7)
         else:
             ax.set_xticklabels([c_label(int(c), counts, sep="\n", knob=knob) for c in values], fontsize=8)
         ax.minorticks_off()
         if len(values) > 1:
             ax.set_xlim(values.min() / 1.4, values.max() * 1.4)
-        crowded = " (k = thousands)" if len(values) > CROWDED_TICKS else ""
-        return f"{family.knob_meaning} {knob} (log2 scale) and trainable parameter count{crowded}"
+        thousands = " (k = thousands)" if crowded and any(counts.get(int(c), 0) >= 1000 for c in values) else ""
+        return f"{family.knob_meaning} {knob} (log2 scale) and trainable parameter count{thousands}"
     name = AXIS_LABELS.get(axis, axis)
     ax.set_xticks(values)
     ax.set_xticklabels([f"{v:g}" for v in values], fontsize=8)
@@ -82,17 +85,20 @@ def _x_scale(ax, values: np.ndarray, axis: str, knob: str, counts: dict[int, int
     return name
 
 
-def _limits(s: pd.DataFrame, panel: Panel, family: Family) -> tuple[float, float] | None:
-    """y limits of a panel of rates: they lie in [0, 1] (a gap in [-1, 1]), and a t-interval from 2-3 seeds can
-    reach past that, so the axis stops a little beyond those limits (the exact intervals are in summary.csv).
-    None (matplotlib's own) for other units."""
-    if not rate_axis(panel.metrics, family):
-        return None
+def _limits(s: pd.DataFrame, panel: Panel, family: Family) -> tuple[float, float]:
+    """y limits of a panel, from its means and intervals. Set by hand because the lines are drawn with a
+    sideways offset transform, which matplotlib's autoscaling does not follow. Rates lie in [0, 1] (a gap in
+    [-1, 1]), and a t-interval from 2-3 seeds can reach past that, so their axis stops a little beyond those
+    limits (the exact intervals are in summary.csv)."""
     columns = [family.final_column(m) for m in panel.metrics]
     means = s[[f"{c}_mean" for c in columns]].to_numpy(dtype=float)
     halves = np.nan_to_num(s[[f"{c}_ci95" for c in columns]].to_numpy(dtype=float))
-    low, high = float(np.nanmin(means - halves, initial=0.0)), float(np.nanmax(means + halves, initial=0.0))
-    return max(-1.05, min(0.0, low) - 0.03), min(1.05, max(high, 0.05) + 0.03)
+    if rate_axis(panel.metrics, family):
+        low, high = float(np.nanmin(means - halves, initial=0.0)), float(np.nanmax(means + halves, initial=0.0))
+        return max(-1.05, min(0.0, low) - 0.03), min(1.05, max(high, 0.05) + 0.03)
+    low, high = float(np.nanmin(means - halves)), float(np.nanmax(means + halves))
+    pad = 0.06 * (high - low) if high > low else max(0.05, 0.05 * abs(high))
+    return low - pad, high + pad
 
 
 def plot_complexity(
@@ -141,10 +147,9 @@ def plot_complexity(
     for ax, key, panel in cells:
         _draw_panel(ax, fig, _select(s, panel_axes, key), panel, family, lines, line_axis, colours, x, knob, axes,
                     thresholds)
-        limits = _limits(s, panel, family)
-        if limits:
-            ax.set_ylim(*limits)
-        ax.set_xlabel(_x_scale(ax, s[x].to_numpy(dtype=float), x, knob, counts, family))
+        ax.set_ylim(*_limits(s, panel, family))
+        xlabel = _x_scale(ax, s[x].to_numpy(dtype=float), x, knob, counts, family, compact=len(metric_panels) > 1)
+        ax.set_xlabel("" if len(metric_panels) > 1 else xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.grid(True, alpha=0.3)
         if key:
@@ -152,6 +157,8 @@ def plot_complexity(
     n = s["n_seeds"]
     bars = "bars: 95% t-interval" + ("; none with 1 seed" if n.min() < 2 else "")
     fig.suptitle(f"{title}\n(mean over {seed_range_text(n.min(), n.max())}; {bars})")
+    if len(metric_panels) > 1:  # one x label for the row: repeated under narrow panels they run into each other
+        fig.supxlabel(xlabel, fontsize=10)
     # the top row's panels (single-panel families: a row of combinations; else the metric panels of the first)
     top_row = [c[0] for c in cells[:ncols]]
     _legend([c[0] for c in cells], top_row, line_axis, lines, colours, counts, knob, family, x, thresholds)
@@ -197,6 +204,12 @@ def _legend(panels: list, top_row: list, line_axis: str | None, lines: list, col
     """One legend, outside the top-right panel: the series (or, with a line split, the lines' colours and the
     series' styles) and the threshold markers."""
     legend_ax = top_row[-1]
+    if line_axis is None and len(family.complexity_panels) > 1:  # panels side by side: a legend in each
+        for ax in top_row:
+            handles = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+            handles += [h for h in ax.get_lines() if h.get_gid() == "threshold"][:1]
+            ax.legend(handles=handles, loc="best", fontsize=8)
+        return
     if line_axis is None:
         series_axes = top_row if len(family.complexity_panels) > 1 else [legend_ax]
         handles = [c for ax in series_axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
@@ -220,7 +233,9 @@ def _legend(panels: list, top_row: list, line_axis: str | None, lines: list, col
 
 
 @figure("complexity")
-def complexity_figure(ctx: Context) -> Figure:
+def complexity_figure(ctx: Context) -> Figure | None:
+    if not ctx.along_x():
+        return None
     subject = f"{ctx.family.knob_meaning}" if ctx.x == ctx.data.knob else ctx.x
     return plot_complexity(ctx.agg.summary, ctx.agg.thresholds, axes=ctx.data.axes, knob=ctx.data.knob, x=ctx.x,
                            family=ctx.family, title=f"{ctx.title}: final values against {subject}")

@@ -154,7 +154,9 @@ def plot_heatmap(
 
 
 @figure("curves")
-def curves_figure(ctx: Context) -> Figure:
+def curves_figure(ctx: Context) -> Figure | None:
+    if ctx.sampled_search:  # one panel per sampled configuration says less than search.png
+        return None
     train, test = ctx.family.curve_metrics
     return plot_curves(ctx.agg.curves, protocol=ctx.data.protocol, param_counts=ctx.data.param_counts(),
                        axes=ctx.data.axes, knob=ctx.data.knob, family=ctx.family,
@@ -162,7 +164,10 @@ def curves_figure(ctx: Context) -> Figure:
 
 
 @figure("heatmap")
-def heatmap_figure(ctx: Context) -> Figure:
+def heatmap_figure(ctx: Context) -> Figure | None:
+    summary = ctx.agg.summary
+    if ctx.sampled_search or summary[summary["n_seeds"] > 0][ctx.data.knob].nunique() < 2:
+        return None  # its rows are the knob's values
     test = ctx.family.curve_metrics[1]
     return plot_heatmap(ctx.agg.curves, protocol=ctx.data.protocol, param_counts=ctx.data.param_counts(),
                         axes=ctx.data.axes, knob=ctx.data.knob, family=ctx.family,

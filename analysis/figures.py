@@ -52,6 +52,13 @@ class Context:
     x: str
     configurations: pd.DataFrame | None = None
     search_settings: dict[str, Any] | None = None
+    #: a sampled search (random, optuna) at one knob value: a search, whose figure is search.png, not a width study
+    sampled_search: bool = False
+
+    def along_x(self) -> bool:
+        """Whether the complexity figure's x axis takes two values or more (else there is no curve to draw)."""
+        summary = self.agg.summary
+        return not self.sampled_search and summary[summary["n_seeds"] > 0][self.x].nunique() > 1
 
     @property
     def family(self) -> Family:

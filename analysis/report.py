@@ -224,13 +224,14 @@ def write_summary_md(summary: pd.DataFrame, sentences: Sequence[str], path: Path
                      header: dict[str, str] | None = None, skipped: Sequence[SkippedTrial] = (),
                      figures: Sequence[str] = ("curves.png", "complexity.png", "heatmap.png"),
                      axes: Sequence[str] = ("C",), x: str = "C", hardware: Sequence[str] = (),
-                     sections: Sequence[str] = (), family: Family | None = None) -> Path:
+                     sections: Sequence[str] = (), family: Family | None = None, title: str | None = None) -> Path:
     """A Markdown report: header facts, findings, the family's metrics, the per-grid-point table (mean ± 95%
     half-width, one column per axis), what the intervals cover, ``sections`` (a search's), skipped trials, the
-    machines (``hardware``: :func:`hardware_lines`), and the figures by artifact path."""
+    machines (``hardware``: :func:`hardware_lines`), and the figures by artifact path. ``title``: what follows
+    the sweep id in the heading (default: the family's final values against ``x``)."""
     family = default_family(family)
     subject = family.knob_meaning if x == family.knob else x
-    lines = [f"# Sweep `{sweep_id}`: {family.display_name}, final values against {subject}", ""]
+    lines = [f"# Sweep `{sweep_id}`: {title or f'{family.display_name}, final values against {subject}'}", ""]
     lines += [f"- {k}: {v}" for k, v in (header or {}).items()]
     lines += ["", "## Findings", ""] + [f"- {s}" for s in sentences]
     lines += ["", "## Metrics", ""] + [

@@ -20,7 +20,7 @@ from analysis.curve import log_curve
 from analysis.figures import FIGURES, Context, save_figure
 from analysis.load import SkippedTrial, SweepData, load_sweep
 from analysis.report import hardware_lines, trend_sentences, write_summary_md
-from record import ANALYSIS_ARTIFACT_DIR, TAG_NOTE, read_spec, with_retry
+from record import ANALYSIS_ARTIFACT_DIR, TAG_NOTE, read_spec, short_value, with_retry
 
 #: Tables :func:`analyze` writes besides the figures (``search.csv`` for a search or a scheduled grid).
 TABLES = ("summary.csv", "summary.md", "trials.csv", "curves.csv")
@@ -105,11 +105,14 @@ def analyze(sweep_id: str | None, tracking_uri: str | None, out_dir: Path, *, x:
     family, axes, knob = data.family, data.axes, data.knob
     failed = Counter(tuple(v for _, v in t.point) for t in data.failed if all(v is not None for _, v in t.point))
     agg = aggregate(data.metrics, dict(failed), data.param_counts(), axes, knob, family)
-    sentences = trend_sentences(agg.summary, agg.thresholds, data.skipped, axes=axes, knob=knob, x=x, family=family)
-    ctx = Context(data, agg, x)
+    spec = read_spec(client, data.parent)
+    # A sampled search whose knob is one value is a search, not a width study: no complexity trends to state.
+    sampled = bool(spec.search.space) and data.runs[knob].nunique() < 2
+    sentences = [] if sampled else trend_sentences(agg.summary, agg.thresholds, data.skipped, axes=axes, knob=knob,
+                                                   x=x, family=family)
+    ctx = Context(data, agg, x, sampled_search=sampled)
     sections: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = read_spec(client, data.parent)
     if spec.search.selects:  # a search or a scheduled grid: its configurations and their best
         ctx.search_settings = search.search_settings(spec)
         ctx.configurations = search.configurations(client, data.parent, ctx.search_settings)
@@ -117,6 +120,9 @@ def analyze(sweep_id: str | None, tracking_uri: str | None, out_dir: Path, *, x:
             ctx.configurations.to_csv(out_dir / "search.csv", index=False)
             sections = search.search_section(ctx.configurations, ctx.search_settings)
             sentences = [search.best_sentence(ctx.configurations, ctx.search_settings), *sentences]
+            if sampled:
+                sentences.append(search.configurations_sentence(ctx.configurations, ctx.search_settings, knob,
+                                                                data.runs[knob].iloc[0]))
     if spec.search.algorithm == "refine":
         sections += refinement.refinement_section(data, agg, len(spec.seed_list))
     figures = {name: fig for name, draw in FIGURES.items() if (fig := draw(ctx)) is not None}
@@ -126,7 +132,10 @@ def analyze(sweep_id: str | None, tracking_uri: str | None, out_dir: Path, *, x:
     agg.summary.to_csv(out_dir / "summary.csv", index=False)
     agg.trials.to_csv(out_dir / "trials.csv", index=False)
     agg.curves.to_csv(out_dir / "curves.csv", index=False)
+    title = (f"{family.display_name}, {spec.search.algorithm} search over {', '.join(spec.search.space)}"
+             if sampled else None)
     write_summary_md(agg.summary, sentences, out_dir / "summary.md", sweep_id=data.sweep_id, header=_header(data, x),
+                     title=title,
                      skipped=data.skipped, figures=[f"{name}.png" for name in figures], axes=axes, x=x,
                      hardware=hardware_lines(data.runs, axes), sections=sections, family=family)
     files.update({name: out_dir / name for name in TABLES})
@@ -146,7 +155,7 @@ def _header(data: SweepData, x: str) -> dict[str, str]:
     runs = data.runs
     return {
         "experiment": data.experiment_name, "parent run": data.parent.info.run_id, "family": data.family.name,
-        "axes": ", ".join(f"{a} ({', '.join(str(v) for v in sorted(runs[a].unique()))})" for a in data.axes),
+        "axes": ", ".join(f"{a} ({', '.join(short_value(v) for v in sorted(runs[a].unique()))})" for a in data.axes),
         "x axis": x, "protocol": str(data.protocol),
         "budget": ", ".join(sorted({str(b) for b in runs["budget"].dropna()})) if "budget" in runs else "?",
         "trials analysed": str(len(runs)), "trials skipped": str(len(data.skipped)),

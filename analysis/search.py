@@ -31,6 +31,7 @@ from record import (
     TAG_SWEEP_ID,
     TAG_TUNE_TRIAL,
     search_all_runs,
+    short_value,
     trials_of,
 )
 
@@ -163,12 +164,23 @@ def plot_search(frame: pd.DataFrame, settings: dict[str, Any], title: str) -> An
 def best_sentence(frame: pd.DataFrame, settings: dict[str, Any]) -> str:
     """The best configuration (:func:`best_configuration`), with its seed interval."""
     row = best_configuration(frame, settings)
-    values = ", ".join(f"{k}={row[k]:g}" for k in settings["space"] if k in row)
+    values = ", ".join(f"{k}={short_value(row[k])}" for k in settings["space"] if k in row)
     ci = "" if math.isnan(row["metric_ci"]) else f" ± {row['metric_ci']:.3f} (95% CI over {row['n_seeds']} seeds)"
     return (f"Best configuration ({settings['algorithm']} search, {len(frame)} configurations, "
             f"{int(frame['stopped_early'].sum())} stopped early): {values or row['grid_point']}, "
             f"{settings['metric']} {row['metric']:.3f}{ci}; its test_error {row['test_error']:.3f} "
             "(for the record: selection reads validation only).")
+
+
+def configurations_sentence(frame: pd.DataFrame, settings: dict[str, Any], knob: str, value: object) -> str:
+    """What a sampled search at one knob value ran: how many configurations, how many the scheduler stopped, and
+    where the rest of the story is."""
+    stopped = int(frame["stopped_early"].sum())
+    scheduler = f"; ASHA stopped {stopped} early (their runs' names start `stopped@<step>`)" \
+        if settings["scheduler"] != "fifo" else ""
+    return (f"{len(frame)} configurations of {', '.join(settings['space'])} at {knob}={short_value(value)}, each over "
+            f"its seeds{scheduler}; the best configuration's runs are marked ★. Each configuration against "
+            f"{settings['metric']}: `analysis/search.png` and `analysis/search.csv`.")
 
 
 @figure("search")

@@ -95,6 +95,56 @@ TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # custom_model_development: the r
 TAG_WIDTH = "width"  # the grouping tag: "C=04", "K=05", zero-padded so that the groups sort by the knob
 
 
+# -- run names ------------------------------------------------------------------------------------------
+BEST_MARK = "★ "  # leads the names of the best configuration's runs (a search or scheduled grid)
+STOPPED_MARK = "stopped@{step} "  # leads the names of runs the scheduler stopped early
+
+
+def short_value(value: object) -> str:
+    """An axis value as names and legends print it: a float to 3 significant digits (``0.00226``, ``0.05``,
+    ``1e-06``; a whole one as Python prints it, ``0.0``), anything else as ``str()``. The exact value stays in the
+    run's params and ``grid_point`` tag."""
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.3g}"
+    return str(value)
+
+
+def short_point(grid_point: str) -> str:
+    """A ``grid_point`` tag (``C=4 lr=0.0022637229697395483 batch_size=32``) with its floats shortened
+    (``C=4 lr=0.00226 batch_size=32``): the first part of a run's name."""
+    def one(pair: str) -> str:
+        axis, _, value = pair.partition("=")
+        try:
+            number: object = int(value)
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                return pair
+        return f"{axis}={short_value(number)}"
+
+    return " ".join(one(pair) for pair in grid_point.split(" ") if pair)
+
+
+def marked_name(name: str, *, best: bool = False, stopped_at: int | None = None) -> str:
+    """``name`` with the marks that lead it replaced: ``★ `` for the best configuration's runs, ``stopped@150 ``
+    for runs a scheduler stopped at step 150. The runs table shows a name's start however narrow its column."""
+    return (BEST_MARK if best else "") + ("" if stopped_at is None else STOPPED_MARK.format(step=stopped_at)) + \
+        unmarked_name(name)
+
+
+def unmarked_name(name: str) -> str:
+    """A run's name without the marks of :func:`marked_name`."""
+    name = name.removeprefix(BEST_MARK)
+    if name.startswith("stopped@"):
+        head, _, rest = name.partition(" ")
+        if head.removeprefix("stopped@").isdigit():
+            name = rest
+    return name
+
+
 # -- filter strings ----------------------------------------------------------------------------------------
 class FilterError(ValueError):
     """A key or value that no MLflow filter string can express; one-line message."""

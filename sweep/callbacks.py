@@ -11,7 +11,16 @@ from typing import Any, TextIO
 from mlflow import MlflowClient
 from ray import tune
 
-from record import TAG_STOPPED_AT, TAG_STOPPED_EARLY, TAG_TUNE_TRIAL, sweep_runs, tag_equals
+from record import (
+    TAG_NOTE,
+    TAG_STOPPED_AT,
+    TAG_STOPPED_EARLY,
+    TAG_TUNE_TRIAL,
+    marked_name,
+    sweep_runs,
+    tag_equals,
+    with_retry,
+)
 from sweep.plan import trial_group
 from sweep.tracking import end_run
 
@@ -93,7 +102,8 @@ class EndStoppedTrials(tune.Callback):
     milliseconds, so the trainable cannot be trusted to end its own runs. Tune calls ``on_trial_complete`` in
     the driver for a stopped trial as for a finished one (both end TERMINATED); what tells them apart is the last
     reported ``step`` below the trial's budget. Such a trial's runs end FINISHED, tagged ``stopped_early=true``
-    and ``stopped_at_step`` (its last reported step, whose metrics the trainable flushed before reporting). A
+    and ``stopped_at_step`` (its last reported step, whose metrics the trainable flushed before reporting),
+    their names led by ``stopped@<step>`` and their descriptions saying so. A
     trial stopped at its last report trained its budget and ended its runs itself.
     """
 
@@ -113,4 +123,9 @@ class EndStoppedTrials(tune.Callback):
         tags = {TAG_STOPPED_EARLY: "true", TAG_STOPPED_AT: str(int(step))}
         for run in sweep_runs(client, self.experiment_id, self.sweep_id, tag_equals(TAG_TUNE_TRIAL, trial.trial_id)):
             if run.info.status in ("RUNNING", "SCHEDULED"):  # not a diverged member, already FAILED
-                end_run(client, run.info.run_id, "FINISHED", tags)
+                note = run.data.tags.get(TAG_NOTE, "")
+                end_run(client, run.info.run_id, "FINISHED",
+                        {**tags, TAG_NOTE: f"{note}\n\n**Stopped early** by the scheduler at step {int(step)}."})
+                # the mark leads the name, so the runs table shows it without a column added
+                with_retry(client.update_run, run.info.run_id,
+                           name=marked_name(run.info.run_name, stopped_at=int(step)))

@@ -314,7 +314,8 @@ def print_table(rows: list[dict[str, Any]],
     for row in rows:
         reason = f"  ({row['failure_reason']})" if row["failure_reason"] else ""
         values = " ".join(f"{row[key]:>{w}.4f}" for (key, _), w in zip(columns, widths, strict=True))
-        print(f"{row['grid_point']:<{width}} {row['seed']:>5} {values}  {row['status']}{reason}")
+        mark = f"  {row['mark']}" if row.get("mark") else ""
+        print(f"{row['grid_point']:<{width}} {row['seed']:>5} {values}  {row['status']}{mark}{reason}")
 
 
 def print_ui_steps(tracking_uri: str, experiment_id: str) -> None:

@@ -19,6 +19,7 @@ import yaml
 from mlflow import MlflowClient
 from pydantic import ValidationError
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from models.digits import digits_arrays, split_hash
 from models.family import get_family
@@ -37,7 +38,7 @@ from record import (
 )
 from sweep import mlflow_ui, tracking
 from sweep.callbacks import EndStoppedTrials, Progress
-from sweep.plan import trial_group
+from sweep.plan import name_axes, trial_group
 from sweep.preflight import SweepError
 from sweep.provenance import library_tags
 from sweep.search import knob_values, scheduler, tune_search
@@ -60,6 +61,20 @@ class Sweep:
 
 # -- Ray -------------------------------------------------------------------------------------------------
 
+class _DropTokenNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on (printed on every local start, though nothing is wrong
+    and nothing is to be done); its warning that authentication is *off* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def quiet_token_notice() -> None:
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenNotice())
+
+
 def connect_ray(address: str) -> None:
     """``ray.init`` at ``address`` ("local": a fresh Ray on this machine, without its dashboard, which costs
     seconds of start-up on a laptop); nothing when the host program already chose a cluster."""
@@ -67,6 +82,7 @@ def connect_ray(address: str) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
+    quiet_token_notice()
     try:
         ray.init(address=address, include_dashboard=False if address == "local" else None,
                  logging_level=logging.WARNING, log_to_driver=True)
@@ -121,7 +137,8 @@ def create_sweep(spec: CommonSpec, source: str, tracking_uri: str, storage: str)
         TAG_KNOB: family.knob, TAG_FAMILY: family.name, **library_tags()})
     tracking.log_params(client, parent, mlflow_ui.parent_params(spec))
     with_retry(client.log_text, parent, yaml.safe_dump(resolved, sort_keys=False), SPEC_ARTIFACT)
-    mlflow_ui.decorate_experiment(client, experiment_id, family.name)
+    mlflow_ui.decorate_experiment(client, experiment_id, family.name,
+                                  spec.search.algorithm if spec.search.space else None)
     mlflow_ui.decorate_parent(client, parent, sweep_id, source, split_hash(spec.split_seed), spec.split_seed)
     return Sweep(spec, sweep_id, tracking_uri, experiment_id, parent, tune_path, source=source)
 
@@ -165,13 +182,21 @@ def _trainable(spec: CommonSpec) -> Any:
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
+def quiet_tune_loggers() -> None:
+    """Tune adds its CSV, JSON and TensorBoard logger callbacks unless told not to; the sweep passes the first
+    two itself (build_tuner), so the third, and its printed TensorBoard command, are left out."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+
+
 def build_tuner(sweep: Sweep, slots: int) -> tune.Tuner:
     """The sweep's one Tuner, whatever its search: the algorithm's :class:`sweep.search.TuneSearch` (the grid's
     planned trials, or a searcher's samples), the scheduler, Tune's metric when something selects on it."""
     spec = sweep.spec
     search = tune_search(spec, slots)
     info = {"sweep_id": sweep.sweep_id, "experiment_id": sweep.experiment_id, "parent_run_id": sweep.parent_run_id,
-            "source": sweep.source, "split_hash": split_hash(spec.split_seed), "knob_values": knob_values(spec)}
+            "source": sweep.source, "split_hash": split_hash(spec.split_seed), "knob_values": knob_values(spec),
+            # a sampled search's runs are told apart by configuration (their knob is usually one value)
+            "colour_by_configuration": bool(spec.search.space), "name_axes": list(name_axes(spec))}
     param_space = {"group": search.group, "point": search.point, "sweep": info, "tracking_uri": sweep.tracking_uri,
                    "cpus": spec.resources.cpu, "checkpoint_every": spec.checkpoint_every,
                    # a searcher or a scheduler compares trials: every evaluation goes to Tune, not one a second
@@ -181,7 +206,10 @@ def build_tuner(sweep: Sweep, slots: int) -> tune.Tuner:
         name=sweep.sweep_id, storage_path=sweep.tune_path.rsplit("/", 1)[0], verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[Progress(), EndStoppedTrials(sweep.tracking_uri, sweep.experiment_id, sweep.sweep_id)])
+        # Tune's result files (result.json, progress.csv) without its TensorBoard logger, whose printed
+        # `tensorboard --logdir` command fails (TensorBoard is not installed); see quiet_tune_loggers().
+        callbacks=[Progress(), EndStoppedTrials(sweep.tracking_uri, sweep.experiment_id, sweep.sweep_id),
+                   CSVLoggerCallback(), JsonLoggerCallback()])
     tune_config = tune.TuneConfig(
         metric=spec.search.metric if selects else None, mode=spec.search.mode if selects else None,
         num_samples=search.num_samples, search_alg=search.search_alg, scheduler=scheduler(spec),
@@ -194,6 +222,7 @@ def build_tuner(sweep: Sweep, slots: int) -> tune.Tuner:
         trial_name_creator=lambda t: trial_group(t.config, spec.family).label,
         trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
     )
+    quiet_tune_loggers()
     return tune.Tuner(_trainable(spec), param_space=param_space, run_config=run_config, tune_config=tune_config)
 
 
@@ -204,6 +233,7 @@ def run_tuner(sweep: Sweep, slots: int = 1, restore: bool = False) -> Any:
         return build_tuner(sweep, slots).fit()
     if not tune.Tuner.can_restore(sweep.tune_path):
         raise SweepError(f"no Ray Tune state at {sweep.tune_path} to resume sweep {sweep.sweep_id}")
+    quiet_tune_loggers()
     tuner = tune.Tuner.restore(sweep.tune_path, trainable=_trainable(sweep.spec), resume_unfinished=True,
                                resume_errored=True)
     return tuner.fit()

@@ -24,8 +24,12 @@ from record import (
     TAG_LOGGING_SHARE,
     TAG_N_FAILED,
     TAG_N_TRIALS,
+    TAG_STOPPED_AT,
+    TAG_STOPPED_EARLY,
     TAG_SUPERSEDED,
     TAG_TUNE_TRIAL,
+    marked_name,
+    short_point,
     sweep_runs,
     tag_equals,
     with_retry,
@@ -59,17 +63,16 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
             runless.append({"grid_point": group.grid_point, knob: group.config.axis_value(knob),
                             "seed": ",".join(map(str, group.seeds)),
                             **{key: float("nan") for key, _ in family.table_metrics},
-                            "status": "FAILED", "failure_reason": reason})
+                            "status": "FAILED", "failure_reason": reason, "mark": ""})
     end_superseded_runs(sweep, results)
     runs = sweep_runs(client, sweep.experiment_id, sweep.sweep_id)
     tracking.end_unfinished_runs(client, [r.info.run_id for r in runs], "trial did not finish")
-    if sweep.spec.search.selects:
-        record_best(sweep)
+    best_runs = record_best(sweep) if sweep.spec.search.selects else set()
     rows = sorted(
-        ({"grid_point": r.data.tags.get(TAG_GRID_POINT, f"{knob}={r.data.params[knob]}"),
+        ({"grid_point": short_point(r.data.tags.get(TAG_GRID_POINT, f"{knob}={r.data.params[knob]}")),
           knob: int(r.data.params[knob]), "seed": int(r.data.params["seed"]),
           **{key: r.data.metrics.get(key, float("nan")) for key, _ in family.table_metrics},
-          "status": r.info.status, "failure_reason": r.data.tags.get(TAG_FAILURE, "")}
+          "status": r.info.status, "failure_reason": r.data.tags.get(TAG_FAILURE, ""), "mark": _mark(r, best_runs)}
          for r in sweep_runs(client, sweep.experiment_id, sweep.sweep_id)),
         key=lambda row: (row[knob], row["grid_point"], row["seed"]),
     ) + runless
@@ -79,6 +82,12 @@ def finish_sweep(sweep: Sweep, results: Any) -> list[dict[str, Any]]:
             **({} if share is None else {TAG_LOGGING_SHARE: f"{share:.4f}"})}
     tracking.end_run(client, sweep.parent_run_id, "FINISHED", tags)
     return rows
+
+
+def _mark(run: Any, best_runs: set[str]) -> str:
+    """What the end table adds after a run's status: stopped early (and where), the best configuration."""
+    marks = [f"stopped early at step {run.data.tags[TAG_STOPPED_AT]}"] if run.data.tags.get(TAG_STOPPED_EARLY) else []
+    return ", ".join([*marks, *(["★ best configuration"] if run.info.run_id in best_runs else [])])
 
 
 def error_summary(error: BaseException) -> str:
@@ -120,24 +129,34 @@ def end_superseded_runs(sweep: Sweep, results: Any) -> list[str]:
     return ended
 
 
-def record_best(sweep: Sweep) -> None:
+def record_best(sweep: Sweep) -> set[str]:
     """On the parent run, the best configuration (:func:`analysis.search.best_configuration`: per grid point,
     over all its FINISHED seeds, among those that ran the budget): tag ``best_config`` (JSON of every axis
     value), params ``best.<axis>``, tag ``best_run_ids`` (JSON list) and ``best.<metric>`` (mean over seeds).
-    The same function writes summary.md's Search section and marks search.png, so the three agree."""
+    The same function writes summary.md's Search section and marks search.png, so the three agree. The best
+    runs' names get the mark ``★`` (:func:`record.marked_name`), taken off runs a resumed sweep no longer
+    finds best. Returns the best runs' ids."""
     client = MlflowClient(sweep.tracking_uri)
     parent = with_retry(client.get_run, sweep.parent_run_id)
     settings = search_settings(sweep.spec)
     frame = configurations(client, parent, settings)
     if frame.empty:
-        return
+        return set()
     best = best_configuration(frame, settings)
+    best_runs = set(best["run_ids"])
+    for run in sweep_runs(client, sweep.experiment_id, sweep.sweep_id):
+        stopped = run.data.tags.get(TAG_STOPPED_AT) if run.data.tags.get(TAG_STOPPED_EARLY) else None
+        name = marked_name(run.info.run_name, best=run.info.run_id in best_runs,
+                           stopped_at=None if stopped is None else int(stopped))
+        if name != run.info.run_name:
+            with_retry(client.update_run, run.info.run_id, name=name)
     config = {axis: best[axis].item() if hasattr(best[axis], "item") else best[axis]
               for axis in json.loads(parent.data.tags[TAG_AXES])}
     metric = settings["metric"]
     tracking.log_params(client, sweep.parent_run_id, {f"best.{k}": v for k, v in config.items()},
                         tags={TAG_BEST_CONFIG: json.dumps(config), TAG_BEST_RUN_IDS: json.dumps(list(best["run_ids"])),
                               f"best.{metric}": f"{best['metric']:.6g}"})
+    return best_runs
 
 
 def logging_share(results: Any) -> float | None:

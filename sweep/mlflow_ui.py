@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import functools
 import getpass
-import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
 
 from models.digits import N_TEST, N_TRAIN
 from models.family import get_family
@@ -66,14 +64,15 @@ def width_tag(C: int, widths: Sequence[int], knob: str = "C") -> str:
 
 
 def parent_params(spec: CommonSpec) -> dict[str, str]:
-    """The resolved spec as parent-run params: ``sweep.``-prefixed dotted keys, None values dropped, and the
-    ``search.*`` block only where something searches or schedules (a grid's defaults would not apply).
+    """The resolved spec as parent-run params: ``sweep.``-prefixed dotted keys, None values dropped, and of the
+    ``search.*`` block only the keys that act on this sweep (:func:`applicable_search_keys`).
 
     The prefix keeps the spec's lists (``sweep.model.C = [1, 2, 4, 64]``, ``sweep.seeds = 5``) apart from
     the children's per-run values (``C``, ``seed``) in the UI's column picker: one name per concept per role.
     """
     resolved = spec.model_dump(mode="json")
-    if not spec.search.active:
+    resolved["search"] = {k: v for k, v in resolved["search"].items() if k in applicable_search_keys(spec)}
+    if not resolved["search"]:
         resolved.pop("search")
     out: dict[str, str] = {}
 
@@ -88,9 +87,39 @@ def parent_params(spec: CommonSpec) -> dict[str, str]:
     return out
 
 
-def experiment_note(family: str) -> str:
-    """The experiment's description: what a run of it is."""
+def applicable_search_keys(spec: CommonSpec) -> set[str]:
+    """The ``search`` keys that do something in this sweep: none for a plain grid; the algorithm and its
+    samples for a search, the space and seed for a sampled one, the metric where something selects on it, the
+    ASHA settings under ASHA."""
+    search = spec.search
+    keys: set[str] = set()
+    if search.algorithm != "grid":
+        keys |= {"algorithm", "num_samples"}
+    if search.space:
+        keys |= {"space", "seed"}
+    if search.selects:
+        keys |= {"metric", "mode"}
+    if search.scheduler != "fifo":
+        keys |= {"scheduler", "grace_period", "reduction_factor"}
+    return keys
+
+
+def experiment_note(family: str, search: str | None = None) -> str:
+    """The experiment's description: what a run of it is. ``search``: the algorithm of a sampled search
+    (random, optuna), whose runs differ by configuration rather than by width."""
     fam = _family(family)
+    if search:
+        return (
+            f"Searches over training settings ({search}) of the "
+            f"{'ResNet' if fam is None else fam.display_name} family on scikit-learn's 8x8 digits, split 50/50. "
+            "Each top-level run is one search (named by its sweep id); the runs nested under it are its trials, "
+            "one per sampled configuration and seed, named by the searched values to 3 significant digits "
+            "(`lr=0.00226 batch_size=32 seed=1`; the exact values are params) and coloured by configuration.\n\n"
+            "Names starting `★` are the best configuration's runs (chosen on the validation metric, over all its "
+            "seeds); `stopped@<step>` marks runs the scheduler stopped early. Sort by the search metric's column "
+            "or open the chart view; the parent's artifacts `analysis/` hold `search.png`, `search.csv` and "
+            "`summary.md`."
+        )
     if fam is None or fam.name == "resnet":
         return (
             "Model-complexity sweeps of the ResNet family (CS 446 hw2, problem 3) on scikit-learn's 8x8 digits, "
@@ -163,9 +192,9 @@ def split_dataset(split_hash: str, split_seed: int) -> Dataset:
 
 # -- writes -----------------------------------------------------------------------------------------------
 
-def decorate_experiment(client: MlflowClient, experiment_id: str, family: str) -> None:
+def decorate_experiment(client: MlflowClient, experiment_id: str, family: str, search: str | None = None) -> None:
     with_retry(client.set_experiment_tag, experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
-    with_retry(client.set_experiment_tag, experiment_id, TAG_NOTE, experiment_note(family))
+    with_retry(client.set_experiment_tag, experiment_id, TAG_NOTE, experiment_note(family, search))
 
 
 def decorate_parent(client: MlflowClient, run_id: str, sweep_id: str, source: str, split_hash: str,
@@ -176,18 +205,15 @@ def decorate_parent(client: MlflowClient, run_id: str, sweep_id: str, source: st
 
 
 def decorate_child(client: MlflowClient, run_id: str, params: dict[str, Any], source: str,
-                   widths: Sequence[int], knob: str = "C") -> None:
-    """Description, ``width`` tag, run colour, provenance tags, the dataset input, and the per-run summary
-    metrics ``param_count`` and ``log2_<knob>`` (``log2_C``, ``log2_K``; step 0) that make the UI's scatter
-    view useful. ``widths``: the sweep's knob values; ``knob``: the family's knob, a key of ``params``."""
+                   widths: Sequence[int], knob: str = "C", colour: str | None = None) -> None:
+    """Description, ``width`` tag, run colour, provenance tags and the dataset input. ``widths``: the sweep's
+    knob values; ``knob``: the family's knob, a key of ``params``; ``colour``: the run's colour (a search's
+    configuration's), else its knob value's. (The knob and parameter count are params, not metrics: a metric
+    logged once gets a one-bar chart in every chart view.)"""
     C = int(params[knob])
     tags = {**source_tags(source), TAG_NOTE: child_note(params), TAG_WIDTH: width_tag(C, widths, knob),
-            TAG_RUN_COLOR: knob_hex_colours(widths)[C]}
-    now = int(time.time() * 1000)
-    metrics = [Metric("param_count", float(params["param_count"]), now, 0),
-               Metric(f"log2_{knob}", math.log2(C), now, 0)]
-    with_retry(client.log_batch, run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()],
-               synchronous=True)
+            TAG_RUN_COLOR: colour or knob_hex_colours(widths)[C]}
+    with_retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
     with_retry(client.log_inputs, run_id, [_input(str(params["split_hash"]), int(params["split_seed"]))])
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from models.family import Family, get_family
 from models.spec import CommonSpec
+from record import short_point
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,14 @@ class TrialGroup:
     def label(self) -> str:
         """Ray Tune's name for this trial: ``C=4 lr=0.05 seed=1``, or ``... seeds=0,1,2`` for a pack."""
         seeds = ",".join(map(str, self.seeds))
-        return f"{self.grid_point} {'seed' if len(self.seeds) == 1 else 'seeds'}={seeds}"
+        return f"{short_point(self.grid_point)} {'seed' if len(self.seeds) == 1 else 'seeds'}={seeds}"
 
-    def run_name(self, seed: int) -> str:
-        """One member's MLflow run name: the grid point, then ``seed=<seed>`` (``C=4 lr=0.05 seed=1``)."""
-        return f"{self.grid_point} seed={seed}"
+    def run_name(self, seed: int, axes: Sequence[str] | None = None) -> str:
+        """One member's MLflow run name: the values of ``axes`` (default: every axis) with floats to 3 significant
+        digits, then the seed (``C=4 lr=0.00226 batch_size=32 seed=1``); the exact values are its params and
+        ``grid_point`` tag."""
+        point = self.grid_point if axes is None else grid_point(self.config, tuple(axes))
+        return " ".join([*([short_point(point)] if point else []), f"seed={seed}"])
 
     def with_values(self, values: dict[str, Any]) -> TrialGroup:
         """This group with ``values`` (a searcher's sampled point: key -> value) in its config."""
@@ -76,6 +81,15 @@ def grid_point(config: Any, axes: tuple[str, ...]) -> str:
     (``C=4 lr=0.05 label_noise=0.2``): a run's name without its seed, unique within a sweep because grid
     lists hold distinct values."""
     return " ".join(f"{axis}={config.axis_value(axis)}" for axis in axes)
+
+
+def name_axes(spec: CommonSpec) -> tuple[str, ...]:
+    """The axes a run's name shows: every axis, except in a sampled search a knob that takes one value (the
+    same in every run, so it would only push the searched values out of the runs table's narrow name column)."""
+    knob = spec.family.knob
+    if spec.search.space and knob not in spec.search.space and len(spec.values(knob)) == 1:
+        return tuple(a for a in spec.axes if a != knob)
+    return tuple(spec.axes)
 
 
 def base_group(spec: CommonSpec) -> TrialGroup:

@@ -53,19 +53,21 @@ def create_run_once(client: MlflowClient, experiment_id: str, run_name: str, tag
     committed, and a plain retry then inserts a second run. The run carries a token made here (tag
     ``sweep.create_token``); before each retry the experiment is searched for that token, and the run that has
     it is returned instead of creating again. (MLflow gives every sqlite session a 20 s busy timeout, so this
-    path is rare.)
+    path is rare.) The token is deleted once the run exists.
     """
     token = secrets.token_hex(8)
     tags = {**tags, TAG_CREATE_TOKEN: token}
+    run = None
     for attempt in retrying():
         with attempt:
             if attempt.retry_state.attempt_number > 1:
                 found = with_retry(client.search_runs, [experiment_id], tag_equals(TAG_CREATE_TOKEN, token),
                                    max_results=1)
-                if found:
-                    return found[0]
-            return client.create_run(experiment_id, run_name=run_name, tags=tags)
-    raise AssertionError("unreachable")
+                run = found[0] if found else None
+            run = run or client.create_run(experiment_id, run_name=run_name, tags=tags)
+    assert run is not None
+    with_retry(client.delete_tag, run.info.run_id, TAG_CREATE_TOKEN)  # its job is done; the UI would list it
+    return run
 
 
 def init_store(uri: str) -> None:

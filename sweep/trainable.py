@@ -24,6 +24,7 @@ from models.digits import DigitsArrays
 from models.family import Family, Trainer
 from models.records import Evaluation
 from record import TAG_GRID_POINT, TAG_SEED, TAG_TUNE_TRIAL, sweep_runs, tag_equals
+from record.colours import configuration_hex_colour
 from sweep import mlflow_ui
 from sweep.plan import TrialGroup, trial_group
 from sweep.provenance import machine_tags
@@ -83,14 +84,22 @@ def open_runs(config: dict[str, Any], group: TrialGroup, family: Family) -> dict
     info = config["sweep"]
     client = MlflowClient(config["tracking_uri"])
     params = {seed: family.member_params(group.config, seed, info["split_hash"]) for seed in group.seeds}
+    trial = tune.get_context().get_trial_id()
+    names = {seed: group.run_name(seed, info.get("name_axes")) for seed in group.seeds}
     run_ids, created = find_or_create_trial_runs(
-        client, info["experiment_id"], info["sweep_id"], info["parent_run_id"], tune.get_context().get_trial_id(),
-        {seed: group.run_name(seed) for seed in group.seeds}, params, group.grid_point, family.knob,
-        tags=config.get("run_tags", {}))
+        client, info["experiment_id"], info["sweep_id"], info["parent_run_id"], trial, names, params,
+        group.grid_point, family.knob, tags=config.get("run_tags", {}))
+    colour = configuration_hex_colour(trial_index(trial)) if info.get("colour_by_configuration") else None
     for seed in created:
         mlflow_ui.decorate_child(client, run_ids[seed], params[seed], info["source"], info["knob_values"],
-                                 family.knob)
+                                 family.knob, colour=colour)
     return run_ids
+
+
+def trial_index(trial_id: str) -> int:
+    """A Tune trial's place in its experiment: the counter its id ends with (``9f3a2_00004`` -> 4)."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else sum(map(ord, trial_id))
 
 
 def finished_elsewhere(config: dict[str, Any], group: TrialGroup, family: Family) -> dict[str, Any] | None:

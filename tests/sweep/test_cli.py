@@ -304,6 +304,18 @@ def test_reading_a_store_that_does_not_exist_creates_nothing(no_compute, capsys,
     assert not list(no_compute.iterdir())
 
 
+@pytest.mark.parametrize("command", ["analyze", "resume"])
+def test_an_id_asked_of_a_store_without_sweeps_is_named(no_compute, capsys, command):
+    """Issue 26: a store that exists but holds no sweep; the one line names the id asked for."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{no_compute}/mlflow.db"
+    MlflowClient(uri).search_experiments()  # the store's schema, no run
+    capsys.readouterr()  # MLflow's own lines while it made the schema
+    code, err = run_cli([command, "no-such-id", "--tracking-uri", uri], capsys)
+    assert code == 2 and err.count("\n") == 1 and "'no-such-id'" in err and "no sweep is recorded" in err
+
+
 def recorded_sweep(folder, status: str) -> tuple[str, str, str]:
     """A sweep as `sweep run` leaves it in MLflow (parent run with its spec and Tune path), whose Ray Tune
     folder does not exist; the parent ends with ``status``. Returns (uri, sweep_id, parent run id)."""

@@ -3,7 +3,9 @@ are checked in tests/sweep/test_ui.py."""
 
 from __future__ import annotations
 
-from record.colours import knob_hex_colours
+import re
+
+from record.colours import configuration_hex_colour, knob_hex_colours
 from sweep import mlflow_ui
 from sweep.spec import load_spec
 
@@ -64,3 +66,28 @@ def test_decorations_follow_the_family_knob():
     note = mlflow_ui.experiment_note("bernoulli_mixture")
     assert "Bernoulli mixture" in note and "`K=5 seed=0`" in note and "`K=05`" in note
     assert "ResNet" in mlflow_ui.experiment_note("resnet") and "`C=4 seed=0`" in mlflow_ui.experiment_note("resnet")
+
+
+def test_search_params_are_only_the_keys_that_act():
+    """Issue 26: a random search without a scheduler has no ASHA settings; a refine search no metric."""
+    random, _ = load_spec("smoke", ["search.algorithm=random", "search.num_samples=2", "data.val_fraction=0.2",
+                                    "search.space={lr: {loguniform: [0.001, 1]}}"])
+    keys = {k.removeprefix("sweep.search.") for k in mlflow_ui.parent_params(random) if k.startswith("sweep.search.")}
+    assert keys == {"algorithm", "num_samples", "space.lr.loguniform", "seed", "metric", "mode"}
+    refine, _ = load_spec("refine-threshold", [])
+    keys = {k.removeprefix("sweep.search.") for k in mlflow_ui.parent_params(refine) if k.startswith("sweep.search.")}
+    assert keys == {"algorithm", "num_samples"}
+    asha, _ = load_spec("smoke", ["search.scheduler=asha"])
+    keys = {k.removeprefix("sweep.search.") for k in mlflow_ui.parent_params(asha) if k.startswith("sweep.search.")}
+    assert keys == {"scheduler", "grace_period", "reduction_factor", "metric", "mode"}
+
+
+def test_a_search_experiment_is_described_as_a_search():
+    note = mlflow_ui.experiment_note("resnet", "optuna")
+    assert "optuna" in note and "★" in note and "stopped@" in note and "Group by" not in note
+
+
+def test_configuration_colours_differ_for_the_first_twenty():
+    colours = [configuration_hex_colour(i) for i in range(20)]
+    assert len(set(colours)) == 20 and all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colours)
+    assert configuration_hex_colour(20) == colours[0]

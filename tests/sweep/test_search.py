@@ -108,7 +108,8 @@ def test_random_search_six_samples(ray_local, tmp_path):
         assert 0.001 <= float(lr) <= 1
         for r in runs:
             assert r.info.status == "FINISHED"
-            assert r.info.run_name == f"C=1 lr={lr} seed={r.data.params['seed']}"
+            # the fixed C is left out of a search's names, lr to 3 significant digits; the best marked below
+            assert r.info.run_name.removeprefix("★ ") == f"lr={float(lr):.3g} seed={r.data.params['seed']}"
             assert r.data.params["val_fraction"] == "0.2"
             assert [s for s, _ in histories(client, r.info.run_id, "val_error")] == [10, 20]
         mean_val[lr] = np.mean([final(client, r, "val_error")[1] for r in runs])
@@ -121,6 +122,9 @@ def test_random_search_six_samples(ray_local, tmp_path):
     best_runs = {r.info.run_id for r in trials[next(t for t, rs in trials.items()
                                                       if rs[0].data.params["lr"] == str(best["lr"]))]}
     assert set(json.loads(parent.data.tags["best_run_ids"])) == best_runs
+    marked = {r.info.run_id for rs in trials.values() for r in rs
+              if client.get_run(r.info.run_id).info.run_name.startswith("★ ")}
+    assert marked == best_runs
 
     from analysis import analyze
 
@@ -130,7 +134,7 @@ def test_random_search_six_samples(ray_local, tmp_path):
     assert sorted(table["lr"]) == sorted(float(v) for v in lrs)
     assert "search" in result.figures and (tmp_path / "out" / "search.png").stat().st_size > 0
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "## Search" in summary and f"lr={best['lr']:g}, val_error {min(mean_val.values()):.3f}" in summary
+    assert "## Search" in summary and f"lr={best['lr']:.3g}, val_error {min(mean_val.values()):.3f}" in summary
 
 
 def test_asha_stops_the_worse_trial(ray_local, tmp_path):
@@ -152,6 +156,11 @@ def test_asha_stops_the_worse_trial(ray_local, tmp_path):
         if r not in stopped:
             assert [s for s, _ in histories(client, r.info.run_id, "val_error")][-1] == 60
     assert json.loads(client.get_run(sweep.parent_run_id).data.tags["best_config"]) == {"C": 4, "lr": 0.5}
+    # issue 26: both are visible in the runs table's name column, and the stopped runs' descriptions say so
+    assert sorted(r.info.run_name for r in runs) == [
+        "stopped@30 C=4 lr=1e-06 seed=0", "stopped@30 C=4 lr=1e-06 seed=1", "★ C=4 lr=0.5 seed=0",
+        "★ C=4 lr=0.5 seed=1"]
+    assert all("Stopped early" in r.data.tags["mlflow.note.content"] for r in stopped)
 
 
 def test_a_trial_asha_stops_at_its_last_report_ends_finished_with_its_weights(ray_local, tmp_path):
@@ -228,7 +237,8 @@ def test_optuna_four_samples(ray_local, tmp_path):
     for (run,) in trials.values():
         assert run.info.status == "FINISHED"
         assert run.data.params["batch_size"] in ("16", "64")
-        assert run.info.run_name == f"C=1 lr={run.data.params['lr']} batch_size={run.data.params['batch_size']} seed=0"
+        assert run.info.run_name.removeprefix("★ ") == (
+            f"lr={float(run.data.params['lr']):.3g} batch_size={run.data.params['batch_size']} seed=0")
     parent = client.get_run(sweep.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert set(json.loads(parent.data.tags["best_config"])) == {"C", "lr", "batch_size"}

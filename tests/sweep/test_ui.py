@@ -44,21 +44,31 @@ def ui_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``sweep run smoke`` through the real CLI (its own local Ray) into ``<tmp>/mlflow.db``, analysed."""
     root = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{root}/mlflow.db"
+    env = ray_env()
+    env.pop("RAY_AUTH_MODE")  # as a user runs it: Ray's default, token authentication on
     proc = subprocess.run(
         [str(BIN / "sweep"), "run", "smoke", "--tracking-uri", uri, "--storage", str(root / "ray_results"),
          "--out", str(root / "out")],
-        cwd=root, env=ray_env(), capture_output=True, text=True, timeout=600)
+        cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = driver.load_sweep(None, uri)
     client = MlflowClient(uri)
     children = {r.info.run_name: r for r in trial_runs(sweep)}
-    return {"root": root, "uri": uri, "stdout": proc.stdout, "sweep": sweep, "client": client,
+    return {"root": root, "uri": uri, "stdout": proc.stdout, "stderr": proc.stderr, "sweep": sweep, "client": client,
             "parent": client.get_run(sweep.parent_run_id), "children": children}
 
 
 def test_run_prints_a_link_to_the_runs_in_the_model_training_view(ui_sweep):
     exp = ui_sweep["sweep"].experiment_id
     assert f"http://127.0.0.1:5000/#/experiments/{exp}/runs?{ML_VIEW}" in ui_sweep["stdout"]
+
+
+def test_ray_s_noise_lines_are_not_printed(ui_sweep):
+    """Issue 26: Ray's TensorBoard command (TensorBoard is not installed: it would fail as printed) and its
+    notice that token authentication is on, printed on every local start."""
+    out = ui_sweep["stdout"] + ui_sweep["stderr"]
+    assert "tensorboard" not in out.lower() and "Token authentication is enabled" not in out
+    assert "[sweep]" in ui_sweep["stderr"]  # the sweep's own progress lines still show
 
 
 def test_analyze_prints_the_link_too(ui_sweep):
@@ -122,8 +132,9 @@ def test_width_tag_colours_and_summary_metrics_on_children(ui_sweep):
     for run in ui_sweep["children"].values():
         C = int(run.data.params["C"])
         assert run.data.tags["width"] == {1: "C=01", 4: "C=04"}[C]
-        assert run.data.metrics["param_count"] == PARAMS[C]
-        assert run.data.metrics["log2_C"] == {1: 0.0, 4: 2.0}[C]
+        assert run.data.params["param_count"] == str(PARAMS[C])
+        assert "param_count" not in run.data.metrics and "log2_C" not in run.data.metrics  # no one-bar charts
+        assert "sweep.create_token" not in run.data.tags
         assert re.fullmatch(r"#[0-9a-f]{6}", run.data.tags["mlflow.runColor"])
         colours.setdefault(C, set()).add(run.data.tags["mlflow.runColor"])
     assert all(len(c) == 1 for c in colours.values()) and colours[1] != colours[4]
@@ -358,18 +369,22 @@ def test_group_by_width_in_the_chart_view(ui_sweep, ui_server, browser):
     screenshot(browser, "grouped_by_width")
 
 
-@pytest.fixture(scope="module")
-def second_sweep(ui_sweep) -> Any:
-    """A second smoke sweep in the same experiment and store, trained twice as long (another curve)."""
+def run_into(ui_sweep, out: str, *args: str) -> tuple[Any, str]:
+    """``sweep run ARGS`` into the UI test's store; (the sweep, its stdout)."""
     root = ui_sweep["root"]
     proc = subprocess.run(
-        [str(BIN / "sweep"), "run", "smoke", "--set", "budget=100", "--tracking-uri", ui_sweep["uri"],
-         "--storage", str(root / "ray_results"), "--out", str(root / "out_second")],
-        cwd=root, env=ray_env(), capture_output=True, text=True, timeout=600)
+        [str(BIN / "sweep"), "run", *args, "--tracking-uri", ui_sweep["uri"], "--storage", str(root / "ray_results"),
+         "--out", str(root / out)], cwd=root, env=ray_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = driver.load_sweep(None, ui_sweep["uri"])
     assert sweep.sweep_id != ui_sweep["sweep"].sweep_id
-    return sweep
+    return sweep, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def second_sweep(ui_sweep) -> Any:
+    """A second smoke sweep in the same experiment and store, trained twice as long (another curve)."""
+    return run_into(ui_sweep, "out_second", "smoke", "--set", "budget=100")[0]
 
 
 def test_the_chart_view_overlays_the_curves_of_two_sweeps(ui_sweep, second_sweep, ui_server, browser):
@@ -406,10 +421,136 @@ def test_the_chart_view_overlays_the_curves_of_two_sweeps(ui_sweep, second_sweep
     screenshot(browser, "curves_of_two_sweeps")
 
 
+# -- a search and a mixture sweep (issue 26) ----------------------------------------------------------------
+
+#: A random search whose outcome is constructed, not left to chance: Tune's generator with seed 9 draws lr 0.167,
+#: 5.26e-05, 0.00416 in that order (numpy's generator, the same on every machine), one trial at a time. At ASHA's
+#: first rung (step 40) lr 0.167 has learned (val error ~0.6) and 5.26e-05 has not moved from chance (~0.9), so
+#: the second is stopped there and the first is the best configuration.
+SEARCH = ("smoke", "--set", "name=search-ui", "--set", "model.C=4", "--set", "budget=80", "--set",
+          "search.algorithm=random", "--set", "search.seed=9", "--set", "search.num_samples=3", "--set",
+          "search.space={lr: {loguniform: [0.000001, 1]}}", "--set", "data.val_fraction=0.2", "--set",
+          "search.scheduler=asha", "--set", "search.grace_period=40", "--set", "search.reduction_factor=2",
+          "--set", "max_concurrent_trials=1")
+
+
+@pytest.fixture(scope="module")
+def search_sweep(ui_sweep) -> dict[str, Any]:
+    sweep, stdout = run_into(ui_sweep, "out_search", *SEARCH)
+    return {"sweep": sweep, "stdout": stdout, "children": {r.info.run_name: r for r in trial_runs(sweep)}}
+
+
+@pytest.fixture(scope="module")
+def mixture_sweep(ui_sweep) -> dict[str, Any]:
+    sweep, stdout = run_into(ui_sweep, "out_mixture", "em", "--set", "seeds=2", "--set", "model.K=[1,5,20]",
+                             "--set", "budget=10")
+    return {"sweep": sweep, "stdout": stdout, "children": {r.info.run_name: r for r in trial_runs(sweep)}}
+
+
+def open_children(drv: Any, server: MlflowServer, sweep: Any, stdout: str) -> dict[str, Any]:
+    """Open the sweep's runs page (the link its run printed), expand its parent; child run name -> its row."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    match = re.search(r"http://127\.0\.0\.1:5000(/#/experiments/\S+)", stdout)
+    assert match, stdout[-2000:]
+    open_page(drv, server.uri + match.group(1))
+    parent = wait_for(drv, lambda d: run_links(d, sweep.parent_run_id), message="the parent run")[0]
+    ActionChains(drv).click(row_of(parent).find_element(
+        By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")).perform()
+    client = MlflowClient(sweep.tracking_uri)
+    runs = trial_runs(sweep)
+    links = {r.info.run_name: wait_for(drv, lambda d, r=r: run_links(d, r.info.run_id), message=r.info.run_name)[0]
+             for r in runs}
+    assert {name: link.text for name, link in links.items()} == {name: name for name in links}
+    assert all(client.get_run(r.info.run_id).info.run_name == r.info.run_name for r in runs)
+    return {name: row_of(link) for name, link in links.items()}
+
+
+def widen_run_name_column(drv: Any) -> None:
+    """Drag the Run Name column's edge to the right, as a user does to read a long name (for the screenshot)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    headers = [h for h in drv.find_elements(By.CSS_SELECTOR, ".ag-header-cell") if h.text.strip() == "Run Name"]
+    handles = headers[0].find_elements(By.CSS_SELECTOR, ".ag-header-cell-resize") if headers else []
+    if handles:
+        ActionChains(drv).drag_and_drop_by_offset(handles[0], 140, 0).perform()
+
+
+def swatch(row: Any) -> str:
+    from selenium.webdriver.common.by import By
+
+    return row.find_element(By.CSS_SELECTOR, "[data-testid='experiment-view-table-run-color'] input").get_attribute(
+        "value")
+
+
+def test_a_search_reads_as_a_search_in_the_runs_table(search_sweep, ui_server, browser):
+    """Short names (3 significant digits), one colour per configuration, the stopped and the best marked at the
+    start of the name, where the runs column shows it."""
+    rows = open_children(browser, ui_server, search_sweep["sweep"], search_sweep["stdout"])
+    # C=4, the same in every run, is left out of a search's names
+    constructed = {"★ lr=0.167 seed=0", "★ lr=0.167 seed=1", "stopped@40 lr=5.26e-05 seed=0",
+                   "stopped@40 lr=5.26e-05 seed=1"}
+    assert constructed <= set(rows), sorted(rows)
+    third = set(rows) - constructed  # lr=0.00416 (stopped or not: its val error lies between the other two)
+    assert len(third) == 2 and all(re.fullmatch(r"(stopped@\d+ )?lr=0\.00416 seed=[01]", n) for n in third)
+    by_config: dict[str, set[str]] = {}
+    for name, row in rows.items():
+        by_config.setdefault(name.rsplit(" seed=", 1)[0].split("lr=", 1)[1], set()).add(swatch(row))
+    assert all(len(c) == 1 for c in by_config.values()) and len(by_config) == 3
+    assert len({c for cs in by_config.values() for c in cs}) == 3  # a colour per configuration
+    for name, run in search_sweep["children"].items():
+        assert ("stopped@" in name) == (run.data.tags.get("stopped_early") == "true")
+    widen_run_name_column(browser)
+    screenshot(browser, "search_runs")
+
+
+def test_a_search_lists_search_png_which_renders(search_sweep, ui_server, browser):
+    from selenium.webdriver.common.by import By
+
+    sweep = search_sweep["sweep"]
+    assert "(search.png, summary.md)" in search_sweep["stdout"]  # the terminal's figures line: a search's only
+    client = MlflowClient(sweep.tracking_uri)
+    summary = Path(client.download_artifacts(sweep.parent_run_id, "analysis/summary.md")).read_text()
+    assert "- `analysis/search.png`" in summary and "complexity.png" not in summary
+    note = client.get_run(sweep.parent_run_id).data.tags["mlflow.note.content"]
+    assert "Best configuration" in note and "interpolation threshold" not in note and "`analysis/search.png`" in note
+    open_page(browser, f"{ui_server.uri}/#/experiments/{sweep.experiment_id}/runs/{sweep.parent_run_id}/artifacts/"
+                       f"analysis/search.png?{ML_VIEW}")
+    wait_for(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='analysis/search.png']"), message="its title")
+    widths = wait_for(browser, lambda d: [w for w in d.execute_script(
+        "return [...document.images].filter(i => i.complete && i.src.startsWith('blob:'))"
+        ".map(i => i.naturalWidth)") if w > 0], message="search.png to load")
+    assert 600 <= max(widths) <= 1400  # a full figure that MLflow's viewer shows without shrinking it
+    screenshot(browser, "search_png")
+
+
+def test_a_mixture_sweep_names_and_colours_its_runs_by_K(mixture_sweep, ui_server, browser):
+    from selenium.webdriver.common.by import By
+
+    rows = open_children(browser, ui_server, mixture_sweep["sweep"], mixture_sweep["stdout"])
+    assert sorted(rows) == sorted(f"K={k} seed={s}" for k in (1, 5, 20) for s in (0, 1))
+    colours = {k: {swatch(r) for n, r in rows.items() if n.startswith(f"K={k} ")} for k in (1, 5, 20)}
+    assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == 3
+    screenshot(browser, "mixture_runs")
+    sweep = mixture_sweep["sweep"]
+    open_page(browser, f"{ui_server.uri}/#/experiments/{sweep.experiment_id}/runs/{sweep.parent_run_id}/artifacts/"
+                       f"analysis/complexity.png?{ML_VIEW}")
+    wait_for(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='analysis/complexity.png']"),
+             message="its title")
+    widths = wait_for(browser, lambda d: [w for w in d.execute_script(
+        "return [...document.images].filter(i => i.complete && i.src.startsWith('blob:'))"
+        ".map(i => i.naturalWidth)") if w > 0], message="complexity.png to load")
+    assert 600 <= max(widths) <= 1400
+    screenshot(browser, "mixture_complexity")
+
+
 def test_screenshots_are_small_pngs():
     """Run last: every screenshot this module made is a PNG under 300 kB (they are committed)."""
     shots = sorted(SHOTS.glob("*.png"))
     assert {p.stem for p in shots} >= {"runs", "child_metrics", "artifact", "summary_md", "parent",
-                                       "grouped_by_width", "curves_of_two_sweeps"}
+                                       "grouped_by_width", "curves_of_two_sweeps", "search_runs", "search_png",
+                                       "mixture_runs", "mixture_complexity"}
     for path in shots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 300_000, path
