@@ -223,15 +223,25 @@ def cmd_run(args: argparse.Namespace) -> None:
     _end(sweep, results, args)
 
 
-def cmd_resume(args: argparse.Namespace) -> None:
-    from sweep import driver  # see the module's docstring
-
-    # The store is found from --tracking-uri / MLFLOW_TRACKING_URI (else ./mlflow.db): the spec, with its
-    # tracking.uri, is an artifact inside that store. Everything is checked before anything is written.
+def _existing_store(args: argparse.Namespace) -> str:
+    """The tracking URI of a store that must already hold sweeps: from --tracking-uri / MLFLOW_TRACKING_URI
+    (else ./mlflow.db), checked to exist (reading a store that is not there must not create it) and to answer."""
     tracking_uri = preflight.resolve_tracking_uri(args.tracking_uri, None)
     try:
         preflight.check_exists(tracking_uri)
         preflight.check_reachable(tracking_uri)
+    except TrackingError as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    return tracking_uri
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    from sweep import driver  # see the module's docstring
+
+    # The spec, with its tracking.uri, is an artifact inside the store: everything is checked before anything
+    # is written.
+    tracking_uri = _existing_store(args)
+    try:
         sweep = driver.load_sweep(args.sweep_id, tracking_uri)
         driver.check_resumable(sweep)
     except (TrackingError, SweepError) as exc:
@@ -254,10 +264,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from analysis.run import AxisError
     from record import TAG_SWEEP_ID, find_parent_run
 
-    tracking_uri = preflight.resolve_tracking_uri(args.tracking_uri, None)
+    tracking_uri = _existing_store(args)
     try:
-        preflight.check_exists(tracking_uri)  # reading a store that is not there must not create it
-        preflight.check_reachable(tracking_uri)
         sweep_id = args.sweep_id or find_parent_run(MlflowClient(tracking_uri)).data.tags[TAG_SWEEP_ID]
         # Each sweep's figures go to its own folder, so analysing "the latest" never overwrites another's.
         result = analyze(sweep_id, tracking_uri, args.out or RESULTS_DIR / sweep_id, x=args.x)
@@ -270,10 +278,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from analysis import compare  # imports MLflow and matplotlib: see the module's docstring
 
-    tracking_uri = preflight.resolve_tracking_uri(args.tracking_uri, None)
+    tracking_uri = _existing_store(args)
     try:
-        preflight.check_exists(tracking_uri)
-        preflight.check_reachable(tracking_uri)
         compared = compare.load(args.sweep_ids, tracking_uri)
     except (TrackingError, LookupError, compare.CompareError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None

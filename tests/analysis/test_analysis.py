@@ -362,6 +362,14 @@ def test_files_written_at_150_dpi_and_logged_on_parent(store: dict) -> None:
     assert logged == set(result.files)
 
 
+def test_a_column_repeating_another_is_left_out_of_the_table(store: dict) -> None:
+    """Without label noise the train error on the true labels is the train error: no second column of it
+    (the grid store, with noise, shows it: test_further_axis_makes_panels_and_curves_and_heatmap_split)."""
+    md = (store["out"] / "summary.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| C |"))
+    assert "final train error |" in header and "on the true labels" not in md
+
+
 # -- report ---------------------------------------------------------------------------------------------
 
 def test_sentences_state_measured_numbers(store: dict) -> None:

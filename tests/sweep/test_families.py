@@ -344,6 +344,10 @@ def test_em_smoke_sweep_through_ray_and_mlflow(ray_local, tmp_path):
         "mean log-likelihood per image (nats)", "train − test log-likelihood (nats)",
         "error rate, the mixture as a classifier (0–1)"]
     assert [c.get_label() for c in panels[1].containers] == ["final loglik_gap"]
+    for ax in panels:  # each panel scaled by its own data (the lines' offset transform escapes autoscaling)
+        low, high = ax.get_ylim()
+        values = [y for c in ax.containers for y in c.lines[0].get_ydata()]
+        assert values and low <= min(values) and max(values) <= high, (ax.get_ylabel(), low, high, values)
     text = (tmp_path / "again" / "summary.md").read_text()
     assert "higher is better" in text and "train_loglik - test_loglik" in text
 
