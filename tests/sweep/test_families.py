@@ -118,12 +118,14 @@ class ToyFamily(Family):
     budget_unit = "toy step"
     axis_keys = {"W": "model.W"}
     spec_class = ToySpec
+    config_class, trainer_class = ToyConfig, ToyTrainer  # what a closed-form toy that subclasses this swaps
 
     def make_config(self, values: dict[str, Any], spec: Any) -> ToyConfig:
-        return ToyConfig(**values, budget=spec.budget, eval_every=spec.eval_every, split_seed=spec.split_seed)
+        return self.config_class(**values, budget=spec.budget, eval_every=spec.eval_every,
+                                 split_seed=spec.split_seed)
 
     def config_from_dict(self, d: dict[str, Any]) -> ToyConfig:
-        return ToyConfig(**d)
+        return self.config_class(**d)
 
     def param_count(self, config: ToyConfig) -> int:
         return 3 * config.W
@@ -137,28 +139,34 @@ class ToyFamily(Family):
                 "param_count": self.param_count(config), "dtype": config.dtype}
 
     def trainer(self, config: ToyConfig, seeds: Sequence[int], arrays: Any = None) -> ToyTrainer:
-        return ToyTrainer(config, seeds)
+        return self.trainer_class(config, seeds)
 
     def export(self, trainer: ToyTrainer, seed: int) -> dict[str, Any]:
         return {"family": self.name, "config": asdict(trainer.config), "seed": seed, "step": trainer.step}
 
 
-@pytest.fixture
-def toy_family():
-    """Register the toy family for one test; Ray workers get it by value (this module is not imported there)."""
+def registered(family: Family, *modules: Any) -> Iterator[Family]:
+    """Register ``family`` for one test; Ray workers get it, and the test ``modules`` that define it, by value
+    (test modules are not importable there)."""
     import cloudpickle
     from ray import cloudpickle as ray_cloudpickle
 
-    module = sys.modules[__name__]
-    for pickler in (cloudpickle, ray_cloudpickle):
-        pickler.register_pickle_by_value(module)
-    register(ToyFamily())
-    yield get_family("toy")
     from models import family as registry
 
-    registry._REGISTRY.pop("toy", None)
+    modules = (sys.modules[__name__], *modules)
     for pickler in (cloudpickle, ray_cloudpickle):
-        pickler.unregister_pickle_by_value(module)
+        for module in modules:
+            pickler.register_pickle_by_value(module)
+    yield register(family)
+    registry._REGISTRY.pop(family.name, None)
+    for pickler in (cloudpickle, ray_cloudpickle):
+        for module in modules:
+            pickler.unregister_pickle_by_value(module)
+
+
+@pytest.fixture
+def toy_family():
+    yield from registered(ToyFamily())
 
 
 # -- spec validation: one line, exit 2, before Ray ----------------------------------------------------------

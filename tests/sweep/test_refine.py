@@ -7,20 +7,21 @@ from __future__ import annotations
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import pytest
 from mlflow import MlflowClient
 
-from models import get_family, register
-from models.family import Family, MetricInfo, Panel, ThresholdRule
+from models import get_family
+from models.family import MetricInfo, Panel, ThresholdRule
 from models.records import Evaluation, MetricRecord
-from models.spec import CommonSpec, PositiveInt, Strict
+from models.spec import PositiveInt
 from record import TAG_REFINE_ORDER, TAG_REFINE_REASON
 from sweep.refine import Curve, Measured, next_value
 from tests.conftest import resume, run_sweep, run_then_kill_driver, trial_runs
+from tests.sweep.test_families import ToyConfig, ToyFamily, ToyModelSpec, ToySpec, ToyTrainer, registered
 
 RESNET = get_family("resnet")
 
@@ -73,31 +74,15 @@ def toy_errors(W: int, seed: int) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class BendConfig:
-    W: int
+class BendConfig(ToyConfig):
     budget: int = 2
-    eval_every: int | None = None
-    split_seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float64"
 
     @property
     def eval_interval(self) -> int:
         return self.eval_every or 1
 
-    def axis_value(self, axis: str) -> object:
-        return getattr(self, axis)
 
-    def eval_steps(self) -> list[int]:
-        return list(range(1, self.budget + 1))
-
-
-class BendTrainer:
-    ms_per_update = 0.0
-
-    def __init__(self, config: BendConfig, seeds: Sequence[int]) -> None:
-        self.config, self.seeds, self.step, self.diverged = config, list(seeds), 0, {}
-
+class BendTrainer(ToyTrainer):
     def run(self) -> Iterator[Evaluation]:
         for step in self.config.eval_steps():
             if step > self.step:
@@ -106,75 +91,36 @@ class BendTrainer:
                 yield Evaluation(step, [MetricRecord(s, step, {"train_error": tr, "test_error": te,
                                                                 "gap": te - tr}) for s, (tr, te) in values.items()])
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = state["step"]
+class BendModelSpec(ToyModelSpec):
+    family: Literal["bend"] = "bend"  # type: ignore[assignment]  # the toy's model keys under another name
 
 
-class BendModelSpec(Strict):
-    family: Literal["bend"] = "bend"
-    W: PositiveInt | list[PositiveInt]
-
-
-class BendSpec(CommonSpec):
+class BendSpec(ToySpec):
     family_name = "bend"
     model: BendModelSpec
     budget: PositiveInt = 2
-    eval_every: PositiveInt | None = None
-    dtype: Literal["float64"] = "float64"
 
 
-class BendFamily(Family):
-    name, display_name, knob, knob_meaning = "bend", "Bend", "W", "toy width"
+class BendFamily(ToyFamily):
+    """The toy family's machinery with the closed-form curve above: a threshold and a test-error peak."""
+
+    name, display_name = "bend", "Bend"
     metrics = (MetricInfo("train_error", "toy train error", "", False),
                MetricInfo("test_error", "toy test error", "", False), MetricInfo("gap", "test - train", "", False))
     complexity_panels = (Panel(("train_error", "test_error", "gap"), "toy error"),)
     curve_metrics, gap_metric = ("train_error", "test_error"), "gap"
     threshold = ThresholdRule("train_error", 0.01)
     table_metrics = (("train_error", "train_error"), ("test_error", "test_error"))
-    budget_unit, axis_keys, spec_class = "toy step", {"W": "model.W"}, BendSpec
+    spec_class, config_class, trainer_class = BendSpec, BendConfig, BendTrainer
 
-    def make_config(self, values: dict[str, Any], spec: Any) -> BendConfig:
-        return BendConfig(**values, budget=spec.budget, eval_every=spec.eval_every)
-
-    def config_from_dict(self, d: dict[str, Any]) -> BendConfig:
-        return BendConfig(**d)
-
-    def param_count(self, config: BendConfig) -> int:
+    def param_count(self, config: ToyConfig) -> int:
         return config.W
-
-    def relative_cost(self, config: BendConfig) -> float:
-        return float(config.W)
-
-    def member_params(self, config: BendConfig, seed: int, split_hash: str) -> dict[str, Any]:
-        return {"W": config.W, "seed": seed, "budget": config.budget, "eval_every": config.eval_interval,
-                "split_seed": config.split_seed, "split_hash": split_hash, "model_family": self.name,
-                "param_count": config.W, "dtype": config.dtype}
-
-    def trainer(self, config: BendConfig, seeds: Sequence[int], arrays: Any = None) -> BendTrainer:
-        return BendTrainer(config, seeds)
-
-    def export(self, trainer: BendTrainer, seed: int) -> dict[str, Any]:
-        return {"family": self.name, "config": asdict(trainer.config), "seed": seed}
 
 
 @pytest.fixture
 def bend_family():
-    """Registered for one test; Ray workers get it by value (this module is not importable there)."""
-    import cloudpickle
-    from ray import cloudpickle as ray_cloudpickle
-
-    from models import family as registry
-
-    module = sys.modules[__name__]
-    for pickler in (cloudpickle, ray_cloudpickle):
-        pickler.register_pickle_by_value(module)
-    yield register(BendFamily())
-    registry._REGISTRY.pop("bend", None)
-    for pickler in (cloudpickle, ray_cloudpickle):
-        pickler.unregister_pickle_by_value(module)
+    yield from registered(BendFamily(), sys.modules[__name__])
 
 
 def test_refine_finds_the_bend_of_a_closed_form_curve_with_fewer_trials_than_the_integer_grid(
