@@ -95,6 +95,18 @@ def kill_worker_when_logged(uri: str, metric: str, min_steps: int,
     return thread, killed
 
 
+def run_sweep_killing_a_worker(folder: Path, spec_file: str, metric: str, min_steps: int,
+                               before_kill: Callable[[], dict] | None = None) -> tuple[driver.Sweep, dict]:
+    """``sweep run SPEC_FILE --no-analyze`` in-process (:func:`run_sweep`) while the worker of its first trial
+    is SIGKILLed once it has logged ``min_steps`` values of ``metric`` (:func:`kill_worker_when_logged`).
+    Returns the sweep and what the kill recorded; fails if the kill never happened."""
+    thread, killed = kill_worker_when_logged(f"sqlite:///{folder}/mlflow.db", metric, min_steps, before_kill)
+    sweep = run_sweep(folder, spec_file, "--no-analyze")
+    thread.join(timeout=10)
+    assert killed.get("pid"), "the trial was never killed"
+    return sweep, killed
+
+
 def run_then_kill_driver(folder: Path, spec_file: str, metric: str, min_steps: int) -> tuple[str, dict]:
     """``sweep run SPEC_FILE --no-analyze`` as its own process (a fresh local Ray) in ``folder`` with the store
     ``folder/mlflow.db``; SIGKILL it and its Ray once a trial has logged ``min_steps`` values of ``metric``.

@@ -28,7 +28,7 @@ from record import TAG_AXES, TAG_FAMILY, TAG_GRID_POINT, TAG_KNOB, TAG_WORKER_PI
 from sweep import cli, driver
 from sweep.plan import plan_trials
 from sweep.spec import SpecError, load_spec
-from tests.conftest import histories, kill_worker_when_logged, resume, run_sweep, run_then_kill_driver, trial_runs
+from tests.conftest import histories, resume, run_sweep, run_sweep_killing_a_worker, run_then_kill_driver, trial_runs
 from tests.numerics import assert_same_em_records, em_tol
 from tests.sweep.test_cli import no_compute, run_cli  # noqa: F401  (no_compute is a fixture)
 
@@ -367,11 +367,8 @@ def test_killed_mixture_trial_resumes_with_every_iteration_once(ray_local, tmp_p
     (tmp_path / "long.yaml").write_text(
         f"name: emlong\nmodel: {{family: bernoulli_mixture, K: {K}}}\nseeds: [0]\nbudget: {budget}\n"
         f"eval_every: {every}\ncheckpoint_every: 6\npack: 'off'\n")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    thread, killed = kill_worker_when_logged(uri, "train_loglik", 15)
-    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
-    thread.join(timeout=10)
-    assert killed.get("pid"), "the trial was never killed"
+    sweep, killed = run_sweep_killing_a_worker(tmp_path, str(tmp_path / "long.yaml"), "train_loglik", 15)
+    uri = sweep.tracking_uri
     client = MlflowClient(uri)
     runs = trial_runs(sweep)
     assert len(runs) == 1

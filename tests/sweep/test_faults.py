@@ -16,7 +16,7 @@ from models.resnet.config import TrainConfig
 from models.resnet.trainer import Trainer
 from record import TAG_FAILURE, TAG_WORKER_PID
 from sweep import driver
-from tests.conftest import histories, kill_worker_when_logged, resume, run_sweep, run_then_kill_driver, trial_runs
+from tests.conftest import histories, resume, run_sweep, run_sweep_killing_a_worker, run_then_kill_driver, trial_runs
 
 METRICS = get_family("resnet").metric_names
 
@@ -45,11 +45,7 @@ def logged_steps(client: MlflowClient, run) -> int:
 
 def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
     (tmp_path / "long.yaml").write_text(LONG.format(C=4))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    thread, killed = kill_worker_when_logged(uri, "train_error", 15)
-    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
-    thread.join(timeout=10)
-    assert killed.get("pid"), "the trial was never killed"
+    sweep, killed = run_sweep_killing_a_worker(tmp_path, str(tmp_path / "long.yaml"), "train_error", 15)
     client = MlflowClient(sweep.tracking_uri)
     runs = trial_runs(sweep)
     assert len(runs) == 1, "a restarted trial must continue its run, not open a second one"
@@ -86,15 +82,12 @@ def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local,
     budget = 6000
     (tmp_path / "long.yaml").write_text(LONG.format(C=4).replace("checkpoint_every: 6", "checkpoint_every: 1000")
                                         .replace("budget: 1500", f"budget: {budget}"))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
 
     def checkpoints() -> dict:
         return {"checkpoints": sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))}
 
-    thread, killed = kill_worker_when_logged(uri, "train_error", 1, before_kill=checkpoints)
-    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
-    thread.join(timeout=10)
-    assert killed.get("pid"), "the trial was never killed"
+    sweep, killed = run_sweep_killing_a_worker(tmp_path, str(tmp_path / "long.yaml"), "train_error", 1,
+                                               before_kill=checkpoints)
     assert killed["checkpoints"] == [], "a checkpoint existed: this is the other test's case"
     assert 0 < int(killed["steps_before"]) < budget // 25
     client = MlflowClient(sweep.tracking_uri)

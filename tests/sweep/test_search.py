@@ -398,14 +398,10 @@ def test_killed_search_worker_continues_its_own_runs_from_the_checkpoint(ray_loc
     import torch
 
     from models.resnet.trainer import Trainer
-    from tests.conftest import kill_worker_when_logged
+    from tests.conftest import run_sweep_killing_a_worker
 
     (tmp_path / "long.yaml").write_text(LONG_SEARCH.replace("num_samples: 3", "num_samples: 1"))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    thread, killed = kill_worker_when_logged(uri, "val_error", 15)
-    sweep = run_sweep(tmp_path, str(tmp_path / "long.yaml"), "--no-analyze")
-    thread.join(timeout=10)
-    assert killed.get("pid"), "the trial was never killed"
+    sweep, killed = run_sweep_killing_a_worker(tmp_path, str(tmp_path / "long.yaml"), "val_error", 15)
     client = MlflowClient(sweep.tracking_uri)
     [run] = trial_runs(sweep)  # one seed, one run: the restart found it
     assert run.info.status == "FINISHED" and int(run.data.tags["ray.worker_pid"]) != killed["pid"]

@@ -208,6 +208,19 @@ def open_page(drv: Any, url: str) -> None:
     close_assistant(drv)
 
 
+def open_image_artifact(drv: Any, ui_server: Any, sweep: Any, path: str) -> list[int]:
+    """Open the parent run's image artifact ``path`` in MLflow's artifact viewer; the natural widths (px) of
+    the images it shows once they have loaded."""
+    from selenium.webdriver.common.by import By
+
+    open_page(drv, f"{ui_server.uri}/#/experiments/{sweep.experiment_id}/runs/{sweep.parent_run_id}/artifacts/"
+                   f"{path}?{ML_VIEW}")
+    wait_for(drv, lambda d: d.find_elements(By.XPATH, f"//*[text()='{path}']"), message=f"{path}'s title")
+    return wait_for(drv, lambda d: [w for w in d.execute_script(
+        "return [...document.images].filter(i => i.complete && i.src.startsWith('blob:'))"
+        ".map(i => i.naturalWidth)") if w > 0], message=f"{path} to load")
+
+
 def close_assistant(drv: Any) -> None:
     """Close the MLflow Assistant side panel if it shows, once the UI has loaded."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -282,16 +295,8 @@ def test_child_page_shows_its_test_error_chart(ui_sweep, ui_server, browser):
 
 
 def test_parent_complexity_png_loads_in_the_artifact_viewer(ui_sweep, ui_server, browser):
-    from selenium.webdriver.common.by import By
 
-    parent_id, exp = ui_sweep["sweep"].parent_run_id, ui_sweep["sweep"].experiment_id
-    open_page(browser, f"{ui_server.uri}/#/experiments/{exp}/runs/{parent_id}/artifacts/analysis/complexity.png"
-                       f"?{ML_VIEW}")
-    wait_for(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='analysis/complexity.png']"),
-             message="the artifact's title")
-    widths = wait_for(browser, lambda d: [w for w in d.execute_script(
-        "return [...document.images].filter(i => i.complete && i.src.startsWith('blob:'))"
-        ".map(i => i.naturalWidth)") if w > 0], message="the image to load")
+    widths = open_image_artifact(browser, ui_server, ui_sweep["sweep"], "analysis/complexity.png")
     assert max(widths) >= 600  # complexity.png is a full figure, not an icon
     screenshot(browser, "artifact")
 
@@ -507,7 +512,6 @@ def test_a_search_reads_as_a_search_in_the_runs_table(search_sweep, ui_server, b
 
 
 def test_a_search_lists_search_png_which_renders(search_sweep, ui_server, browser):
-    from selenium.webdriver.common.by import By
 
     sweep = search_sweep["sweep"]
     assert "(search.png, summary.md)" in search_sweep["stdout"]  # the terminal's figures line: a search's only
@@ -516,32 +520,19 @@ def test_a_search_lists_search_png_which_renders(search_sweep, ui_server, browse
     assert "- `analysis/search.png`" in summary and "complexity.png" not in summary
     note = client.get_run(sweep.parent_run_id).data.tags["mlflow.note.content"]
     assert "Best configuration" in note and "interpolation threshold" not in note and "`analysis/search.png`" in note
-    open_page(browser, f"{ui_server.uri}/#/experiments/{sweep.experiment_id}/runs/{sweep.parent_run_id}/artifacts/"
-                       f"analysis/search.png?{ML_VIEW}")
-    wait_for(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='analysis/search.png']"), message="its title")
-    widths = wait_for(browser, lambda d: [w for w in d.execute_script(
-        "return [...document.images].filter(i => i.complete && i.src.startsWith('blob:'))"
-        ".map(i => i.naturalWidth)") if w > 0], message="search.png to load")
+    widths = open_image_artifact(browser, ui_server, sweep, "analysis/search.png")
     assert 600 <= max(widths) <= 1400  # a full figure that MLflow's viewer shows without shrinking it
     screenshot(browser, "search_png")
 
 
 def test_a_mixture_sweep_names_and_colours_its_runs_by_K(mixture_sweep, ui_server, browser):
-    from selenium.webdriver.common.by import By
 
     rows = open_children(browser, ui_server, mixture_sweep["sweep"], mixture_sweep["stdout"])
     assert sorted(rows) == sorted(f"K={k} seed={s}" for k in (1, 5, 20) for s in (0, 1))
     colours = {k: {swatch(r) for n, r in rows.items() if n.startswith(f"K={k} ")} for k in (1, 5, 20)}
     assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == 3
     screenshot(browser, "mixture_runs")
-    sweep = mixture_sweep["sweep"]
-    open_page(browser, f"{ui_server.uri}/#/experiments/{sweep.experiment_id}/runs/{sweep.parent_run_id}/artifacts/"
-                       f"analysis/complexity.png?{ML_VIEW}")
-    wait_for(browser, lambda d: d.find_elements(By.XPATH, "//*[text()='analysis/complexity.png']"),
-             message="its title")
-    widths = wait_for(browser, lambda d: [w for w in d.execute_script(
-        "return [...document.images].filter(i => i.complete && i.src.startsWith('blob:'))"
-        ".map(i => i.naturalWidth)") if w > 0], message="complexity.png to load")
+    widths = open_image_artifact(browser, ui_server, mixture_sweep["sweep"], "analysis/complexity.png")
     assert 600 <= max(widths) <= 1400
     screenshot(browser, "mixture_complexity")
 
