@@ -108,6 +108,16 @@ def quantities(frame: pd.DataFrame, family: Family | None = None) -> dict[str, s
             if q.column in cols or f"{q.column}_mean" in cols}
 
 
+def table_quantities(summary: pd.DataFrame, family: Family | None = None) -> dict[str, str]:
+    """:func:`quantities` of a summary less any whose means equal an earlier one's in every row: a table
+    column that only repeats another (the train error on the true labels, without label noise) is left out."""
+    shown: dict[str, str] = {}
+    for q, description in quantities(summary, family).items():
+        if not any(summary[f"{q}_mean"].equals(summary[f"{o}_mean"]) for o in shown):
+            shown[q] = description
+    return shown
+
+
 def summarize(
     trials: pd.DataFrame,
     failed: dict[tuple, int] | dict[int, int] | None = None,

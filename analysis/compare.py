@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from mlflow import MlflowClient
 
-from analysis.aggregate import Aggregates, aggregate, combo_text, line_axes, varying
+from analysis.aggregate import Aggregates, aggregate, combo_text, line_axes, table_quantities, varying
 from analysis.complexity import SERIES_STYLES, _limits, _x_scale
 from analysis.figures import new_figure, save_figure
 from analysis.load import SweepData, load_sweep
@@ -153,7 +153,8 @@ def write(compared: list[Compared], out_dir: Path) -> dict[str, Path]:
     frame = table(compared)
     frame.to_csv(out_dir / "compare.csv", index=False)
     family = compared[0].data.family
-    quantities = [q for q in family.quantities if f"{q.column}_mean" in frame]
+    shown = table_quantities(frame, family)
+    quantities = [q for q in family.quantities if q.column in shown]
     axes = [a for a in dict.fromkeys(a for c in compared for a in c.data.axes)]
     lines = ["# Compared sweeps", "", *[f"- {c.label}" for c in compared], "",
              "Means over seeds ± the half-width of the 95% Student t-interval, at each run's last step.", "",

@@ -17,8 +17,8 @@ from analysis.aggregate import (
     combo_text,
     default_family,
     line_axes,
-    quantities,
     seed_range_text,
+    table_quantities,
     value_text,
     varying,
 )
@@ -202,14 +202,9 @@ def hardware_lines(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 
 
 def _markdown_table(summary: pd.DataFrame, axes: Sequence[str], family: Family) -> list[str]:
-    """One row per grid point; a quantity column equal to an earlier one in every row is left out (the train
-    error on the true labels, without label noise)."""
-    qs = quantities(summary, family)
-    shown: list[str] = []
-    for q in qs:
-        if not any(summary[f"{q}_mean"].equals(summary[f"{o}_mean"]) for o in shown):
-            shown.append(q)
-    lines = ["| " + " | ".join(axes) + " | parameters | seeds | failed | " + " | ".join(qs[q] for q in shown) + " |",
+    """One row per grid point, a column per quantity that does not repeat another (:func:`table_quantities`)."""
+    shown = table_quantities(summary, family)
+    lines = ["| " + " | ".join(axes) + " | parameters | seeds | failed | " + " | ".join(shown.values()) + " |",
              "|" + "---:|" * (len(axes) + 3 + len(shown))]
     for _, r in summary.iterrows():
         params = "?" if pd.isna(r["param_count"]) else f"{int(r['param_count']):,}"

@@ -25,6 +25,7 @@ def test_two_sweeps_on_one_figure_and_a_table(ray_local, tmp_path, capsys):
     assert (table["n_seeds"] == 2).all() and {"final_test_error_mean", "final_test_error_ci95"} <= set(table.columns)
     md = (out / "compare.md").read_text()
     assert md.count(f"| {first.sweep_id} |") == 2 and "final test error" in md
+    assert "on the true labels" not in md  # no label noise: that column would repeat the train error's
     assert (out / "compare.png").stat().st_size > 0 and (out / "compare.pdf").exists()
     from analysis.compare import default_folder
 
