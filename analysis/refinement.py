@@ -105,6 +105,6 @@ def refine_figure(ctx: Context) -> Figure | None:
                   "(squares: the starting values)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"{ctx.title}: values of {knob} chosen by the refine search (it looked at test metrics: "
+    fig.suptitle(f"{ctx.title}: values of {knob} chosen by the refine search\n(it looked at test metrics: "
                  "a descriptive study)", fontsize=10)
     return fig
