@@ -1,10 +1,10 @@
 """What a packed ResNet update costs per member at a few pack sizes, on this machine: the planner's cost table.
 
-A member's cost depends on the pack size S and the CPU, and not monotonically: at C=64 on the 2-core
-AVX-512 Xeon a pack of 8 costs less per member than a pack of 32 (the (S, C, 16, N) stem output of 32
-members leaves the cache), while at C <= 4 bigger packs keep getting cheaper (per-op overhead shared by
-more members). So :func:`sweep.plan.plan_trials` asks :meth:`models.resnet.family.ResNetFamily.pack_cost`,
-which reads this table, for the pack size with the cheapest member-update.
+A member's cost depends on the pack size S and the CPU, and not always monotonically: at C=64 on the 2-core
+AVX-512 Xeon a pack of 8 cost less per member than a pack of 32 in one run (the (S, C, 16, N) stem output of
+32 members leaves the cache) and slightly more in another, while at C <= 4 bigger packs keep getting cheaper
+(per-op overhead shared by more members). So :func:`sweep.plan.plan_trials` asks
+:meth:`models.resnet.family.ResNetFamily.pack_cost`, which reads this table, what each pack size costs.
 
 The table, ``{C: {S: ms per member-update}}``, comes from one of two places:
 
@@ -37,13 +37,13 @@ WIDTHS = (1, 4, 16, 64)
 Table = dict[int, dict[int, float]]
 
 # ms per member-update (the trainer's own ms_per_update, one torch thread, best of 3 short runs per cell),
-# measured with `python -m models.resnet.pack_cost` on the 2-core Intel Xeon (AVX-512) development machine,
-# torch 2.13.0+cpu, 2026-12-02; docs/benchmarks.md has the run.
+# measured by `bench/run.py --pack-cost` (:func:`measure`) on the 2-core Intel Xeon (AVX-512) development
+# machine, torch 2.13.0+cpu, 2026-12-02 21:55 UTC (load average 0.9 after); docs/benchmarks.md has the run.
 DEFAULT_MS: Table = {
-    1: {1: 1.10, 2: 0.62, 4: 0.36, 8: 0.23, 16: 0.16, 32: 0.13},
-    4: {1: 1.15, 2: 0.66, 4: 0.40, 8: 0.27, 16: 0.21, 32: 0.18},
-    16: {1: 1.45, 2: 0.90, 4: 0.62, 8: 0.48, 16: 0.42, 32: 0.41},
-    64: {1: 3.32, 2: 2.20, 4: 1.70, 8: 1.51, 16: 1.65, 32: 1.94},
+    1: {1: 2.873, 2: 1.407, 4: 0.743, 8: 0.421, 16: 0.287, 32: 0.202},
+    4: {1: 3.077, 2: 1.525, 4: 0.852, 8: 0.557, 16: 0.380, 32: 0.298},
+    16: {1: 3.834, 2: 1.961, 4: 1.382, 8: 0.989, 16: 0.824, 32: 0.728},
+    64: {1: 9.752, 2: 5.315, 4: 4.742, 8: 4.190, 16: 4.173, 32: 3.810},
 }
 
 
