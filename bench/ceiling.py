@@ -211,16 +211,20 @@ PRODUCTS_STEP = (
     "the block convs' batched products run below torch.mm's rate at the same shapes (bmm over S members, "
     "with the transposed operands of the backward): try a layout that makes the backward operands "
     "contiguous, timed against this same-run ceiling")
-# Rewrites of the largest non-product pieces measured on this machine (2026-11-29, C=64, S=32, forward +
-# backward against the current code): max-pool as a maximum of four strided slices 4-9x slower, as
-# torch.max over a taps-first layout 2.7x slower; the block weight gather as a one-hot (9 x 16) matmul
-# 3-4x slower. So the next step is no single cheaper op.
+# Rewrites measured on this machine against the current code (C=64, same run, forward + backward): on the AMD
+# machine (2026-11-29, S=32) max-pool as a maximum of four strided slices 4-9x slower, as torch.max over a
+# taps-first layout 2.7x slower, the block weight gather as a one-hot (9 x 16) matmul 3-4x slower; on the
+# AVX-512 Xeon (2026-12-02, S=8, whole update) a taps-first stem with amax 15% and with a torch.maximum chain
+# 75% slower, torch.compile (inductor) of forward + loss 1.8x slower (and 91 s to compile cold), oneDNN grouped
+# convolutions in channels-last 1.4x slower than the gathered bmm per block conv, tap-major weight gathers and
+# their folds no faster. bench/ablate.py bounds what any rewrite can gain: without the stem + pool, the block
+# gathers or the block BatchNorms the update is ~30%, ~12% and ~16% cheaper, so 60% needs nearly all of them gone.
 NOT_PRODUCTS_STEP = (
-    "the work that is no product is spread over several pieces of 0.1-0.3 ms each (largest here: {largest}), "
-    "and the one-op rewrites tried for the largest (max over strided slices, torch.max over a taps-first "
-    "layout, a one-hot matmul weight gather) measured 2.7-9x slower; next: one hand-written autograd.Function "
-    "for the residual block (weight gathers, bmm, BatchNorm, ReLU, residual) with an analytic backward, to cut "
-    "passes over the (S, 4C, N) activations and autograd's per-op cost, timed against this same-run ceiling")
+    "the work that is no product is spread over several pieces of 0.1-0.3 ms each (largest here: {largest}); "
+    "the rewrites measured (bench/ceiling.py's comment) were slower, and bench/ablate.py shows that even "
+    "removing the stem + pool, the block gathers and the block BatchNorms outright would only just reach 60%: "
+    "next, fused kernels (one pass per block over the (S, 4C, N) activations), not another arrangement of ATen "
+    "ops, timed against this same-run ceiling")
 
 
 def account(C: int, S: int, updates: int, ceiling_ms: float) -> dict:

@@ -2,8 +2,12 @@
 
     python bench/run.py            # the per-update table (a few minutes at most on 2 cores)
     python bench/run.py --quick    # a fast sanity run
-    python bench/run.py --sweep    # also: `sweep run hw2 --set seeds=10` end to end vs the plain loop,
-                                   # 40 trials one after another (long: tens of minutes on 2 cores)
+    python bench/run.py --sweep    # also: `sweep run hw2 --set seeds=10` end to end vs the plain loop over
+                                   # the same 40 trials as one process per core (several minutes on 2 cores)
+    python bench/run.py --epochs   # also: `sweep run hw2-epochs` end to end beside one of its runs (C=4,
+                                   # 28,000 updates) in the plain loop (~10 minutes on 2 cores)
+    python bench/run.py --pack-cost  # also: measure this machine's pack-cost table (models/resnet/pack_cost.py)
+                                     # and cache it for the planner (~1 minute)
 
 Every timing uses one torch thread. Per-update numbers are wall-clock time of the SGD updates only
 (evaluations excluded), divided by updates and by the number of models trained together; each is measured
@@ -17,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,11 +40,17 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 import ceiling  # noqa: E402
 from plain_loop import run_plain  # noqa: E402
 
+from models.resnet import pack_cost  # noqa: E402
 from models.resnet.config import TrainConfig  # noqa: E402
 from models.resnet.trainer import Trainer  # noqa: E402
 
 WIDTHS = (1, 4, 64)
 PACKS = (1, 8, 32)
+
+
+def pack_columns() -> tuple[int, ...]:
+    """The pack sizes timed: PACKS and the planner's size for C=64 on this machine (the target's column)."""
+    return tuple(sorted({*PACKS, planner_pack_size(64)[0]}))
 # Updates per measurement: enough for a stable mean, small enough that the whole table takes ~2 minutes.
 UPDATES = {1: 400, 4: 400, 64: 100}
 QUICK_UPDATES = {1: 40, 4: 40, 64: 10}
@@ -88,7 +99,7 @@ def per_update_table(quick: bool) -> list[dict]:
             },
             "Trainer unpacked": _trainer_timings(C, [0], packed=False, updates=n),
         }
-        for S in PACKS:
+        for S in pack_columns():
             timings[f"packed S={S}"] = _trainer_timings(C, list(range(S)), packed=True, updates=n)
         after = ceiling.ceiling(C)
         row = {"C": C, "updates": n}
@@ -96,14 +107,15 @@ def per_update_table(quick: bool) -> list[dict]:
             row[kind] = {column: t[kind] for column, t in timings.items()}
         ceiling_ms = (before["ceiling_ms"] + after["ceiling_ms"]) / 2
         flops = before["flops"]
+        packs = pack_columns()
         row["ceiling"] = {
             "mflops_per_update": flops / 1e6,
             "ceiling_ms": ceiling_ms,
             "ceiling_gflops": flops / ceiling_ms / 1e6,
             "ceiling_gflops_before_after": [before["ceiling_gflops"], after["ceiling_gflops"]],
             "products_before": before["products"],
-            "achieved_gflops": {f"packed S={S}": flops / row["train"][f"packed S={S}"] / 1e6 for S in PACKS},
-            "ratio": {f"packed S={S}": ceiling_ms / row["train"][f"packed S={S}"] for S in PACKS},
+            "achieved_gflops": {f"packed S={S}": flops / row["train"][f"packed S={S}"] / 1e6 for S in packs},
+            "ratio": {f"packed S={S}": ceiling_ms / row["train"][f"packed S={S}"] for S in packs},
         }
         rows.append(row)
         ceil = row["ceiling"]
@@ -122,8 +134,9 @@ def _sweep_command() -> list[str] | None:
     return [found] if found else None
 
 
-def run_sweep(seeds: int, budget: int | None) -> dict:
-    """Time `sweep run hw2 --set seeds=N` in a temporary folder with its own sqlite MLflow store."""
+def run_sweep(seeds: int | None, budget: int | None, preset: str = "hw2") -> dict:
+    """Time `sweep run <preset> [--set seeds=N] [--set budget=B]` in a temporary folder with its own sqlite
+    MLflow store."""
     cmd = _sweep_command()
     if cmd is None:
         return {"status": "unavailable", "reason": "no `sweep` command installed (run `make setup` first)"}
@@ -134,7 +147,7 @@ def run_sweep(seeds: int, budget: int | None) -> dict:
         return {"status": "unavailable", "reason": reason}
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
         work = Path(tmp)
-        shown = ["sweep", "run", "hw2", "--set", f"seeds={seeds}"]
+        shown = ["sweep", "run", preset, *(["--set", f"seeds={seeds}"] if seeds is not None else [])]
         if budget is not None:
             shown += ["--set", f"budget={budget}"]
         store = ["--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--storage", str(work / "ray_results")]
@@ -174,38 +187,71 @@ def run_sweep(seeds: int, budget: int | None) -> dict:
         return result
 
 
-def run_plain_trials(seeds: int, updates: int) -> dict:
-    """The same trials as the sweep, with the plain loop, one after another in this process."""
+def _plain_trial(C: int, seed: int, updates: int) -> tuple[str, dict]:
+    torch.set_num_threads(1)
+    r = run_plain(C, seed, updates)
+    return f"C={C} seed={seed}", {k: r[k] for k in ("train_error", "test_error", "seconds")}
+
+
+def run_plain_trials(seeds: int, updates: int, processes: int = 2) -> dict:
+    """The same trials as the sweep with the plain loop, as ``processes`` worker processes (one per core, one
+    torch thread each) taking the trials widest first: the plain loop given the cores the sweep gets."""
     started = time.perf_counter()
+    trials = [(C, seed) for C in sorted(SWEEP_WIDTHS, reverse=True) for seed in range(seeds)]
     final = {}
-    for C in SWEEP_WIDTHS:
-        for seed in range(seeds):
-            r = run_plain(C, seed, updates)
-            final[f"C={C} seed={seed}"] = {k: r[k] for k in ("train_error", "test_error", "seconds")}
-        print(f"  plain loop C={C}: {seeds} seeds done at {time.perf_counter() - started:.0f} s", flush=True)
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, as the sweep's workers are
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        for name, result in pool.map(_plain_trial, *zip(*[(C, s, updates) for C, s in trials], strict=True)):
+            final[name] = result
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "trials": len(final), "updates": updates, "final": final}
+    print(f"  plain loop: {len(final)} trials on {processes} processes in {seconds:.0f} s", flush=True)
+    return {"seconds": seconds, "trials": len(final), "updates": updates, "processes": processes, "final": final}
 
 
-TARGET = 0.60  # issue 17: packed C=64 (S >= 8) at >= 60% of the same-run sgemm rate
+def run_epochs(C: int = 4) -> dict:
+    """`sweep run hw2-epochs` (the literal 4,000 epochs: 28,000 updates per run) end to end, then one of its
+    runs, C=``C`` seed 0, in the plain loop (28,000 updates, alone on a core)."""
+    sweep = run_sweep(None, None, preset="hw2-epochs")
+    print(f"  hw2-epochs sweep: {sweep.get('seconds', float('nan')):.0f} s", flush=True)
+    plain = run_plain(C, 0, 28_000)
+    print(f"  plain loop C={C}, 28000 updates: {plain['seconds']:.0f} s", flush=True)
+    return {"sweep": sweep, "plain": {"C": C, "updates": 28_000, "seconds": plain["seconds"],
+                                      "ms_per_update": plain["ms_per_update"]}}
+
+
+TARGET = 0.60  # issues 17 and 24: packed C=64 at >= 60% of the same-run sgemm rate
+
+
+def planner_pack_size(C: int = 64) -> tuple[int, str]:
+    """The pack size the planner prefers for width ``C`` on this machine (the cheapest member-update of its
+    cost table, measured or default; a sweep's slots may split a grid point into smaller packs)."""
+    costs, source = pack_cost.table()
+    return min(pack_cost.SIZES, key=lambda S: (pack_cost.member_ms(C, S, costs), -S)), source
 
 
 def _headline(rows: list[dict]) -> dict | None:
-    """The issue's ratio: packed C=64's best S >= 8 against the same-run sgemm ceiling."""
+    """The issue's ratio: packed C=64 at the planner's pack size against the same-run sgemm ceiling (the best
+    S >= 8 of the table when the planner's size is not one of its columns)."""
     row = next((r for r in rows if r["C"] == 64), None)
     if row is None:
         return None
-    ratios = {k: v for k, v in row["ceiling"]["ratio"].items() if int(k.split("=")[1]) >= 8}
-    best = max(ratios, key=lambda k: ratios[k])
-    met = ratios[best] >= TARGET
-    line = (f"Packed C=64, {best}: {row['ceiling']['achieved_gflops'][best]:.1f} GFLOP/s = "
-            f"{100 * ratios[best]:.0f}% of this run's sgemm ceiling ({row['ceiling']['ceiling_gflops']:.1f} "
-            f"GFLOP/s); target {100 * TARGET:.0f}%: {'met' if met else 'not met'}.")
-    return {"line": line, "met": met, "ratio": ratios[best], "column": best}
+    size, source = planner_pack_size(64)
+    ratios = row["ceiling"]["ratio"]
+    column = f"packed S={size}"
+    if column not in ratios:
+        column = max((k for k in ratios if int(k.split("=")[1]) >= 8), key=lambda k: ratios[k])
+    met = ratios[column] >= TARGET
+    line = (f"Packed C=64, {column} (the planner's pack size from the {source} cost table: S={size}): "
+            f"{row['ceiling']['achieved_gflops'][column]:.1f} GFLOP/s = {100 * ratios[column]:.0f}% of this run's "
+            f"sgemm ceiling ({row['ceiling']['ceiling_gflops']:.1f} GFLOP/s); target {100 * TARGET:.0f}%: "
+            f"{'met' if met else 'not met'}.")
+    return {"line": line, "met": met, "ratio": ratios[column], "column": column}
 
 
-def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | None = None) -> str:
-    cols = ["plain loop", "Trainer unpacked", *(f"packed S={S}" for S in PACKS)]
+def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | None = None,
+             epochs: dict | None = None, costs: dict | None = None) -> str:
+    packs = sorted(int(k.split("=")[1]) for k in rows[0]["ceiling"]["ratio"]) if rows else list(PACKS)
+    cols = ["plain loop", "Trainer unpacked", *(f"packed S={S}" for S in packs)]
     quick = " (--quick: a sanity run, not numbers to quote)" if meta["quick"] else ""
     out = [
         f"{meta['date']}, {meta['cpu']}, torch {meta['torch']}, 1 torch thread, load average "
@@ -230,14 +276,14 @@ def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | N
                 "matmul shapes, measured just before and after each C's timings (bench/ceiling.py: counted "
                 "FLOPs = the forward's products and the backward's weight and input gradients, per member-update):",
                 "", "| C | MFLOP/update | ceiling GFLOP/s (before / after) | "
-                + " | ".join(f"S={S} GFLOP/s (achieved/ceiling)" for S in PACKS) + " |",
-                "|---|---|---|" + "---|" * len(PACKS)]
+                + " | ".join(f"S={S} GFLOP/s (achieved/ceiling)" for S in packs) + " |",
+                "|---|---|---|" + "---|" * len(packs)]
         for r in rows:
             c = r["ceiling"]
             b, a = c["ceiling_gflops_before_after"]
             out.append(f"| {r['C']} | {c['mflops_per_update']:.2f} | {c['ceiling_gflops']:.1f} ({b:.1f} / {a:.1f}) | "
                        + " | ".join(f"{c['achieved_gflops'][f'packed S={S}']:.1f} "
-                                    f"({100 * c['ratio'][f'packed S={S}']:.0f}%)" for S in PACKS) + " |")
+                                    f"({100 * c['ratio'][f'packed S={S}']:.0f}%)" for S in packs) + " |")
         headline = _headline(rows)
         if headline:
             out += ["", headline["line"]]
@@ -252,10 +298,24 @@ def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | N
         else:
             out.append(f"- `sweep run`: {s.get('status')}: {s.get('reason', 'see bench.json output_tail')}")
         if p is not None:
-            out.append(f"- plain loop, {p['trials']} trials of {p['updates']} updates one after another: "
-                       f"{p['seconds']:.0f} s")
+            out.append(f"- plain loop, {p['trials']} trials of {p['updates']} updates as {p['processes']} processes "
+                       f"(one per core): {p['seconds']:.0f} s")
             if s.get("status") == "ok":
                 out.append(f"- speed-up: {p['seconds'] / s['seconds']:.1f}x")
+    if epochs is not None:
+        s, p = epochs["sweep"], epochs["plain"]
+        out += ["", "`sweep run hw2-epochs` (20 runs of 4,000 epochs = 28,000 updates) end to end, beside one of its "
+                "runs in the plain loop:", ""]
+        if s.get("status") == "ok":
+            out.append(f"- `{s['command']}`: {s['seconds']:.0f} s to exit, figures written at "
+                       f"{s['seconds_to_figures'] or float('nan'):.0f} s")
+        else:
+            out.append(f"- `sweep run hw2-epochs`: {s.get('status')}: {s.get('reason', 'see bench.json')}")
+        out.append(f"- plain loop, C={p['C']} seed 0, {p['updates']} updates (one of the sweep's 20 runs): "
+                   f"{p['seconds']:.0f} s ({p['ms_per_update']:.2f} ms per update)")
+    if costs is not None:
+        out += ["", f"Pack-cost table (ms per member-update, the trainer's own, best of 3; cached for the planner, "
+                f"{pack_cost.machine_key()}):", "", pack_cost.markdown(costs)]
     return "\n".join(out) + "\n"
 
 
@@ -266,13 +326,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few updates: a sanity run, not for quoting")
     parser.add_argument("--sweep", action="store_true",
                         help="also time `sweep run hw2 --set seeds=10` against the plain loop (long)")
-    parser.add_argument("--no-table", action="store_true", help="skip the per-update table (with --sweep)")
+    parser.add_argument("--epochs", action="store_true",
+                        help="also time `sweep run hw2-epochs` beside one of its runs in the plain loop (long)")
+    parser.add_argument("--pack-cost", action="store_true",
+                        help="also measure and cache this machine's pack-cost table for the planner")
+    parser.add_argument("--no-table", action="store_true", help="skip the per-update table (with --sweep etc.)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     meta = {
-        "cpu": f"{os.cpu_count()} cores {platform.machine()}",
+        "cpu": f"{os.cpu_count()} cores, {pack_cost.cpu_model()}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "quick": args.quick,
@@ -280,6 +344,10 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     started = time.perf_counter()
+    # First: the sweeps below plan with the table measured here (and the headline names its pack size).
+    costs = pack_cost.measure(seconds=0.1 if args.quick else 0.4, save=not args.quick) if args.pack_cost else None
+    if costs is not None:
+        print(pack_cost.markdown(costs), flush=True)
     rows = [] if args.no_table else per_update_table(args.quick)
     account = None
     headline = _headline(rows)
@@ -287,7 +355,8 @@ def main() -> None:
         print("  " + headline["line"], flush=True)
         if not headline["met"]:  # a measured account of where the rest goes
             row = next(r for r in rows if r["C"] == 64)
-            account = ceiling.account(64, 32, 20 if args.quick else 60, row["ceiling"]["ceiling_ms"])
+            account = ceiling.account(64, planner_pack_size(64)[0], 20 if args.quick else 60,
+                                      row["ceiling"]["ceiling_ms"])
             account["ceiling_ms"] = row["ceiling"]["ceiling_ms"]
     sweep = None
     if args.sweep:
@@ -296,13 +365,15 @@ def main() -> None:
         if sweep["sweep"]["status"] == "unavailable":
             print(f"  sweep run skipped: {sweep['sweep']['reason']}", flush=True)
         sweep["plain"] = run_plain_trials(seeds, budget or 4000)
+    epochs = run_epochs() if args.epochs and not args.quick else None
     meta["load_after"] = os.getloadavg()[0]
     meta["seconds"] = time.perf_counter() - started
 
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"meta": meta, "per_update_ms": rows, "ceiling_account": account, "end_to_end": sweep}
+    report = {"meta": meta, "per_update_ms": rows, "ceiling_account": account, "end_to_end": sweep,
+              "hw2_epochs": epochs, "pack_cost_ms": costs}
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(rows, sweep, meta, account)
+    table = markdown(rows, sweep, meta, account, epochs, costs)
     (args.out / "bench.md").write_text(table)
     print()
     print(table)

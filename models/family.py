@@ -214,6 +214,12 @@ class Family(ABC):
     def relative_cost(self, config: Any) -> float:
         """Rough cost of one member's whole run, any unit consistent within the family (plan ordering)."""
 
+    def pack_cost(self, config: Any, size: int) -> float:
+        """Cost of one member's whole run when ``size`` members train as one pack, in :meth:`relative_cost`'s
+        unit or any unit consistent within the family: the planner packs seeds by the size where it is least.
+        Default: packing neither helps nor hurts, so the planner packs as large as the slots allow."""
+        return self.relative_cost(config)
+
     @abstractmethod
     def member_params(self, config: Any, seed: int, split_hash: str) -> dict[str, Any]:
         """Every hyperparameter of one member as logged on its MLflow run: must hold the knob, ``seed``,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from models.family import Family, get_family
 from models.spec import CommonSpec
 from record import short_point
+
+#: (config, pack size) -> one member's cost in that pack (:meth:`models.family.Family.pack_cost`)
+PackCost = Callable[[Any, int], float]
 
 
 @dataclass(frozen=True)
@@ -98,31 +101,46 @@ def base_group(spec: CommonSpec) -> TrialGroup:
                       family_name=spec.family.name)
 
 
-def plan_trials(spec: CommonSpec, slots: int = 1) -> list[TrialGroup]:
+def plan_trials(spec: CommonSpec, slots: int = 1, pack_cost: PackCost | None = None) -> list[TrialGroup]:
     """Expand the grid into Ray trials.
 
-    ``pack: off``: one trial per (grid point, seed). ``pack: auto``: the seeds of each grid point are packed
-    together, at most ``pack_size`` per trial; without ``pack_size``, a grid point whose packed run would cost
-    more than an even share of the sweep over ``slots`` concurrent trials is split into that many chunks, so
-    one wide C does not run on one core while the others idle.
+    ``pack: off``: one trial per (grid point, seed). ``pack_size``: the seeds of each grid point in packs of
+    at most that many. ``pack: auto`` without ``pack_size``: packs sized by ``pack_cost(config, size)``, one
+    member's whole run in a pack of ``size`` (by default the family's :meth:`models.family.Family.pack_cost`;
+    for the ResNet this machine's measured cost table). Per grid point, the number of packs is the one with the
+    shortest estimated sweep over ``slots`` concurrent trials, max(its longest pack, all work / slots) with the
+    other grid points in their cheapest pack size: one wide C is split so that it does not run on one core
+    while the others idle, but not so far that the extra work costs more than the split gains. On a tie, the
+    cheaper members, then the fewer packs (each trial has a fixed cost).
 
     Trials come out most expensive first: Ray Tune starts grid trials in order, so the sweep is then a
     longest-processing-time-first schedule and no long trial starts last, alone on an otherwise idle cluster.
     """
     seeds = spec.seed_list
+    n = len(seeds)
     family = spec.family
+    cost = pack_cost or family.pack_cost
     configs = spec.configs()
-    total = sum(family.relative_cost(c) for c in configs) * len(seeds)
-    share = total / max(1, slots)
+    cheapest = [n * min(cost(c, size) for size in range(1, n + 1)) for c in configs]
+    slots = max(1, slots)
     groups = []
-    for config in configs:
+    for i, config in enumerate(configs):
         if spec.pack == "off":
-            chunks = len(seeds)
+            chunks = n
         elif spec.pack_size:
-            chunks = -(-len(seeds) // spec.pack_size)
+            chunks = -(-n // spec.pack_size)
         else:
-            chunks = min(len(seeds), max(1, round(family.relative_cost(config) * len(seeds) / share)))
-        size = -(-len(seeds) // chunks)
-        groups += [TrialGroup(config=config, seeds=tuple(seeds[i: i + size]), axes=spec.axes,
-                              family_name=family.name) for i in range(0, len(seeds), size)]
-    return sorted(groups, key=lambda g: -family.relative_cost(g.config) * len(g.seeds))  # stable: grid order on ties
+            others = sum(cheapest) - cheapest[i]
+
+            def key(k: int, config: Any = config, others: float = others) -> tuple[float, float, int]:
+                size = -(-n // k)
+                work = n * cost(config, size)
+                # rounded: equal estimates must tie, whatever the float sums
+                return round(max(size * cost(config, size), (others + work) / slots), 6), round(work, 6), k
+
+            chunks = min(range(1, n + 1), key=key)
+        size = -(-n // chunks)
+        groups += [TrialGroup(config=config, seeds=tuple(seeds[j: j + size]), axes=spec.axes,
+                              family_name=family.name) for j in range(0, n, size)]
+    # stable: grid order on ties
+    return sorted(groups, key=lambda g: -cost(g.config, len(g.seeds)) * len(g.seeds))

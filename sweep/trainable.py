@@ -83,7 +83,10 @@ def open_runs(config: dict[str, Any], group: TrialGroup, family: Family) -> dict
     gets the trial's ``run_tags`` (a refine search's order and reason)."""
     info = config["sweep"]
     client = MlflowClient(config["tracking_uri"])
-    params = {seed: family.member_params(group.config, seed, info["split_hash"]) for seed in group.seeds}
+    # pack_size: how many seeds this trial trains together, as the plan chose it (the machine's cost table or
+    # the spec's pack_size); a member's numbers do not depend on it beyond float rounding.
+    params = {seed: {**family.member_params(group.config, seed, info["split_hash"]), "pack_size": len(group.seeds)}
+              for seed in group.seeds}
     trial = tune.get_context().get_trial_id()
     names = {seed: group.run_name(seed, info.get("name_axes")) for seed in group.seeds}
     run_ids, created = find_or_create_trial_runs(

@@ -177,6 +177,14 @@ class ResNetFamily(Family):
         core (measured, docs/benchmarks.md), so a C=64 member costs ~21 C=1 members."""
         return config.budget * config.updates_per_step * (1.0 + config.C**2 / 200.0)
 
+    def pack_cost(self, config: TrainConfig, size: int) -> float:
+        """ms of one member's whole run in a pack of ``size``: its updates times this machine's ms per
+        member-update at that width and pack size (:mod:`models.resnet.pack_cost`: measured once per machine,
+        or the defaults)."""
+        from models.resnet.pack_cost import member_ms
+
+        return config.budget * config.updates_per_step * member_ms(config.C, size)
+
     def member_params(self, config: TrainConfig, seed: int, split_hash: str) -> dict[str, Any]:
         c = config
         return {

@@ -54,8 +54,8 @@ def test_every_list_is_a_grid_axis():
         (C, lr, p) for C in (1, 4) for lr in (0.1, 0.05) for p in ("handout", "epochs")}
 
 
-# The plan's rule: trials sorted by cost, most expensive first, ties in grid order; a trial's cost is its
-# members' count times relative_cost, a member's whole run in C=1 updates: updates * (1 + C^2 / 200).
+# relative_cost, a member's whole run in C=1 updates: updates * (1 + C^2 / 200); the plan itself orders and packs
+# by the pack-cost table (models/resnet/pack_cost.py, Family.pack_cost), most expensive first, ties in grid order.
 # Per member at budget 4000 (handout) that is, worked out by hand:
 #   C=1: 4000 * 1.005 = 4020, C=2: 4000 * 1.02 = 4080, C=4: 4000 * 1.08 = 4320, C=64: 4000 * 21.48 = 85920.
 
@@ -80,20 +80,23 @@ def test_pack_off_gives_one_trial_per_seed_and_auto_packs_seeds():
     assert [(g.config.C, g.seeds) for g in plan_trials(spec, slots=1)] == [
         (C, (0, 1, 2, 3, 4)) for C in (64, 4, 2, 1)]
     spec, _ = load_spec("hw2", ["pack_size=2"])
-    # Packs of at most 2: seeds (0, 1), (2, 3), (4) per width. Costs by hand (x 1000): 64 x2: 171.8,
-    # 64 x1: 85.9, 4 x2: 8.64, 2 x2: 8.16, 1 x2: 8.04, 4 x1: 4.32, 2 x1: 4.08, 1 x1: 4.02: every pair of a
-    # narrow width still costs more than any single one, and the two pairs of a width tie (grid order kept).
+    # Packs of at most 2: seeds (0, 1), (2, 3), (4) per width, ordered by the default pack-cost table
+    # (models/resnet/pack_cost.py; ms per update of a pack = size x ms per member-update): 64 x2 10.63,
+    # 64 x1 9.75, 4 x1 3.08, 4 x2 3.05, 2 x1 2.91, 1 x1 2.87, 2 x2 2.86, 1 x2 2.81: a single member costs
+    # about what a pair does (a pack of one runs its products as a batch of two), and ties keep grid order.
     assert [(g.config.C, g.seeds) for g in plan_trials(spec)] == [
-        (64, (0, 1)), (64, (2, 3)), (64, (4,)), (4, (0, 1)), (4, (2, 3)), (2, (0, 1)), (2, (2, 3)),
-        (1, (0, 1)), (1, (2, 3)), (4, (4,)), (2, (4,)), (1, (4,))]
+        (64, (0, 1)), (64, (2, 3)), (64, (4,)), (4, (4,)), (4, (0, 1)), (4, (2, 3)), (2, (4,)), (1, (4,)),
+        (2, (0, 1)), (2, (2, 3)), (1, (0, 1)), (1, (2, 3))]
 
 
 def test_auto_packing_splits_the_expensive_width_across_slots_longest_first():
     spec, _ = load_spec("hw2", ["seeds=10"])
     groups = plan_trials(spec, slots=2)
-    # Sweep total = 10 x (85920 + 4320 + 4080 + 4020) = 983400, share per slot = 491700. C=64's pack of 10
-    # costs 859200 = 1.75 shares: round(1.75) = 2 chunks of 5 seeds (429600 each); the others cost under a
-    # tenth of a share: 1 chunk. Order: the two C=64 halves (tied: grid order), then 4, 2, 1.
+    # With the default pack-cost table (ms per member-update), per update of the sweep: C=64 in one pack of 10
+    # (4.18 ms each) 41.8 ms on one slot while the other does the narrow widths' ~13 ms; two packs of 5 (4.56 ms
+    # each, 22.8 per pack) give max(22.8, (45.6 + 12.8) / 2) = 29.2 (tests/sweep/test_plan.py pins the rule). The
+    # narrow widths cost least per member in one pack of 10. Order: the two C=64 halves (tied: grid order),
+    # then 4, 2, 1.
     assert [(g.config.C, g.seeds) for g in groups] == [
         (64, (0, 1, 2, 3, 4)), (64, (5, 6, 7, 8, 9)),
         (4, tuple(range(10))), (2, tuple(range(10))), (1, tuple(range(10)))]

@@ -102,6 +102,13 @@ def test_every_child_records_the_machine_that_trained_it(smoke):
         assert tags["pack_seeds"] == "0,1"  # the smoke preset packs a grid point's two seeds
 
 
+def test_every_child_records_its_pack_size(smoke):
+    """The pack size the plan chose is a param of each run: the number of seeds in its pack."""
+    _, sweep, _ = smoke
+    for run in trial_runs(sweep):
+        assert run.data.params["pack_size"] == str(len(pack_of(run)))
+
+
 def test_final_weights_load_into_a_resnet(smoke):
     from models.resnet.model import ResNet
 

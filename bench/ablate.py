@@ -1,0 +1,101 @@
+"""Upper bounds on what rewriting one part of the packed update can gain: the whole update against the same
+update with that part taken out (same run, interleaved rounds, best of each).
+
+    python bench/ablate.py [--C 64] [--S 8] [--rounds 15]
+
+Taken out, one at a time: the stem and its max-pool + ReLU (the block reads a fixed pooled tensor instead),
+the block convs' weight gathers (the products read fixed dense matrices), the two block BatchNorms. What a
+part's removal saves is the most any faster version of it can save; the 60% target needs the update at
+ceiling / 0.6, so these bounds say which rewrites could reach it at all. The optimizer step is replaced by an
+in-place multiply by one (the same passes over the weights, values unchanged) so that every round sees the
+same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.resnet import packed as P  # noqa: E402
+from models.resnet.config import TrainConfig  # noqa: E402
+from models.resnet.trainer import Trainer  # noqa: E402
+
+VARIANTS = {"full update": {}, "without stem + max-pool + ReLU": {"stem": False},
+            "without block weight gathers": {"gathers": False}, "without block BatchNorms": {"bn": False}}
+
+
+def ablate(C: int, S: int, rounds: int) -> dict[str, float]:
+    """ms per member-update of each variant (best of ``rounds`` rounds of 3 updates)."""
+    torch.set_num_threads(1)
+    trainer = Trainer(TrainConfig(C=C, budget=100, eval_every=100), list(range(S)))
+    model, y = trainer.model, trainer.data.y_train
+    select = trainer._minibatch_source()
+    batches = trainer._draw_batches(3).reshape(3, S, -1)
+    gen = torch.Generator().manual_seed(0)
+    N = batches.shape[-1]
+    pooled = torch.randn(S, C, 4, N, generator=gen).relu_().requires_grad_()
+    dense = [(0.02 * torch.randn(S, 4 * C, 4 * C, generator=gen)).requires_grad_() for _ in range(2)]
+
+    def forward(x: P.StemInputs, stem: bool = True, gathers: bool = True, bn: bool = True) -> torch.Tensor:
+        if stem:
+            h = model._stem(x)
+            h = F.max_pool2d(h.view(S * C, 4, 4, N).permute(0, 3, 1, 2), kernel_size=2)
+            h = h.permute(0, 2, 3, 1).reshape(S, C, 4, N).relu_()
+        else:
+            h = pooled
+
+        def conv(i: int, weight: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            if gathers:
+                return model._block_conv(weight, a)
+            return P._baddbmm(None, dense[i], a.reshape(S, 4 * C, N)).view(S, C, 4, N)
+
+        def norm(a: torch.Tensor, name: str) -> torch.Tensor:
+            return model._batch_norm(a, name) if bn else a
+
+        f = norm(conv(0, model.conv1, h), "bn1").relu_()
+        f = norm(conv(1, model.conv2, f), "bn2")
+        h = (h + f).relu_()
+        return P._baddbmm(model.fc_bias.unsqueeze(2), model.fc_weight, h.mean(dim=2)).transpose(1, 2)
+
+    def update(idx: torch.Tensor, **parts: bool) -> None:
+        logits = forward(select(idx), **parts)
+        labels = y.index_select(0, idx.flatten()).view(idx.shape)
+        losses = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        with torch.no_grad():
+            torch._foreach_mul_(list(model.parameters()), 1.0)
+
+    model.train()
+    best = dict.fromkeys(VARIANTS, float("inf"))
+    for _ in range(rounds):
+        for name, parts in VARIANTS.items():
+            started = time.perf_counter()
+            for idx in batches:
+                update(idx, **parts)
+            best[name] = min(best[name], (time.perf_counter() - started) / len(batches))
+    return {name: 1000 * seconds / S for name, seconds in best.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--C", type=int, default=64)
+    parser.add_argument("--S", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    ms = ablate(args.C, args.S, args.rounds)
+    full = ms["full update"]
+    print(f"C={args.C} S={args.S}, ms per member-update, best of {args.rounds} interleaved rounds:")
+    for name, value in ms.items():
+        print(f"  {name}: {value:.3f}" + ("" if name == "full update" else f" (saves {100 * (1 - value / full):.0f}%)"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The pack-cost table's cache: read for this machine only, the defaults otherwise (nothing timed here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.resnet import pack_cost
+
+
+def test_a_cached_table_is_read_for_this_machine_only(tmp_path, monkeypatch):
+    monkeypatch.setenv(pack_cost.CACHE_ENV, str(tmp_path))
+    assert pack_cost.table() == (pack_cost.DEFAULT_MS, "defaults")
+    measured = {"64": {"1": 3.0, "8": 1.0, "32": 2.0}}
+    other = {"64": {"1": 3.0, "8": 2.0, "32": 1.0}}
+    (tmp_path / pack_cost.CACHE_FILE).write_text(json.dumps({
+        pack_cost.machine_key(): {"measured": "now", "ms": measured},
+        "another CPU | torch 0 | ATEN_CPU_CAPABILITY=default": {"measured": "then", "ms": other}}))
+    table, source = pack_cost.table()
+    assert table == {64: {1: 3.0, 8: 1.0, 32: 2.0}} and source.startswith("measured")
+    assert pack_cost.member_ms(64, 8) == 1.0
+    # A forced ATen capability is another kernel set: the table measured without it does not apply.
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert pack_cost.table()[1] == "defaults"
+
+
+def test_an_unreadable_cache_means_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv(pack_cost.CACHE_ENV, str(tmp_path))
+    (tmp_path / pack_cost.CACHE_FILE).write_text("{not json")
+    assert pack_cost.table()[1] == "defaults"
+
+
+@pytest.mark.parametrize("C", sorted(pack_cost.DEFAULT_MS))
+def test_defaults_cover_every_tabulated_size(C):
+    assert sorted(pack_cost.DEFAULT_MS[C]) == list(pack_cost.SIZES)
