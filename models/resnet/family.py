@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from models.digits import N_TRAIN
 from models.family import Family, MetricInfo, Panel, Quantity, ThresholdRule
 from models.resnet.config import DEFAULT_EVAL_EVERY, TrainConfig
+from models.resnet.pack_cost import member_ms
 from models.spec import (
     CommonSpec,
     PositiveFloat,
@@ -181,8 +182,6 @@ class ResNetFamily(Family):
         """ms of one member's whole run in a pack of ``size``: its updates times this machine's ms per
         member-update at that width and pack size (:mod:`models.resnet.pack_cost`: measured once per machine,
         or the defaults)."""
-        from models.resnet.pack_cost import member_ms
-
         return config.budget * config.updates_per_step * member_ms(config.C, size)
 
     def member_params(self, config: TrainConfig, seed: int, split_hash: str) -> dict[str, Any]:
