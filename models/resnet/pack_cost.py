@@ -21,6 +21,7 @@ and the driver's imports, and the plan would change from run to run. No torch im
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -62,12 +63,18 @@ def cpu_model() -> str:
 
 def machine_key() -> str:
     """What a measured table is valid for: CPU, torch version, forced ATen capability (if any)."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "default")
+    return f"{_cpu_and_torch()} | ATEN_CPU_CAPABILITY={capability}"
+
+
+@functools.cache
+def _cpu_and_torch() -> str:
+    """Fixed for a process's life, and slow to find (/proc/cpuinfo, package metadata): looked up once."""
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         torch_version = "?"
-    capability = os.environ.get("ATEN_CPU_CAPABILITY", "default")
-    return f"{cpu_model()} | torch {torch_version} | ATEN_CPU_CAPABILITY={capability}"
+    return f"{cpu_model()} | torch {torch_version}"
 
 
 def cache_path() -> Path:
@@ -75,8 +82,20 @@ def cache_path() -> Path:
 
 
 def _read_cache() -> dict:
+    path = cache_path()
     try:
-        return json.loads(cache_path().read_text())
+        stamp = path.stat()
+    except OSError:
+        return {}
+    return _parse_cache(str(path), stamp.st_mtime_ns, stamp.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_cache(path: str, mtime_ns: int, size: int) -> dict:
+    """The cache file's contents, parsed once per version of the file: the planner asks for a member's cost
+    thousands of times on a large grid (2 ms each when every ask read and parsed the file)."""
+    try:
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -155,7 +174,7 @@ def measure(widths: tuple[int, ...] = WIDTHS, sizes: tuple[int, ...] = SIZES, se
     if save:
         path = cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        cache = _read_cache()
+        cache = dict(_read_cache())  # a copy: the parsed file is shared by every reader
         cache[machine_key()] = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                 "load_average": os.getloadavg()[0],
                                 "ms": {str(C): {str(S): ms for S, ms in row.items()} for C, row in out.items()}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -34,3 +35,19 @@ def test_an_unreadable_cache_means_the_defaults(tmp_path, monkeypatch):
 @pytest.mark.parametrize("C", sorted(pack_cost.DEFAULT_MS))
 def test_defaults_cover_every_tabulated_size(C):
     assert sorted(pack_cost.DEFAULT_MS[C]) == list(pack_cost.SIZES)
+
+
+def test_the_cache_file_is_parsed_once_per_version_of_it(tmp_path, monkeypatch):
+    """The planner asks for member costs thousands of times on a large grid: the file is parsed when it
+    changed, not on every ask, and a rewritten file is seen at the next ask."""
+    monkeypatch.setenv(pack_cost.CACHE_ENV, str(tmp_path))
+    path = tmp_path / pack_cost.CACHE_FILE
+    path.write_text(json.dumps({pack_cost.machine_key(): {"measured": "now", "ms": {"64": {"8": 1.0}}}}))
+    pack_cost._parse_cache.cache_clear()
+    assert [pack_cost.member_ms(64, 8) for _ in range(100)] == [1.0] * 100
+    assert pack_cost._parse_cache.cache_info().misses == 1
+    path.write_text(json.dumps({pack_cost.machine_key(): {"measured": "later", "ms": {"64": {"8": 2.0}}}}))
+    stamp = path.stat().st_mtime_ns + 1_000_000_000  # a rewrite within the clock's resolution still counts
+    os.utime(path, ns=(stamp, stamp))
+    assert pack_cost.member_ms(64, 8) == 2.0
+    assert pack_cost._parse_cache.cache_info().misses == 2
