@@ -44,12 +44,7 @@ def ablate(C: int, S: int, rounds: int) -> dict[str, float]:
     dense = [(0.02 * torch.randn(S, 4 * C, 4 * C, generator=gen)).requires_grad_() for _ in range(2)]
 
     def forward(x: P.StemInputs, stem: bool = True, gathers: bool = True, bn: bool = True) -> torch.Tensor:
-        if stem:
-            h = model._stem(x)
-            h = F.max_pool2d(h.view(S * C, 4, 4, N).permute(0, 3, 1, 2), kernel_size=2)
-            h = h.permute(0, 2, 3, 1).reshape(S, C, 4, N).relu_()
-        else:
-            h = pooled
+        h = model._stem(x) if stem else pooled  # the stem ends with its ReLU and max-pool
 
         def conv(i: int, weight: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
             if gathers:

@@ -158,6 +158,7 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     """Each piece of one packed update alone, at the shapes it has in training, through the module's own
     methods where it has them: {piece: (forward ms, backward ms)} per pack-update; pieces that run twice
     (the two block convs, their BatchNorms) are counted twice. Each is the best of ``repeats`` rounds."""
+    from models.resnet import native
     from models.resnet.config import TrainConfig
     from models.resnet.packed import PackedResNet
     from models.resnet.trainer import Trainer
@@ -172,20 +173,16 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     def leaf(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).requires_grad_()
 
-    h4, stem_out, dense = leaf(S, C, 4, N), leaf(S, C, 16, N), leaf(S, 4 * C, 4 * C)
+    h4, dense = leaf(S, C, 4, N), leaf(S, 4 * C, 4 * C)
     pooled, logits = leaf(S, C, N), leaf(S, N, model.num_classes)
     labels = torch.randint(0, model.num_classes, (S, N), generator=gen)
-
-    def pool() -> torch.Tensor:
-        h = F.max_pool2d(stem_out.view(S * C, 4, 4, N).permute(0, 3, 1, 2), kernel_size=2)
-        return h.permute(0, 2, 3, 1).reshape(S, C, 4, N).relu()
 
     def weight_gather() -> torch.Tensor:
         return model.conv1.reshape(S, C * C * 9).index_select(1, model._block_index).view(S, 4 * C, 4 * C)
 
     builds: dict[str, Callable[[], torch.Tensor]] = {
-        "stem (folded conv + BN stats)": lambda: model._stem(inputs),
-        "max-pool + ReLU": pool,
+        f"stem + ReLU + max-pool ({'C kernel' if model.native_stem and native.stem_pool() else 'ATen'})":
+            lambda: model._stem(inputs),
         "block conv weight gathers (x2)": weight_gather,
         "block conv bmm (x2)": lambda: torch.bmm(dense, h4.reshape(S, 4 * C, N)),
         "block BatchNorm (x2)": lambda: model._batch_norm(h4, "bn1"),
@@ -219,12 +216,14 @@ PRODUCTS_STEP = (
 # convolutions in channels-last 1.4x slower than the gathered bmm per block conv, tap-major weight gathers and
 # their folds no faster. bench/ablate.py bounds what any rewrite can gain: without the stem + pool, the block
 # gathers or the block BatchNorms the update is ~30%, ~12% and ~16% cheaper, so 60% needs nearly all of them gone.
+# On 2026-12-03 (Xeon, S=32): the stem + pool + ReLU as a chunked autograd.Function of ATen ops (float masks, the
+# stem output kept in L2) 5-9% slower than the ATen path; the C kernel of models/resnet/stem_pool.c 16-25% faster
+# (kept: models/resnet/native.py).
 NOT_PRODUCTS_STEP = (
     "the work that is no product is spread over several pieces of 0.1-0.3 ms each (largest here: {largest}); "
-    "the rewrites measured (bench/ceiling.py's comment) were slower, and bench/ablate.py shows that even "
-    "removing the stem + pool, the block gathers and the block BatchNorms outright would only just reach 60%: "
-    "next, fused kernels (one pass per block over the (S, 4C, N) activations), not another arrangement of ATen "
-    "ops, timed against this same-run ceiling")
+    "the rewrites in ATen ops measured (bench/ceiling.py's comment) were slower, and the stem's C kernel took "
+    "the largest piece: next, the residual block as C kernels (weight gathers, BatchNorm, ReLU and residual in "
+    "one pass over the (S, 4C, N) activations), timed against this same-run ceiling")
 
 
 def account(C: int, S: int, updates: int, ceiling_ms: float) -> dict:

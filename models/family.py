@@ -220,6 +220,11 @@ class Family(ABC):
         Default: packing neither helps nor hurts, so the planner packs as large as the slots allow."""
         return self.relative_cost(config)
 
+    def code_path(self, device: str) -> str:
+        """Which implementation computes this family's numbers in this process on ``device``: runs on
+        different paths agree to rounding, not bit for bit. Default: ATen ops only."""
+        return "aten"
+
     @abstractmethod
     def member_params(self, config: Any, seed: int, split_hash: str) -> dict[str, Any]:
         """Every hyperparameter of one member as logged on its MLflow run: must hold the knob, ``seed``,

@@ -84,9 +84,10 @@ TAG_GPU = "hw.gpu"  # device name; only on a GPU trial
 TAG_CUDA = "hw.cuda"
 TAG_CUDNN = "hw.cudnn"
 TAG_MKL_INSTRUCTIONS = "hw.mkl_instructions"  # MKL_ENABLE_INSTRUCTIONS, when set: MKL's kernel choice
+TAG_CODE_PATH = "hw.code_path"  # the family's implementation in that process (models.family.Family.code_path)
 #: Tags whose values must agree for two runs' numbers to be comparable bit for bit (the analysis notes a grid
 #: point whose seeds differ in one of them).
-HARDWARE_IDENTITY = (TAG_CPU, TAG_CPU_CAPABILITY, TAG_BLAS, TAG_GPU)
+HARDWARE_IDENTITY = (TAG_CPU, TAG_CPU_CAPABILITY, TAG_BLAS, TAG_GPU, TAG_CODE_PATH)
 
 # -- what MLflow's UI reads (found in its JS bundle, mlflow/server/js/build) -------------------------------
 TAG_NOTE = "mlflow.note.content"  # a run's or experiment's Description (Markdown)

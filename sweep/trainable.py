@@ -23,7 +23,7 @@ from ray import tune
 from models.digits import DigitsArrays
 from models.family import Family, Trainer
 from models.records import Evaluation
-from record import TAG_GRID_POINT, TAG_SEED, TAG_TUNE_TRIAL, sweep_runs, tag_equals
+from record import TAG_CODE_PATH, TAG_GRID_POINT, TAG_SEED, TAG_TUNE_TRIAL, sweep_runs, tag_equals
 from record.colours import configuration_hex_colour
 from sweep import mlflow_ui
 from sweep.plan import TrialGroup, trial_group
@@ -74,7 +74,7 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
     # On every start, with or without a checkpoint: a worker that died before its first checkpoint already
     # logged steps (the logger flushes every few seconds), and the checkpoint's diverged members stay ended.
     logger.start(ray.get_runtime_context().get_node_id(), diverged=trainer.diverged,
-                 tags=machine_tags(train_config.device))
+                 tags={**machine_tags(train_config.device), TAG_CODE_PATH: family.code_path(train_config.device)})
     _train(trainer, logger, family, group, run_ids, metric_names, config)
 
 

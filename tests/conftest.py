@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,8 +20,11 @@ from mlflow import MlflowClient
 from sweep import cli, driver
 
 # Plans come from the ResNet's pack-cost table: the tests read its defaults, never a table measured on this
-# machine (models/resnet/pack_cost.py), so every machine plans the same trials.
-os.environ["COMPLEXITY_SWEEP_CACHE"] = str(Path(__file__).parent / "no-pack-cost-cache")
+# machine (models/resnet/pack_cost.py), so every machine plans the same trials. The stem's C kernel
+# (models/resnet/native.py) is built into the same fresh folder, once per test session; Ray workers inherit it.
+_CACHE = tempfile.mkdtemp(prefix="complexity-sweep-tests-")
+os.environ["COMPLEXITY_SWEEP_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from models.digits import N_TRAIN
 from models.family import Family, MetricInfo, Panel, Quantity, ThresholdRule
+from models.resnet import native
 from models.resnet.config import DEFAULT_EVAL_EVERY, TrainConfig
 from models.resnet.pack_cost import member_ms
 from models.spec import (
@@ -183,6 +184,10 @@ class ResNetFamily(Family):
         member-update at that width and pack size (:mod:`models.resnet.pack_cost`: measured once per machine,
         or the defaults)."""
         return config.budget * config.updates_per_step * member_ms(config.C, size)
+
+    def code_path(self, device: str) -> str:
+        """``aten + stem_pool.c`` where the packed stem runs in its C kernel (:mod:`models.resnet.native`)."""
+        return "aten + stem_pool.c" if device == "cpu" and native.stem_pool() is not None else "aten"
 
     def member_params(self, config: TrainConfig, seed: int, split_hash: str) -> dict[str, Any]:
         c = config

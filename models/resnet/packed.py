@@ -14,12 +14,14 @@ feature map is then a (C*P, N) matrix that a (C'*P', C*P) matrix multiplies dire
 channels of all members are contiguous, so one ``F.batch_norm`` call on a (1, S*C, P*N) view is each block
 BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics update). The stem's
 BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
-elementwise passes over the largest activation, (S, C, 16, N). The stem's per-image work (padding, and the
+elementwise passes over the largest activation, (S, C, 16, N); on the CPU, the stem product, ReLU and max-pool
+then run in one C kernel (``stem_pool.c``, :mod:`models.resnet.native`) that never writes that activation
+whole, with ATen ops as the fallback. The stem's per-image work (padding, and the
 patch moments those statistics need) can be done once per image set: :class:`StemInputs`, which the trainer
 builds for the training half and gathers per minibatch.
 
 Equivalence with S separate ``ResNet`` modules (weights, BatchNorm buffers, logits, gradients) is tested
-to 1e-10 in float64 after 200 SGD updates (tests/test_packed.py); only round-off differs.
+to 1e-10 in float64 after 200 SGD updates (tests/models/test_resnet_packed.py); only round-off differs.
 
 A member's numbers do not depend on S, bit for bit, in float32 too (tested for packs of 1, 2 and 5): every
 operation works on each member's slice alone, and every matrix product runs on ATen's batched kernel whatever
@@ -30,11 +32,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.resnet import native
 from models.resnet.model import ResNet
 
 _BN_NAMES = ("stem_bn", "bn1", "bn2")
@@ -102,6 +106,39 @@ def _baddbmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     return out if batch == S else out[:S]
 
 
+class _NativeStemPoolReLU(torch.autograd.Function):
+    """``relu(max_pool2d(bias + folded @ patches, 2))`` per member by the C kernel of ``stem_pool.c``:
+    folded (S, C, 9), bias (S, C), patches (G, 9, 16N), G = S or 1 -> (S, C, 4, N). ``track``: keep each
+    window's winner for a backward."""
+
+    @staticmethod
+    def forward(ctx, folded: Tensor, bias: Tensor, patches: Tensor, library: Any, track: bool) -> Tensor:  # type: ignore[override]
+        S, C, _ = folded.shape
+        G, _, n16 = patches.shape
+        N = n16 // 16
+        out = folded.new_empty(S, C, 4, N)
+        winner = torch.empty(S, C, 4, N, dtype=torch.uint8) if track else None
+        kernel = library.stem_pool_forward_f32 if folded.dtype == torch.float32 else library.stem_pool_forward_f64
+        kernel(S, G, C, N, folded.data_ptr(), bias.data_ptr(), patches.data_ptr(), out.data_ptr(),
+               winner.data_ptr() if winner is not None else None)
+        if track:
+            ctx.library = library
+            ctx.save_for_backward(out, winner, patches)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None, None]:  # type: ignore[override]
+        out, winner, patches = ctx.saved_tensors
+        S, C, _, N = out.shape
+        grad = grad.contiguous()
+        d_folded, d_bias = out.new_empty(S, C, 9), out.new_empty(S, C)
+        kernel = (ctx.library.stem_pool_backward_f32 if out.dtype == torch.float32
+                  else ctx.library.stem_pool_backward_f64)
+        kernel(S, patches.shape[0], C, N, grad.data_ptr(), out.data_ptr(), winner.data_ptr(), patches.data_ptr(),
+               d_folded.data_ptr(), d_bias.data_ptr())
+        return d_folded, d_bias, None, None, None
+
+
 @dataclass(frozen=True)
 class StemInputs:
     """8x8 images as the packed stem reads them: built once per image set by
@@ -143,7 +180,10 @@ class PackedResNet(nn.Module):
 
     ``forward`` takes (S, N, 1, 8, 8) (a minibatch per member) or a shared (N, 1, 8, 8) batch and returns
     (S, N, num_classes) logits; ``train()``/``eval()`` switch BatchNorm exactly as for nn.BatchNorm2d.
+    ``native_stem`` (True): the stem's tail runs in the C kernel when it is built (see :meth:`_stem`).
     """
+
+    native_stem: bool = True
 
     def __init__(self, C: int, S: int, num_classes: int = 10) -> None:
         super().__init__()
@@ -258,13 +298,16 @@ class PackedResNet(nn.Module):
         return StemInputs(pixels, moments if per_image else moments.sum(1))
 
     def _stem(self, inputs: StemInputs) -> Tensor:
-        """Stem conv + its BatchNorm, folded into one matmul: G groups of N images -> (S, C, 16, N).
+        """Stem conv + its BatchNorm folded into one matmul, then ReLU and the 2x2 max-pool: G groups of N images
+        -> (S, C, 4, N), pooled pixel q = 2a + b.
 
         BatchNorm of a linear map of the patches is again a linear map: per member and channel the batch mean
         and biased variance of ``w . p`` are ``w . E[p]`` and ``w' Cov(p) w``, computed from the (9, 9) patch
         moments, and the normalisation folds into the conv weight and a bias. This is nn.BatchNorm2d
         mathematically (gradients included, by autograd through the statistics) without the elementwise
-        passes over the largest activation, which is (S, C, 16, N).
+        passes over the largest activation, the (S, C, 16, N) stem output. The product, pool and ReLU then
+        run in the C kernel of ``stem_pool.c`` (:mod:`models.resnet.native`), which never writes that output
+        whole, or on ATen ops where the kernel is not built or ``native_stem`` is False.
         """
         S, C = self.S, self.C
         G, _, N = inputs.pixels.shape
@@ -293,9 +336,19 @@ class PackedResNet(nn.Module):
         scale = self.stem_bn_weight * torch.rsqrt(var + _EPS)  # (S, C)
         bias = self.stem_bn_bias - mean * scale
         folded = weight * scale.unsqueeze(2)
+        on_cpu = folded.device.type == patches.device.type == "cpu" and folded.dtype == patches.dtype
+        library = native.stem_pool() if self.native_stem and on_cpu else None
+        if library is not None and folded.dtype in (torch.float32, torch.float64):  # else ATen says what is wrong
+            track = torch.is_grad_enabled() and (folded.requires_grad or bias.requires_grad)
+            return _NativeStemPoolReLU.apply(folded, bias.contiguous(), patches.contiguous(), library, track)
         # A shared input (G = 1) is one (S*C, 9) @ (9, n) product in principle; it runs as S member products,
         # so that a member's numbers do not depend on S (see _baddbmm).
-        return _baddbmm(bias.unsqueeze(2), folded, patches).view(S, C, 16, N)
+        h = _baddbmm(bias.unsqueeze(2), folded, patches)
+        # 2x2 max-pool: the (S*C, N, 4, 4) permuted view is a channels-last image batch, which max_pool2d
+        # pools without copying; permuting back gives (S, C, 4, N) with output pixel q = 2a + b. ReLU
+        # commutes with max, so it runs after the pool, on a quarter of the values.
+        h = F.max_pool2d(h.view(S * C, 4, 4, N).permute(0, 3, 1, 2), kernel_size=2)
+        return h.permute(0, 2, 3, 1).reshape(S, C, 4, N).relu_()
 
     def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
         """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
@@ -317,13 +370,7 @@ class PackedResNet(nn.Module):
             x = self.stem_inputs(x)
         elif x.pixels.shape[0] not in (1, self.S):
             raise ValueError(f"expected {self.S} member batches or 1 shared, got {x.pixels.shape[0]}")
-        S, C, N = self.S, self.C, x.pixels.shape[2]
-        h = self._stem(x)  # (S, C, 16, N), pixel 4i + j, BatchNorm applied
-        # 2x2 max-pool: the (S*C, N, 4, 4) permuted view is a channels-last image batch, which max_pool2d
-        # pools without copying; permuting back gives (S, C, 4, N) with output pixel q = 2a + b. ReLU
-        # commutes with max, so it runs after the pool, on a quarter of the values.
-        h = F.max_pool2d(h.view(S * C, 4, 4, N).permute(0, 3, 1, 2), kernel_size=2)
-        h = h.permute(0, 2, 3, 1).reshape(S, C, 4, N).relu_()
+        h = self._stem(x)  # (S, C, 4, N): stem conv, its BatchNorm, ReLU and max-pool; pooled pixel q = 2a + b
         f = self._batch_norm(self._block_conv(self.conv1, h), "bn1").relu_()
         f = self._batch_norm(self._block_conv(self.conv2, f), "bn2")
         h = (h + f).relu_()

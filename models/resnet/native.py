@@ -1,0 +1,79 @@
+"""The stem kernel of :mod:`models.resnet.packed` (``stem_pool.c``), compiled once per machine and loaded.
+
+Why compiled here and not shipped: ``-march=native`` is what makes the loops use the machine's vector width,
+so the shared library belongs to one kind of CPU; it is built at first use with the system C compiler (``$CC``,
+else ``cc``; about a second) into ``$COMPLEXITY_SWEEP_CACHE/native/`` (default ``~/.cache/complexity-sweep``),
+named by a hash of the source, the compiler's version and the CPU, so other machines sharing a home folder
+and later edits of the source each get their own. A lock keeps concurrent Ray workers from building it twice.
+
+Without a C compiler, or with ``COMPLEXITY_SWEEP_NATIVE=0``, :func:`stem_pool` is None and the packed model
+runs the same computation on ATen ops (slower, same numbers to float rounding: tests/models/test_stem_kernel.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+from filelock import FileLock
+
+from models.resnet.pack_cost import CACHE_ENV, cpu_model
+
+NATIVE_ENV = "COMPLEXITY_SWEEP_NATIVE"
+SOURCE = Path(__file__).with_name("stem_pool.c")
+FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC") or "cc")
+
+
+def _library_path(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), version, cpu_model(), *FLAGS]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "complexity-sweep")
+    return root / "native" / f"stem_pool-{key}.so"
+
+
+def _build(cc: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.exists():
+            return
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            subprocess.run([cc, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True, text=True)
+            os.replace(built, target)  # atomic: a reader never sees half a library
+
+
+@functools.cache
+def stem_pool() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None where there is none (disabled, no compiler, build failed: warned)."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        return None
+    cc = _compiler()
+    if cc is None:
+        return None
+    try:
+        target = _library_path(cc)
+        if not target.exists():
+            _build(cc, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or error
+        warnings.warn(f"the packed stem's C kernel did not build ({detail}); using ATen ops", stacklevel=2)
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for suffix in ("f32", "f64"):
+        getattr(library, f"stem_pool_forward_{suffix}").argtypes = [i64] * 4 + [ptr] * 5
+        getattr(library, f"stem_pool_backward_{suffix}").argtypes = [i64] * 4 + [ptr] * 6
+        getattr(library, f"stem_pool_forward_{suffix}").restype = None
+        getattr(library, f"stem_pool_backward_{suffix}").restype = None
+    return library

@@ -1,0 +1,106 @@
+/* The packed ResNet's stem tail, fused: relu(max_pool2d(bias + W @ patches, 2)) per member and channel, and its
+ * backward, for models/resnet/packed.py (which compiles this file once per machine: models/resnet/native.py).
+ *
+ * Why by hand: through ATen ops this is a product writing the largest activation (S, C, 16, N), a max-pool
+ * reading it and saving int64 indices, then a zero fill, a scatter and a copy of it in the backward: ~20% of
+ * a C=64 update on the machines measured (docs/benchmarks.md). Here a member's output is computed window by
+ * window from the 9 x 16N patches, which stay in cache, and only the pooled values and a one-byte winner per
+ * window are written. IEEE arithmetic throughout (no fast-math), as ATen: the winner is the first maximum in
+ * window order and a NaN wins, exactly as max_pool2d picks it, and relu keeps a NaN.
+ *
+ * Layouts (all contiguous): W (S, C, 9) folded stem weight, bias (S, C), P (G, 9, 16, N) im2col patches with G
+ * = S or 1 (shared by all members), pixel p = 4i + j of the 4x4 stem output; out (S, C, 4, N) pooled pixel
+ * q = 2a + b; win (S, C, 4, N) the window slot d = 2di + dj of the winner, or NULL when no backward follows.
+ */
+#include <stdint.h>
+
+#define BLK 64
+
+/* stem pixel 4i + j of window slot d = 2di + dj of pooled pixel q = 2a + b: i = 2a + di, j = 2b + dj */
+static const int PIXEL[4][4] = {{0, 2, 8, 10}, {1, 3, 9, 11}, {4, 6, 12, 14}, {5, 7, 13, 15}};
+
+#define DEFINE(T, SUFFIX)                                                                                     \
+void stem_pool_forward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, const T *W, const T *bias,        \
+                                const T *P, T *out, uint8_t *win) {                                           \
+    T y[4][BLK];                                                                                              \
+    for (int64_t s = 0; s < S; s++) {                                                                         \
+        const T *p = P + (G > 1 ? s : 0) * 144 * N;                                                           \
+        for (int64_t q = 0; q < 4; q++) {                                                                     \
+            for (int64_t n0 = 0; n0 < N; n0 += BLK) {                                                         \
+                const int64_t nb = N - n0 < BLK ? N - n0 : BLK;                                               \
+                for (int64_t c = 0; c < C; c++) {                                                             \
+                    const T *w = W + (s * C + c) * 9;                                                         \
+                    const T b = bias[s * C + c];                                                              \
+                    for (int d = 0; d < 4; d++) {                                                             \
+                        T *yd = y[d];                                                                         \
+                        const T *pd = p + PIXEL[d][q] * N + n0;                                               \
+                        for (int64_t n = 0; n < nb; n++) yd[n] = w[0] * pd[n];                                \
+                        for (int k = 1; k < 9; k++) {                                                         \
+                            const T wk = w[k];                                                                \
+                            const T *pk = pd + k * 16 * N;                                                    \
+                            for (int64_t n = 0; n < nb; n++) yd[n] += wk * pk[n];                             \
+                        }                                                                                     \
+                    }                                                                                         \
+                    T *o = out + (s * C + c) * 4 * N + q * N + n0;                                            \
+                    uint8_t *wn = win ? win + (s * C + c) * 4 * N + q * N + n0 : 0;                           \
+                    for (int64_t n = 0; n < nb; n++) {                                                        \
+                        T best = y[0][n] + b;                                                                 \
+                        uint8_t at = 0;                                                                       \
+                        for (int d = 1; d < 4; d++) {                                                         \
+                            const T v = y[d][n] + b;                                                          \
+                            const int up = (v > best) | (v != v);                                             \
+                            best = up ? v : best;                                                             \
+                            at = up ? (uint8_t)d : at;                                                        \
+                        }                                                                                     \
+                        o[n] = (best > 0 || best != best) ? best : 0;                                         \
+                        if (wn) wn[n] = at;                                                                   \
+                    }                                                                                         \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+}                                                                                                             \
+                                                                                                              \
+/* grad, out, win (S, C, 4, N) -> dW (S, C, 9), dbias (S, C); relu passes the gradient where out > 0 */       \
+void stem_pool_backward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, const T *grad, const T *out,     \
+                                 const uint8_t *win, const T *P, T *dW, T *dbias) {                           \
+    T acc[9][BLK], acc_bias[BLK], g_relu[BLK], g_slot[BLK];                                                   \
+    for (int64_t s = 0; s < S; s++) {                                                                         \
+        const T *p = P + (G > 1 ? s : 0) * 144 * N;                                                           \
+        for (int64_t c = 0; c < C; c++) {                                                                     \
+            const int64_t base = (s * C + c) * 4 * N;                                                         \
+            for (int k = 0; k < 9; k++)                                                                       \
+                for (int n = 0; n < BLK; n++) acc[k][n] = 0;                                                  \
+            for (int n = 0; n < BLK; n++) acc_bias[n] = 0;                                                    \
+            for (int64_t q = 0; q < 4; q++) {                                                                 \
+                for (int64_t n0 = 0; n0 < N; n0 += BLK) {                                                     \
+                    const int64_t nb = N - n0 < BLK ? N - n0 : BLK;                                           \
+                    const T *g = grad + base + q * N + n0, *o = out + base + q * N + n0;                      \
+                    const uint8_t *wn = win + base + q * N + n0;                                              \
+                    for (int64_t n = 0; n < nb; n++) {                                                        \
+                        g_relu[n] = o[n] > 0 ? g[n] : 0;                                                      \
+                        acc_bias[n] += g_relu[n];                                                             \
+                    }                                                                                         \
+                    for (int d = 0; d < 4; d++) {                                                             \
+                        for (int64_t n = 0; n < nb; n++) g_slot[n] = wn[n] == d ? g_relu[n] : 0;              \
+                        for (int k = 0; k < 9; k++) {                                                         \
+                            const T *pk = p + (k * 16 + PIXEL[d][q]) * N + n0;                                \
+                            for (int64_t n = 0; n < nb; n++) acc[k][n] += g_slot[n] * pk[n];                  \
+                        }                                                                                     \
+                    }                                                                                         \
+                }                                                                                             \
+            }                                                                                                 \
+            for (int k = 0; k < 9; k++) {                                                                     \
+                T total = 0;                                                                                  \
+                for (int n = 0; n < BLK; n++) total += acc[k][n];                                             \
+                dW[(s * C + c) * 9 + k] = total;                                                              \
+            }                                                                                                 \
+            T total = 0;                                                                                      \
+            for (int n = 0; n < BLK; n++) total += acc_bias[n];                                               \
+            dbias[s * C + c] = total;                                                                         \
+        }                                                                                                     \
+    }                                                                                                         \
+}
+
+DEFINE(float, f32)
+DEFINE(double, f64)

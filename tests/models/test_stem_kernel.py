@@ -1,0 +1,89 @@
+"""The stem's C kernel (models/resnet/stem_pool.c) against the same computation on ATen ops, a pool-window tie
+worked out by hand for both, and the ATen fallback where the kernel is not built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.resnet import native
+from models.resnet.model import ResNet
+from models.resnet.packed import PackedResNet
+from tests.numerics import FLOAT32_EPS, FLOAT64_EPS
+
+
+@pytest.fixture
+def kernel():
+    if native.stem_pool() is None:
+        pytest.skip("no C compiler here: the packed model runs on ATen ops only")
+    return native.stem_pool()
+
+
+def _pair(C: int, S: int, dtype: torch.dtype) -> tuple[PackedResNet, PackedResNet]:
+    torch.manual_seed(C * 100 + S)
+    with_kernel = PackedResNet(C, S).to(dtype)
+    for name, tensor in with_kernel.named_parameters():
+        torch.nn.init.normal_(tensor, std=0.5) if "weight" in name or "conv" in name else torch.nn.init.zeros_(tensor)
+    on_aten = PackedResNet(C, S).to(dtype)
+    on_aten.load_state_dict(with_kernel.state_dict())
+    on_aten.native_stem = False
+    return with_kernel, on_aten
+
+
+@pytest.mark.parametrize("dtype, eps", [(torch.float64, FLOAT64_EPS), (torch.float32, FLOAT32_EPS)])
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_kernel_equals_aten_ops_forward_backward_and_in_eval(kernel, dtype, eps, shared):
+    S, C, N = 3, 16, 37  # N not a multiple of the kernel's block of 64 images
+    with_kernel, on_aten = _pair(C, S, dtype)
+    digits = torch.randint(0, 17, (N, 1, 8, 8) if shared else (S, N, 1, 8, 8)).to(dtype) / 16
+    labels = torch.randint(0, 10, (S, N))
+    for model in (with_kernel, on_aten):
+        logits = model(digits)
+        torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels).backward()
+    # Both sum the same 9-term products in another order: a few roundings of each value's size apart.
+    for (name, a), b in zip(with_kernel.named_parameters(), on_aten.parameters(), strict=True):
+        scale = b.grad.abs().max().item() + 1e-3
+        assert (a.grad - b.grad).abs().max().item() <= 1e3 * eps * scale, name
+    for (name, a), b in zip(with_kernel.named_buffers(), on_aten.buffers(), strict=True):
+        assert (a.double() - b.double()).abs().max().item() <= 1e3 * eps * (b.double().abs().max().item() + 1), name
+    with torch.no_grad():
+        with_kernel.eval(), on_aten.eval()
+        a, b = with_kernel(digits), on_aten(digits)
+    assert (a - b).abs().max().item() <= 1e3 * eps * b.abs().max().item()
+
+
+@pytest.mark.parametrize("native_stem", [True, False])
+def test_a_tie_in_a_pool_window_sends_the_gradient_to_the_first_maximum(native_stem):
+    """One channel whose stem weight is the centre tap only: stem pixels (0, 0) and (0, 1) both read 0.5 at their
+    centre, so pooled pixel 0 ties between window slots 0 and 1, but their patches differ where image pixel
+    (1, 1) = 0.25 falls: tap 8 (row 2, column 2) of the first patch, tap 6 (row 2, column 0) of the second.
+    max_pool2d keeps the first maximum, so the weight gradient is scale * (0.5 at tap 4, 0.25 at tap 8)."""
+    model = PackedResNet(1, 1).double().eval()  # running statistics 0 and 1: the BatchNorm scale is fixed
+    model.native_stem = native_stem
+    with torch.no_grad():
+        model.stem_conv.zero_()
+        model.stem_conv[0, 0, 0, 1, 1] = 1.0
+    image = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    image[0, 0, 0, 0] = image[0, 0, 0, 2] = 0.5
+    image[0, 0, 1, 1] = 0.25
+    pooled = model._stem(model.stem_inputs(image))  # (1, 1, 4, 1)
+    scale = 1 / (1 + 1e-5) ** 0.5
+    assert pooled.flatten().tolist() == pytest.approx([0.5 * scale, 0, 0, 0], abs=1e-15)
+    pooled.sum().backward()
+    expected = torch.zeros(9, dtype=torch.float64)
+    expected[4], expected[8] = 0.5 * scale, 0.25 * scale
+    torch.testing.assert_close(model.stem_conv.grad.flatten(), expected, rtol=0, atol=1e-15)
+
+
+def test_without_the_kernel_the_model_runs_on_aten_ops(monkeypatch):
+    try:
+        for setting in ({native.NATIVE_ENV: "0"}, {"CC": "/nonexistent/cc"}):
+            native.stem_pool.cache_clear()
+            with monkeypatch.context() as env:
+                for key, value in setting.items():
+                    env.setenv(key, value)
+                assert native.stem_pool() is None, setting
+                logits = PackedResNet.from_models([ResNet(4), ResNet(4)])(torch.rand(2, 5, 1, 8, 8))
+                assert logits.shape == (2, 5, 10) and bool(logits.isfinite().all())
+    finally:
+        native.stem_pool.cache_clear()
