@@ -158,7 +158,6 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     """Each piece of one packed update alone, at the shapes it has in training, through the module's own
     methods where it has them: {piece: (forward ms, backward ms)} per pack-update; pieces that run twice
     (the two block convs, their BatchNorms) are counted twice. Each is the best of ``repeats`` rounds."""
-    from models.resnet import native
     from models.resnet.config import TrainConfig
     from models.resnet.packed import PackedResNet
     from models.resnet.trainer import Trainer
@@ -177,13 +176,14 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     pooled, logits = leaf(S, C, N), leaf(S, N, model.num_classes)
     labels = torch.randint(0, model.num_classes, (S, N), generator=gen)
 
+    kind = "C kernels" if model._kernels(model.stem_conv) else "ATen"
+
     def weight_gather() -> torch.Tensor:
-        return model.conv1.reshape(S, C * C * 9).index_select(1, model._block_index).view(S, 4 * C, 4 * C)
+        return model._dense(model.conv1)
 
     builds: dict[str, Callable[[], torch.Tensor]] = {
-        f"stem + ReLU + max-pool ({'C kernel' if model.native_stem and native.stem_pool() else 'ATen'})":
-            lambda: model._stem(inputs),
-        "block conv weight gathers (x2)": weight_gather,
+        f"stem + ReLU + max-pool ({kind})": lambda: model._stem(inputs),
+        f"block conv weight gathers (x2, {kind})": weight_gather,
         "block conv bmm (x2)": lambda: torch.bmm(dense, h4.reshape(S, 4 * C, N)),
         "block BatchNorm (x2)": lambda: model._batch_norm(h4, "bn1"),
         "ReLUs + residual + mean": lambda: (h4.relu() + h4).relu().mean(dim=2),
@@ -198,7 +198,7 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
         for key, build in builds.items():
             f, b = _fwd_bwd_once(build, grads[key])
             times[key] = (min(times[key][0], 1000 * f), min(times[key][1], 1000 * b))
-    for key in ("block conv weight gathers (x2)", "block conv bmm (x2)", "block BatchNorm (x2)"):
+    for key in (f"block conv weight gathers (x2, {kind})", "block conv bmm (x2)", "block BatchNorm (x2)"):
         f, b = times[key]
         times[key] = (2 * f, 2 * b)
     return times

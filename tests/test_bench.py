@@ -25,7 +25,7 @@ def test_flop_count_matches_what_torch_multiplies_in_a_packed_update():
     # products must be all of it but the stem's (C x 9) @ (9 x 9) and (9 x 1) statistics products.
     C, S, N = 16, 3, 128
     model = PackedResNet(C, S)
-    model.native_stem = False  # the stem's products on ATen, where the counter sees them (the C kernel does the same)
+    model.native_kernels = False  # the products on ATen, where the counter sees them (the C kernels do the same)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.1)
     x, y = torch.rand(N, 1, 8, 8), torch.randint(0, 10, (S, N))

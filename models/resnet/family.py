@@ -186,8 +186,8 @@ class ResNetFamily(Family):
         return config.budget * config.updates_per_step * member_ms(config.C, size)
 
     def code_path(self, device: str) -> str:
-        """``aten + stem_pool.c`` where the packed stem runs in its C kernel (:mod:`models.resnet.native`)."""
-        return "aten + stem_pool.c" if device == "cpu" and native.stem_pool() is not None else "aten"
+        """``aten + packed_kernels.c`` where the packed model runs its C kernels (:mod:`models.resnet.native`)."""
+        return "aten + packed_kernels.c" if device == "cpu" and native.library() is not None else "aten"
 
     def member_params(self, config: TrainConfig, seed: int, split_hash: str) -> dict[str, Any]:
         c = config

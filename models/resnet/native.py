@@ -1,4 +1,4 @@
-"""The stem kernel of :mod:`models.resnet.packed` (``stem_pool.c``), compiled once per machine and loaded.
+"""The C kernels of :mod:`models.resnet.packed` (``packed_kernels.c``), compiled once per machine and loaded.
 
 Why compiled here and not shipped: ``-march=native`` is what makes the loops use the machine's vector width,
 so the shared library belongs to one kind of CPU; it is built at first use with the system C compiler (``$CC``,
@@ -6,8 +6,8 @@ else ``cc``; about a second) into ``$COMPLEXITY_SWEEP_CACHE/native/`` (default `
 named by a hash of the source, the compiler's version and the CPU, so other machines sharing a home folder
 and later edits of the source each get their own. A lock keeps concurrent Ray workers from building it twice.
 
-Without a C compiler, or with ``COMPLEXITY_SWEEP_NATIVE=0``, :func:`stem_pool` is None and the packed model
-runs the same computation on ATen ops (slower, same numbers to float rounding: tests/models/test_stem_kernel.py).
+Without a C compiler, or with ``COMPLEXITY_SWEEP_NATIVE=0``, :func:`library` is None and the packed model
+runs the same computation on ATen ops (slower, same numbers to float rounding: tests/models/test_packed_kernels.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from filelock import FileLock
 from models.resnet.pack_cost import CACHE_ENV, cpu_model
 
 NATIVE_ENV = "COMPLEXITY_SWEEP_NATIVE"
-SOURCE = Path(__file__).with_name("stem_pool.c")
+SOURCE = Path(__file__).with_name("packed_kernels.c")
+# name -> number of int64 arguments, number of pointer arguments (per dtype suffix: _f32, _f64)
+SIGNATURES = {"stem_pool_forward": (4, 5), "stem_pool_backward": (4, 6), "block_dense_forward": (2, 2),
+              "block_dense_backward": (2, 2)}
 FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
 
 
@@ -39,7 +42,7 @@ def _library_path(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256("\n".join([SOURCE.read_text(), version, cpu_model(), *FLAGS]).encode()).hexdigest()[:16]
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "complexity-sweep")
-    return root / "native" / f"stem_pool-{key}.so"
+    return root / "native" / f"packed_kernels-{key}.so"
 
 
 def _build(cc: str, target: Path) -> None:
@@ -54,7 +57,7 @@ def _build(cc: str, target: Path) -> None:
 
 
 @functools.cache
-def stem_pool() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None where there is none (disabled, no compiler, build failed: warned)."""
     if os.environ.get(NATIVE_ENV, "1") == "0":
         return None
@@ -68,12 +71,11 @@ def stem_pool() -> ctypes.CDLL | None:
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or error
-        warnings.warn(f"the packed stem's C kernel did not build ({detail}); using ATen ops", stacklevel=2)
+        warnings.warn(f"the packed model's C kernels did not build ({detail}); using ATen ops", stacklevel=2)
         return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    for suffix in ("f32", "f64"):
-        getattr(library, f"stem_pool_forward_{suffix}").argtypes = [i64] * 4 + [ptr] * 5
-        getattr(library, f"stem_pool_backward_{suffix}").argtypes = [i64] * 4 + [ptr] * 6
-        getattr(library, f"stem_pool_forward_{suffix}").restype = None
-        getattr(library, f"stem_pool_backward_{suffix}").restype = None
+    for name, (ints, pointers) in SIGNATURES.items():
+        for suffix in ("f32", "f64"):
+            function = getattr(library, f"{name}_{suffix}")
+            function.argtypes = [ctypes.c_int64] * ints + [ctypes.c_void_p] * pointers
+            function.restype = None
     return library

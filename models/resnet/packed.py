@@ -15,8 +15,9 @@ channels of all members are contiguous, so one ``F.batch_norm`` call on a (1, S*
 BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics update). The stem's
 BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
 elementwise passes over the largest activation, (S, C, 16, N); on the CPU, the stem product, ReLU and max-pool
-then run in one C kernel (``stem_pool.c``, :mod:`models.resnet.native`) that never writes that activation
-whole, with ATen ops as the fallback. The stem's per-image work (padding, and the
+then run in one C kernel that never writes that activation whole, and the block convs' weights are gathered
+into their dense matrices by another (``packed_kernels.c``, :mod:`models.resnet.native`), with ATen ops as the
+fallback. The stem's per-image work (padding, and the
 patch moments those statistics need) can be done once per image set: :class:`StemInputs`, which the trainer
 builds for the training half and gathers per minibatch.
 
@@ -107,7 +108,7 @@ def _baddbmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
 
 
 class _NativeStemPoolReLU(torch.autograd.Function):
-    """``relu(max_pool2d(bias + folded @ patches, 2))`` per member by the C kernel of ``stem_pool.c``:
+    """``relu(max_pool2d(bias + folded @ patches, 2))`` per member by the C kernel of ``packed_kernels.c``:
     folded (S, C, 9), bias (S, C), patches (G, 9, 16N), G = S or 1 -> (S, C, 4, N). ``track``: keep each
     window's winner for a backward."""
 
@@ -137,6 +138,30 @@ class _NativeStemPoolReLU(torch.autograd.Function):
         kernel(S, patches.shape[0], C, N, grad.data_ptr(), out.data_ptr(), winner.data_ptr(), patches.data_ptr(),
                d_folded.data_ptr(), d_bias.data_ptr())
         return d_folded, d_bias, None, None, None
+
+
+class _NativeBlockDense(torch.autograd.Function):
+    """The dense (S, 4C, 4C) matrices of a block conv's (S, C, C, 3, 3) weight (:func:`_block_conv_index`'s
+    gather) by the C kernel of ``packed_kernels.c``, and the gradient folded back onto the taps."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, library: Any) -> Tensor:  # type: ignore[override]
+        S, C = weight.shape[:2]
+        dense = weight.new_empty(S, 4 * C, 4 * C)
+        forward = library.block_dense_forward_f32 if weight.dtype == torch.float32 else library.block_dense_forward_f64
+        forward(S, C, weight.data_ptr(), dense.data_ptr())
+        ctx.library = library
+        return dense
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        S, C4 = grad.shape[:2]
+        grad = grad.contiguous()
+        d_weight = grad.new_empty(S, C4 // 4, C4 // 4, 3, 3)
+        backward = (ctx.library.block_dense_backward_f32 if grad.dtype == torch.float32
+                    else ctx.library.block_dense_backward_f64)
+        backward(S, C4 // 4, grad.data_ptr(), d_weight.data_ptr())
+        return d_weight, None
 
 
 @dataclass(frozen=True)
@@ -180,10 +205,11 @@ class PackedResNet(nn.Module):
 
     ``forward`` takes (S, N, 1, 8, 8) (a minibatch per member) or a shared (N, 1, 8, 8) batch and returns
     (S, N, num_classes) logits; ``train()``/``eval()`` switch BatchNorm exactly as for nn.BatchNorm2d.
-    ``native_stem`` (True): the stem's tail runs in the C kernel when it is built (see :meth:`_stem`).
+    ``native_kernels`` (True): the stem's tail and the block weight gathers run in the C kernels of
+    ``packed_kernels.c`` where they are built (:mod:`models.resnet.native`), on ATen ops otherwise.
     """
 
-    native_stem: bool = True
+    native_kernels: bool = True
 
     def __init__(self, C: int, S: int, num_classes: int = 10) -> None:
         super().__init__()
@@ -306,8 +332,7 @@ class PackedResNet(nn.Module):
         moments, and the normalisation folds into the conv weight and a bias. This is nn.BatchNorm2d
         mathematically (gradients included, by autograd through the statistics) without the elementwise
         passes over the largest activation, the (S, C, 16, N) stem output. The product, pool and ReLU then
-        run in the C kernel of ``stem_pool.c`` (:mod:`models.resnet.native`), which never writes that output
-        whole, or on ATen ops where the kernel is not built or ``native_stem`` is False.
+        run in a C kernel (:class:`_NativeStemPoolReLU`), which never writes that output whole, or on ATen ops.
         """
         S, C = self.S, self.C
         G, _, N = inputs.pixels.shape
@@ -336,9 +361,8 @@ class PackedResNet(nn.Module):
         scale = self.stem_bn_weight * torch.rsqrt(var + _EPS)  # (S, C)
         bias = self.stem_bn_bias - mean * scale
         folded = weight * scale.unsqueeze(2)
-        on_cpu = folded.device.type == patches.device.type == "cpu" and folded.dtype == patches.dtype
-        library = native.stem_pool() if self.native_stem and on_cpu else None
-        if library is not None and folded.dtype in (torch.float32, torch.float64):  # else ATen says what is wrong
+        library = self._kernels(folded, patches)
+        if library is not None:
             track = torch.is_grad_enabled() and (folded.requires_grad or bias.requires_grad)
             return _NativeStemPoolReLU.apply(folded, bias.contiguous(), patches.contiguous(), library, track)
         # A shared input (G = 1) is one (S*C, 9) @ (9, n) product in principle; it runs as S member products,
@@ -350,10 +374,28 @@ class PackedResNet(nn.Module):
         h = F.max_pool2d(h.view(S * C, 4, 4, N).permute(0, 3, 1, 2), kernel_size=2)
         return h.permute(0, 2, 3, 1).reshape(S, C, 4, N).relu_()
 
+    def _kernels(self, *tensors: Tensor) -> Any:
+        """The C kernel library where these tensors can use it (CPU, one floating dtype, the kernels built and
+        ``native_kernels`` set), else None: ATen ops then compute, or say what is wrong with the inputs."""
+        dtype = tensors[0].dtype
+        if not self.native_kernels or dtype not in (torch.float32, torch.float64):
+            return None
+        if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
+            return None
+        return native.library()
+
+    def _dense(self, weight: Tensor) -> Tensor:
+        """A block conv's (S, C, C, 3, 3) weight as its dense (S, 4C, 4C) matrices on 2x2 maps (differentiable)."""
+        S, C = weight.shape[:2]
+        library = self._kernels(weight)
+        if library is not None:
+            return _NativeBlockDense.apply(weight.contiguous(), library)
+        return weight.reshape(S, C * C * 9).index_select(1, self._block_index).view(S, 4 * C, 4 * C)
+
     def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
         """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
         S, C, _, N = h.shape
-        dense = weight.reshape(S, C * C * 9).index_select(1, self._block_index).view(S, 4 * C, 4 * C)
+        dense = self._dense(weight)
         return _baddbmm(None, dense, h.reshape(S, 4 * C, N)).view(S, C, 4, N)
 
     def forward(self, x: Tensor | StemInputs) -> Tensor:

@@ -75,7 +75,7 @@ OTHER_MACHINE = (4, 2)  # this trial ran with torch's AVX2 kernels, the others w
 def machine_tags(c: int, seed: int) -> list[RunTag]:
     capability = "AVX2" if (c, seed) == OTHER_MACHINE else "AVX512"
     return [RunTag(TAG_CPU, "Test Xeon"), RunTag(TAG_CPU_CAPABILITY, capability), RunTag(TAG_BLAS, "mkl 2024.2"),
-            RunTag(TAG_CODE_PATH, "aten + stem_pool.c")]
+            RunTag(TAG_CODE_PATH, "aten + packed_kernels.c")]
 
 
 def sim_train(c: int, seed: int, step: int) -> float:
@@ -715,8 +715,8 @@ def test_summary_names_the_machines_and_a_grid_point_whose_seeds_ran_on_differen
     text = (store["out"] / "summary.md").read_text()
     hardware = text[text.index("## Hardware"):]
     runs = len(WIDTHS) * len(SEEDS)
-    assert "- Test Xeon | AVX512 | mkl 2024.2 | - | aten + stem_pool.c: " + f"{runs - 1} run(s)" in hardware
-    assert "- Test Xeon | AVX2 | mkl 2024.2 | - | aten + stem_pool.c: 1 run(s)" in hardware
+    assert "- Test Xeon | AVX512 | mkl 2024.2 | - | aten + packed_kernels.c: " + f"{runs - 1} run(s)" in hardware
+    assert "- Test Xeon | AVX2 | mkl 2024.2 | - | aten + packed_kernels.c: 1 run(s)" in hardware
     notes = [line for line in hardware.splitlines() if line.startswith("- **Note:**")]
     assert notes == [f"- **Note:** the seeds of C={OTHER_MACHINE[0]} ran on 2 different machines; their numbers are "
                      "not comparable bit for bit (rounding differs between CPU types and BLAS builds)."]

@@ -102,7 +102,7 @@ def test_every_child_records_the_machine_that_trained_it(smoke):
         assert "hw.gpu" not in tags and "hw.cuda" not in tags  # a CPU trial
         assert tags["pack_seeds"] == "0,1"  # the smoke preset packs a grid point's two seeds
         # the packed stem's C kernel is built wherever a C compiler is (this suite's machines have gcc)
-        assert tags["hw.code_path"] == ("aten + stem_pool.c" if shutil.which("cc") else "aten")
+        assert tags["hw.code_path"] == ("aten + packed_kernels.c" if shutil.which("cc") else "aten")
 
 
 def test_every_child_records_its_pack_size(smoke):

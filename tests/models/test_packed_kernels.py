@@ -1,5 +1,6 @@
-"""The stem's C kernel (models/resnet/stem_pool.c) against the same computation on ATen ops, a pool-window tie
-worked out by hand for both, and the ATen fallback where the kernel is not built."""
+"""The packed model's C kernels (models/resnet/packed_kernels.c) against the same computation on ATen ops, a
+block conv's dense matrix against F.conv2d, a pool-window tie worked out by hand, and the ATen fallback where
+the kernels are not built."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from tests.numerics import FLOAT32_EPS, FLOAT64_EPS
 
 @pytest.fixture
 def kernel():
-    if native.stem_pool() is None:
+    if native.library() is None:
         pytest.skip("no C compiler here: the packed model runs on ATen ops only")
-    return native.stem_pool()
+    return native.library()
 
 
 def _pair(C: int, S: int, dtype: torch.dtype) -> tuple[PackedResNet, PackedResNet]:
@@ -26,7 +27,7 @@ def _pair(C: int, S: int, dtype: torch.dtype) -> tuple[PackedResNet, PackedResNe
         torch.nn.init.normal_(tensor, std=0.5) if "weight" in name or "conv" in name else torch.nn.init.zeros_(tensor)
     on_aten = PackedResNet(C, S).to(dtype)
     on_aten.load_state_dict(with_kernel.state_dict())
-    on_aten.native_stem = False
+    on_aten.native_kernels = False
     return with_kernel, on_aten
 
 
@@ -52,14 +53,35 @@ def test_the_kernel_equals_aten_ops_forward_backward_and_in_eval(kernel, dtype, 
     assert (a - b).abs().max().item() <= 1e3 * eps * b.abs().max().item()
 
 
-@pytest.mark.parametrize("native_stem", [True, False])
-def test_a_tie_in_a_pool_window_sends_the_gradient_to_the_first_maximum(native_stem):
+@pytest.mark.parametrize("dtype, eps", [(torch.float64, FLOAT64_EPS), (torch.float32, FLOAT32_EPS)])
+def test_a_block_conv_by_its_dense_matrix_is_conv2d_on_a_2x2_map(kernel, dtype, eps):
+    """The kernel's gathered matrix applied to 2x2 maps against torch's own convolution (padding 1), and its
+    gradient folded onto the taps against conv2d's weight gradient."""
+    S, C, N = 2, 8, 5
+    torch.manual_seed(0)
+    model = PackedResNet(C, S).to(dtype)
+    weight = torch.randn(S, C, C, 3, 3, dtype=dtype, requires_grad=True)
+    maps = torch.randn(S, N, C, 2, 2, dtype=dtype)
+    out = model._block_conv(weight, maps.permute(0, 2, 3, 4, 1).reshape(S, C, 4, N))  # (S, C, 4, N)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    for s in range(S):
+        w = weight[s].detach().clone().requires_grad_()
+        expected = torch.nn.functional.conv2d(maps[s], w, padding=1)  # (N, C, 2, 2)
+        expected.backward(grad[s].reshape(C, 2, 2, N).permute(3, 0, 1, 2))
+        got = out[s].detach().reshape(C, 2, 2, N).permute(3, 0, 1, 2)
+        assert (got - expected.detach()).abs().max().item() <= 100 * eps * expected.abs().max().item()
+        assert (weight.grad[s] - w.grad).abs().max().item() <= 100 * eps * w.grad.abs().max().item()
+
+
+@pytest.mark.parametrize("native_kernels", [True, False])
+def test_a_tie_in_a_pool_window_sends_the_gradient_to_the_first_maximum(native_kernels):
     """One channel whose stem weight is the centre tap only: stem pixels (0, 0) and (0, 1) both read 0.5 at their
     centre, so pooled pixel 0 ties between window slots 0 and 1, but their patches differ where image pixel
     (1, 1) = 0.25 falls: tap 8 (row 2, column 2) of the first patch, tap 6 (row 2, column 0) of the second.
     max_pool2d keeps the first maximum, so the weight gradient is scale * (0.5 at tap 4, 0.25 at tap 8)."""
     model = PackedResNet(1, 1).double().eval()  # running statistics 0 and 1: the BatchNorm scale is fixed
-    model.native_stem = native_stem
+    model.native_kernels = native_kernels
     with torch.no_grad():
         model.stem_conv.zero_()
         model.stem_conv[0, 0, 0, 1, 1] = 1.0
@@ -78,12 +100,12 @@ def test_a_tie_in_a_pool_window_sends_the_gradient_to_the_first_maximum(native_s
 def test_without_the_kernel_the_model_runs_on_aten_ops(monkeypatch):
     try:
         for setting in ({native.NATIVE_ENV: "0"}, {"CC": "/nonexistent/cc"}):
-            native.stem_pool.cache_clear()
+            native.library.cache_clear()
             with monkeypatch.context() as env:
                 for key, value in setting.items():
                     env.setenv(key, value)
-                assert native.stem_pool() is None, setting
+                assert native.library() is None, setting
                 logits = PackedResNet.from_models([ResNet(4), ResNet(4)])(torch.rand(2, 5, 1, 8, 8))
                 assert logits.shape == (2, 5, 10) and bool(logits.isfinite().all())
     finally:
-        native.stem_pool.cache_clear()
+        native.library.cache_clear()

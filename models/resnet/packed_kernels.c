@@ -1,16 +1,21 @@
-/* The packed ResNet's stem tail, fused: relu(max_pool2d(bias + W @ patches, 2)) per member and channel, and its
- * backward, for models/resnet/packed.py (which compiles this file once per machine: models/resnet/native.py).
+/* Two pieces of the packed ResNet's update as C kernels, for models/resnet/packed.py (which compiles this file once
+ * per machine: models/resnet/native.py). Why by hand: both are passes over memory that ATen runs as several
+ * kernels with large intermediates; measured on the machines in docs/benchmarks.md.
  *
- * Why by hand: through ATen ops this is a product writing the largest activation (S, C, 16, N), a max-pool
- * reading it and saving int64 indices, then a zero fill, a scatter and a copy of it in the backward: ~20% of
- * a C=64 update on the machines measured (docs/benchmarks.md). Here a member's output is computed window by
- * window from the 9 x 16N patches, which stay in cache, and only the pooled values and a one-byte winner per
- * window are written. IEEE arithmetic throughout (no fast-math), as ATen: the winner is the first maximum in
- * window order and a NaN wins, exactly as max_pool2d picks it, and relu keeps a NaN.
- *
- * Layouts (all contiguous): W (S, C, 9) folded stem weight, bias (S, C), P (G, 9, 16, N) im2col patches with G
- * = S or 1 (shared by all members), pixel p = 4i + j of the 4x4 stem output; out (S, C, 4, N) pooled pixel
- * q = 2a + b; win (S, C, 4, N) the window slot d = 2di + dj of the winner, or NULL when no backward follows.
+ * 1. The stem's tail, relu(max_pool2d(bias + W @ patches, 2)) per member and channel, and its backward. Through
+ *    ATen ops this is a product writing the largest activation (S, C, 16, N), a max-pool reading it and saving
+ *    int64 indices, then a zero fill, a scatter and a copy of it in the backward. Here a member's output is
+ *    computed window by window from the 9 x 16N patches, which stay in cache, and only the pooled values and a
+ *    one-byte winner per window are written. IEEE arithmetic throughout (no fast-math), as ATen: the winner is
+ *    the first maximum in window order and a NaN wins, exactly as max_pool2d picks it, and relu keeps a NaN.
+ *    Layouts (all contiguous): W (S, C, 9) folded stem weight, bias (S, C), P (G, 9, 16, N) im2col patches
+ *    with G = S or 1 (shared by all members), pixel p = 4i + j of the 4x4 stem output; out (S, C, 4, N)
+ *    pooled pixel q = 2a + b; win (S, C, 4, N) the window slot d = 2di + dj of the winner, or NULL when no
+ *    backward follows.
+ * 2. The residual block's 3x3 convolution on a 2x2 map as a dense (4C x 4C) matrix per member, gathered from
+ *    the (C, C, 3, 3) weight, and the gradient's fold back onto the 9 taps: with ATen an index_select and a
+ *    scatter_add over a 16C^2 index, here two streaming loops (a weight row is read or written 4 times, in
+ *    cache). Layouts: W (S, C, C, 9), D (S, 4C, 4C) with row co*4 + q and column ci*4 + r.
  */
 #include <stdint.h>
 
@@ -104,3 +109,37 @@ void stem_pool_backward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, con
 
 DEFINE(float, f32)
 DEFINE(double, f64)
+
+/* tap of the 3x3 kernel that output pixel q = 2a + b reads from input pixel r = 2a' + b' on a 2x2 map */
+static const int TAP[4][4] = {{4, 5, 7, 8}, {3, 4, 6, 7}, {1, 2, 4, 5}, {0, 1, 3, 4}};
+#define DEFINE_DENSE(T, SUFFIX) \
+void block_dense_forward_##SUFFIX(int64_t S, int64_t C, const T *W, T *D) { \
+    for (int64_t s = 0; s < S; s++) \
+        for (int64_t co = 0; co < C; co++) \
+            for (int q = 0; q < 4; q++) { \
+                const T *w = W + (s * C + co) * C * 9; \
+                T *d = D + ((s * C + co) * 4 + q) * 4 * C; \
+                const int t0 = TAP[q][0], t1 = TAP[q][1], t2 = TAP[q][2], t3 = TAP[q][3]; \
+                for (int64_t ci = 0; ci < C; ci++) { \
+                    d[4 * ci] = w[9 * ci + t0]; d[4 * ci + 1] = w[9 * ci + t1]; \
+                    d[4 * ci + 2] = w[9 * ci + t2]; d[4 * ci + 3] = w[9 * ci + t3]; \
+                } \
+            } \
+} \
+void block_dense_backward_##SUFFIX(int64_t S, int64_t C, const T *gD, T *gW) { \
+    for (int64_t s = 0; s < S; s++) \
+        for (int64_t co = 0; co < C; co++) { \
+            T *gw = gW + (s * C + co) * C * 9; \
+            for (int64_t i = 0; i < C * 9; i++) gw[i] = 0; \
+            for (int q = 0; q < 4; q++) { \
+                const T *g = gD + ((s * C + co) * 4 + q) * 4 * C; \
+                const int t0 = TAP[q][0], t1 = TAP[q][1], t2 = TAP[q][2], t3 = TAP[q][3]; \
+                for (int64_t ci = 0; ci < C; ci++) { \
+                    gw[9 * ci + t0] += g[4 * ci]; gw[9 * ci + t1] += g[4 * ci + 1]; \
+                    gw[9 * ci + t2] += g[4 * ci + 2]; gw[9 * ci + t3] += g[4 * ci + 3]; \
+                } \
+            } \
+        } \
+}
+DEFINE_DENSE(float, f32)
+DEFINE_DENSE(double, f64)
