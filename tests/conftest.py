@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +35,28 @@ def ray_local():
     ray.shutdown()
 
 
+_EMPTY_STORE: list[Path] = []
+
+
+def new_store(folder: Path) -> str:
+    """``folder/mlflow.db`` as a copy of an empty sqlite store, made once per test session; its URI.
+
+    MLflow creates a new store's schema (its migrations) in ~2 s of CPU; the tests that use this only need a
+    store, not its creation. A new store's creation is still exercised where it is the point: every CLI run in
+    its own process (tests/sweep/test_faults.py's two sweeps on one new file, the killed drivers, test_ui.py)."""
+    if not _EMPTY_STORE:
+        from sweep.tracking import init_store
+
+        template = Path(tempfile.mkdtemp(prefix="empty-mlflow-store-"))
+        atexit.register(shutil.rmtree, template, ignore_errors=True)
+        init_store(f"sqlite:///{template}/mlflow.db")
+        _EMPTY_STORE.append(template / "mlflow.db")
+    db = folder / "mlflow.db"
+    assert not db.exists(), f"{db} exists already"
+    shutil.copyfile(_EMPTY_STORE[0], db)
+    return f"sqlite:///{db}"
+
+
 def trial_runs(sweep: driver.Sweep) -> list:
     """Every child run of ``sweep``, newest first."""
     from record import sweep_runs
@@ -40,8 +65,9 @@ def trial_runs(sweep: driver.Sweep) -> list:
 
 
 def run_sweep(folder: Path, *args: str) -> driver.Sweep:
-    """``sweep run ARGS`` in-process against a sqlite store in ``folder``; returns the sweep just made."""
-    uri = f"sqlite:///{folder}/mlflow.db"
+    """``sweep run ARGS`` in-process against a sqlite store in ``folder`` (a copy of an empty one,
+    :func:`new_store`, unless it exists); returns the sweep just made."""
+    uri = f"sqlite:///{folder}/mlflow.db" if (folder / "mlflow.db").exists() else new_store(folder)
     before = os.getcwd()
     os.chdir(folder)
     try:
