@@ -20,7 +20,7 @@ from models.resnet.config import TrainConfig
 from models.resnet.data import load_digits_split, val_positions
 from sweep import driver, finish
 from sweep.plan import base_group
-from tests.conftest import histories, run_sweep, trial_runs
+from tests.conftest import histories, new_store, run_sweep, trial_runs
 
 LR = "search.space={lr: {loguniform: [0.001, 1]}}"
 
@@ -212,7 +212,7 @@ def test_a_trial_that_failed_before_making_runs_is_counted_with_its_plain_reason
     from sweep.spec import load_spec
 
     spec, _ = load_spec("smoke", ["model.C=2", "seeds=[0,1]", "search.algorithm=random", f"{LR}"])
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     sweep = driver.create_sweep(spec, "smoke", uri, str(tmp_path / "ray_results"))
     error = RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=123, ip=127.0.0.1)\n"
                          "  File \"trainable.py\", line 1, in train_group\n"
@@ -305,7 +305,7 @@ def test_search_runs_are_made_once_per_trial_and_lost_trials_end_superseded(tmp_
     from sweep.tracking import find_or_create_trial_runs
 
     spec, _ = load_spec("smoke", ["model.C=2", "seeds=[0,1]", "search.algorithm=random", f"{LR}"])
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     sweep = driver.create_sweep(spec, "smoke", uri, str(tmp_path / "ray_results"))
     client = MlflowClient(uri)
     params = {s: {"C": 2, "seed": s, "lr": 0.01} for s in (0, 1)}
@@ -432,7 +432,7 @@ def test_a_configuration_suggested_again_after_it_finished_is_not_trained_twice(
     from sweep.tracking import find_or_create_trial_runs
 
     spec, _ = load_spec("smoke", ["model.C=2", "seeds=[0,1]", "budget=20", "search.algorithm=random", LR])
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     sweep = driver.create_sweep(spec, "smoke", uri, str(tmp_path / "ray_results"))
     client = MlflowClient(uri)
     family = get_family("resnet")
