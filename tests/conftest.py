@@ -12,7 +12,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from mlflow import MlflowClient
@@ -35,6 +37,8 @@ def ray_local():
     ray.shutdown()
 
 
+T = TypeVar("T")
+
 _EMPTY_STORE: list[Path] = []
 
 
@@ -55,6 +59,27 @@ def new_store(folder: Path) -> str:
     assert not db.exists(), f"{db} exists already"
     shutil.copyfile(_EMPTY_STORE[0], db)
     return f"sqlite:///{db}"
+
+
+def in_background(compute: Callable[[], T]) -> Future[T]:
+    """``compute()`` started now in a thread of this process; ``.result()`` waits for its value.
+
+    For a test's reference values (its trainer run alone), computed while the sweep they check runs in other
+    processes: on 2 cores a one-trial-at-a-time sweep leaves most of one core idle. The values are the same
+    wherever the thread runs (the same kernels on the same inputs, one torch thread)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference")
+    future = pool.submit(compute)
+    pool.shutdown(wait=False)
+    return future
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """The address of the tests' local Ray (``ray_local``), for a CLI process to connect to (``--address``)
+    instead of starting and stopping a Ray of its own (~10 s on 2 cores)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 def trial_runs(sweep: driver.Sweep) -> list:
@@ -165,7 +190,9 @@ def run_then_kill_driver(folder: Path, spec_file: str, metric: str, min_steps: i
     return uri, env
 
 
-def resume(folder: Path, sweep_id: str, env: dict) -> subprocess.CompletedProcess:
-    """``sweep resume SWEEP_ID --no-analyze`` as its own process in ``folder``."""
-    return subprocess.run([sys.executable, "-m", "sweep.cli", "resume", sweep_id, "--no-analyze"], cwd=folder,
-                          env=env, capture_output=True, text=True, timeout=600)
+def resume(folder: Path, sweep_id: str, env: dict, address: str | None = None) -> subprocess.CompletedProcess:
+    """``sweep resume SWEEP_ID --no-analyze`` as its own process in ``folder``: on a fresh local Ray of its own,
+    or connected to the Ray at ``address`` (:func:`ray_address`)."""
+    where = ["--address", address] if address else []
+    return subprocess.run([sys.executable, "-m", "sweep.cli", "resume", sweep_id, "--no-analyze", *where],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)

@@ -334,10 +334,11 @@ def test_search_runs_are_made_once_per_trial_and_lost_trials_end_superseded(tmp_
     assert {client.get_run(r).info.status for r in first.values()} == {"FINISHED"}
 
 
-def test_killed_driver_then_resume_finishes_the_search(tmp_path):
+def test_killed_driver_then_resume_finishes_the_search(tmp_path, ray_address):
     """SIGKILL the driver (and its Ray) while the second configuration trains, then `sweep resume`: the search
     ends with its three configurations, each with exactly one FINISHED run, nothing left RUNNING, and the
-    analysis counting each configuration once."""
+    analysis counting each configuration once. The resume connects to the tests' Ray (a resume on a fresh Ray
+    of its own: test_faults.py)."""
     import os
     import signal
     import subprocess
@@ -374,8 +375,8 @@ def test_killed_driver_then_resume_finishes_the_search(tmp_path):
     sweep = driver.load_sweep(None, uri)
     assert client.get_run(sweep.parent_run_id).info.status == "RUNNING"
 
-    resumed = subprocess.run([*cmd, "resume", sweep.sweep_id], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run([*cmd, "resume", sweep.sweep_id, "--address", ray_address], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
     runs = trial_runs(sweep)
