@@ -12,7 +12,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from mlflow import MlflowClient
@@ -38,6 +40,51 @@ def ray_local():
     ray.shutdown()
 
 
+T = TypeVar("T")
+
+_EMPTY_STORE: list[Path] = []
+
+
+def new_store(folder: Path) -> str:
+    """``folder/mlflow.db`` as a copy of an empty sqlite store, made once per test session; its URI.
+
+    MLflow creates a new store's schema (its migrations) in ~2 s of CPU; the tests that use this only need a
+    store, not its creation. A new store's creation is still exercised where it is the point: every CLI run in
+    its own process (tests/sweep/test_faults.py's two sweeps on one new file, the killed drivers, test_ui.py)."""
+    if not _EMPTY_STORE:
+        from sweep.tracking import init_store
+
+        template = Path(tempfile.mkdtemp(prefix="empty-mlflow-store-"))
+        atexit.register(shutil.rmtree, template, ignore_errors=True)
+        init_store(f"sqlite:///{template}/mlflow.db")
+        _EMPTY_STORE.append(template / "mlflow.db")
+    db = folder / "mlflow.db"
+    assert not db.exists(), f"{db} exists already"
+    shutil.copyfile(_EMPTY_STORE[0], db)
+    return f"sqlite:///{db}"
+
+
+def in_background(compute: Callable[[], T]) -> Future[T]:
+    """``compute()`` started now in a thread of this process; ``.result()`` waits for its value.
+
+    For a test's reference values (its trainer run alone), computed while the sweep they check runs in other
+    processes: on 2 cores a one-trial-at-a-time sweep leaves most of one core idle. The values are the same
+    wherever the thread runs (the same kernels on the same inputs, one torch thread)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference")
+    future = pool.submit(compute)
+    pool.shutdown(wait=False)
+    return future
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """The address of the tests' local Ray (``ray_local``), for a CLI process to connect to (``--address``)
+    instead of starting and stopping a Ray of its own (~10 s on 2 cores)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def trial_runs(sweep: driver.Sweep) -> list:
     """Every child run of ``sweep``, newest first."""
     from record import sweep_runs
@@ -46,8 +93,9 @@ def trial_runs(sweep: driver.Sweep) -> list:
 
 
 def run_sweep(folder: Path, *args: str) -> driver.Sweep:
-    """``sweep run ARGS`` in-process against a sqlite store in ``folder``; returns the sweep just made."""
-    uri = f"sqlite:///{folder}/mlflow.db"
+    """``sweep run ARGS`` in-process against a sqlite store in ``folder`` (a copy of an empty one,
+    :func:`new_store`, unless it exists); returns the sweep just made."""
+    uri = f"sqlite:///{folder}/mlflow.db" if (folder / "mlflow.db").exists() else new_store(folder)
     before = os.getcwd()
     os.chdir(folder)
     try:
@@ -145,7 +193,9 @@ def run_then_kill_driver(folder: Path, spec_file: str, metric: str, min_steps: i
     return uri, env
 
 
-def resume(folder: Path, sweep_id: str, env: dict) -> subprocess.CompletedProcess:
-    """``sweep resume SWEEP_ID --no-analyze`` as its own process in ``folder``."""
-    return subprocess.run([sys.executable, "-m", "sweep.cli", "resume", sweep_id, "--no-analyze"], cwd=folder,
-                          env=env, capture_output=True, text=True, timeout=600)
+def resume(folder: Path, sweep_id: str, env: dict, address: str | None = None) -> subprocess.CompletedProcess:
+    """``sweep resume SWEEP_ID --no-analyze`` as its own process in ``folder``: on a fresh local Ray of its own,
+    or connected to the Ray at ``address`` (:func:`ray_address`)."""
+    where = ["--address", address] if address else []
+    return subprocess.run([sys.executable, "-m", "sweep.cli", "resume", sweep_id, "--no-analyze", *where],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)

@@ -59,6 +59,7 @@ from record import (
     TAG_SWEEP_ID,
 )
 from sweep.cli import main as sweep_main
+from tests.conftest import new_store
 
 METRICS = get_family("resnet").metric_names
 SWEEP_ID = "synthetic-20260101-000000-abcd"
@@ -169,7 +170,7 @@ def write_sweep(client: mlflow.MlflowClient, experiment_id: str, sweep_id: str, 
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One sqlite store with an older sweep (its own experiment) and the synthetic sweep; analysed once."""
     tmp = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = new_store(tmp)
     client = mlflow.MlflowClient(uri)
     art = (tmp / "artifacts").as_uri()
     now = int(time.time() * 1000)
@@ -471,7 +472,7 @@ PANEL_POINTS = [{"C": c, "lr": lr, "label_noise": f} for c in WIDTHS for lr in L
 @pytest.fixture(scope="module")
 def grid_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("grid")
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = new_store(tmp)
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("grid", artifact_location=(tmp / "artifacts").as_uri())
     now = int(time.time() * 1000)

@@ -13,6 +13,7 @@ from mlflow.entities import Metric
 from analysis import SkippedTrialsWarning, analyze
 from record import TAG_CURVE_PREFIX
 from tests.analysis.test_analysis import SWEEP_ID, WIDTHS, write_sweep
+from tests.conftest import new_store
 
 
 def history(client: mlflow.MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -21,7 +22,7 @@ def history(client: mlflow.MlflowClient, run_id: str, key: str) -> list[tuple[in
 
 @pytest.fixture
 def analysed(tmp_path):
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient(new_store(tmp_path))
     exp = client.create_experiment("synthetic", artifact_location=(tmp_path / "artifacts").as_uri())
     ids = write_sweep(client, exp, SWEEP_ID, int(time.time() * 1000))
     with pytest.warns(SkippedTrialsWarning):

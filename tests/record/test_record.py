@@ -17,7 +17,7 @@ from record import (
     tag_equals,
 )
 from sweep import driver
-from tests.conftest import trial_runs
+from tests.conftest import new_store, trial_runs
 
 # Values a filter must find exactly (quotes of either kind, SQL wildcards, backslashes, spaces, unicode).
 TRICKY = ["plain", "it's", 'say "hi"', "50%_done", "a\\b", "semi;colon AND x", "ünï", "dot.ted", "x = 'y'"]
@@ -25,7 +25,7 @@ TRICKY = ["plain", "it's", 'say "hi"', "50%_done", "a\\b", "semi;colon AND x", "
 
 @pytest.fixture
 def client(tmp_path):
-    return MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    return MlflowClient(new_store(tmp_path))
 
 
 def test_each_tricky_value_finds_exactly_its_run(client):

@@ -28,7 +28,15 @@ from record import TAG_AXES, TAG_FAMILY, TAG_GRID_POINT, TAG_KNOB, TAG_WORKER_PI
 from sweep import cli, driver
 from sweep.plan import plan_trials
 from sweep.spec import SpecError, load_spec
-from tests.conftest import histories, resume, run_sweep, run_sweep_killing_a_worker, run_then_kill_driver, trial_runs
+from tests.conftest import (
+    histories,
+    in_background,
+    resume,
+    run_sweep,
+    run_sweep_killing_a_worker,
+    run_then_kill_driver,
+    trial_runs,
+)
 from tests.numerics import assert_same_em_records, em_tol
 from tests.sweep.test_cli import no_compute, run_cli  # noqa: F401  (no_compute is a fixture)
 
@@ -360,6 +368,13 @@ def test_em_smoke_sweep_through_ray_and_mlflow(ray_local, tmp_path):
     assert "higher is better" in text and "train_loglik - test_loglik" in text
 
 
+def em_alone(K: int, budget: int, every: int) -> list[dict[str, float]]:
+    """Seed 0's records of the mixture trainer run alone, uninterrupted (no Ray, no MLflow), one torch thread."""
+    torch.set_num_threads(1)
+    trainer = get_family("bernoulli_mixture").trainer(MixtureConfig(K=K, budget=budget, eval_every=every), [0])
+    return [e.records[0].metrics() for e in trainer.run()]
+
+
 def test_killed_mixture_trial_resumes_with_every_iteration_once(ray_local, tmp_path):
     """Issue 6's rules for the mixture: SIGKILL the worker after some evaluations reached MLflow; the trial
     continues the same run from its checkpoint and every step appears once, with the uninterrupted values."""
@@ -367,6 +382,7 @@ def test_killed_mixture_trial_resumes_with_every_iteration_once(ray_local, tmp_p
     (tmp_path / "long.yaml").write_text(
         f"name: emlong\nmodel: {{family: bernoulli_mixture, K: {K}}}\nseeds: [0]\nbudget: {budget}\n"
         f"eval_every: {every}\ncheckpoint_every: 6\npack: 'off'\n")
+    expected = in_background(lambda: em_alone(K, budget, every))  # while the sweep runs
     sweep, killed = run_sweep_killing_a_worker(tmp_path, str(tmp_path / "long.yaml"), "train_loglik", 15)
     uri = sweep.tracking_uri
     client = MlflowClient(uri)
@@ -376,40 +392,36 @@ def test_killed_mixture_trial_resumes_with_every_iteration_once(ray_local, tmp_p
     assert run.info.status == "FINISHED" and int(run.data.tags[TAG_WORKER_PID]) != killed["pid"]
     steps = list(range(every, budget + 1, every))
     assert killed["steps_before"] < len(steps)
-    torch.set_num_threads(1)
-    trainer = get_family("bernoulli_mixture").trainer(MixtureConfig(K=K, budget=budget, eval_every=every), [0])
-    expected = [e.records[0].metrics() for e in trainer.run()]
     for key in MIXTURE_METRICS:
         history = histories(client, run.info.run_id, key)
         assert [s for s, _ in history] == steps, key
-        assert [v for _, v in history] == [m[key] for m in expected], key
+        assert [v for _, v in history] == [m[key] for m in expected.result()], key
 
 
-def test_killed_mixture_driver_then_resume_finishes_the_sweep(tmp_path):
+def test_killed_mixture_driver_then_resume_finishes_the_sweep(tmp_path, ray_address):
     """Issue 6's rules for the mixture, the driver's side: SIGKILL `sweep run` (and its Ray) mid-sweep, then
-    `sweep resume` finishes it; each run FINISHED with every iteration once and the uninterrupted values."""
+    `sweep resume` finishes it; each run FINISHED with every iteration once and the uninterrupted values. The
+    resume connects to the tests' Ray (a resume on a fresh Ray of its own: test_faults.py)."""
     budget, every = 1500, 10
     (tmp_path / "long.yaml").write_text(
         f"name: emdriver\nmodel: {{family: bernoulli_mixture, K: [300, 400]}}\nseeds: [0]\nbudget: {budget}\n"
         f"eval_every: {every}\ncheckpoint_every: 6\nmax_concurrent_trials: 1\n")
+    expected = in_background(lambda: {K: em_alone(K, budget, every) for K in (300, 400)})  # while the sweep runs
     uri, env = run_then_kill_driver(tmp_path, "long.yaml", "train_loglik", 15)
     client = MlflowClient(uri)
     sweep = driver.load_sweep(None, uri)
     assert sorted(r.info.status for r in trial_runs(sweep)) != ["FINISHED", "FINISHED"], "killed too late"
-    resumed = resume(tmp_path, sweep.sweep_id, env)
+    resumed = resume(tmp_path, sweep.sweep_id, env, ray_address)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
     runs = {int(r.data.params["K"]): r for r in trial_runs(sweep)}
     assert sorted(runs) == [300, 400]
-    torch.set_num_threads(1)
     for K, run in runs.items():
         assert run.info.status == "FINISHED"
-        trainer = get_family("bernoulli_mixture").trainer(MixtureConfig(K=K, budget=budget, eval_every=every), [0])
-        expected = [e.records[0].metrics() for e in trainer.run()]
         for key in ("train_loglik", "test_loglik", "test_error"):
             history = histories(client, run.info.run_id, key)
             assert [s for s, _ in history] == list(range(every, budget + 1, every)), (K, key)
-            assert [v for _, v in history] == [m[key] for m in expected], (K, key)
+            assert [v for _, v in history] == [m[key] for m in expected.result()[K]], (K, key)
 
 
 def test_toy_family_from_a_test_file_runs_through_sweep_run_and_analyze(ray_local, tmp_path, toy_family, capsys):

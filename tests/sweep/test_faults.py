@@ -16,7 +16,15 @@ from models.resnet.config import TrainConfig
 from models.resnet.trainer import Trainer
 from record import TAG_FAILURE, TAG_WORKER_PID
 from sweep import driver
-from tests.conftest import histories, resume, run_sweep, run_sweep_killing_a_worker, run_then_kill_driver, trial_runs
+from tests.conftest import (
+    histories,
+    in_background,
+    resume,
+    run_sweep,
+    run_sweep_killing_a_worker,
+    run_then_kill_driver,
+    trial_runs,
+)
 
 METRICS = get_family("resnet").metric_names
 
@@ -30,9 +38,10 @@ def uninterrupted(C: int, seed: int = 0, budget: int = 1500) -> list[dict[str, f
     return [e.records[0].metrics() for e in trainer.run()]
 
 
-def assert_complete_and_identical(client: MlflowClient, run_id: str, C: int, budget: int = 1500) -> None:
-    """Every step exactly once, and every value equal to an uninterrupted run's."""
-    expected = uninterrupted(C, budget=budget)
+def assert_complete_and_identical(client: MlflowClient, run_id: str, expected: list[dict[str, float]],
+                                  budget: int = 1500) -> None:
+    """Every step exactly once, and every value equal to ``expected``, an uninterrupted run's
+    (:func:`uninterrupted`)."""
     for key in METRICS:
         history = histories(client, run_id, key)
         assert [s for s, _ in history] == list(range(25, budget + 1, 25)), key
@@ -45,6 +54,7 @@ def logged_steps(client: MlflowClient, run) -> int:
 
 def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
     (tmp_path / "long.yaml").write_text(LONG.format(C=4))
+    expected = in_background(lambda: uninterrupted(4))  # while the sweep runs
     sweep, killed = run_sweep_killing_a_worker(tmp_path, str(tmp_path / "long.yaml"), "train_error", 15)
     client = MlflowClient(sweep.tracking_uri)
     runs = trial_runs(sweep)
@@ -53,11 +63,12 @@ def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
     assert run.info.status == "FINISHED"
     assert int(run.data.tags[TAG_WORKER_PID]) != killed["pid"]  # it really ran again, in a new worker
     assert killed["steps_before"] < len(LONG_STEPS)
-    assert_complete_and_identical(client, run.info.run_id, C=4)
+    assert_complete_and_identical(client, run.info.run_id, expected.result())
 
 
 def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
     (tmp_path / "long.yaml").write_text(LONG.format(C="[2, 4]") + "max_concurrent_trials: 1\n")
+    expected = in_background(lambda: {C: uninterrupted(C) for C in (2, 4)})  # while the sweep runs
     uri, env = run_then_kill_driver(tmp_path, "long.yaml", "train_error", 15)
     client = MlflowClient(uri)
     sweep = driver.load_sweep(None, uri)
@@ -72,7 +83,7 @@ def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
     assert sorted(int(r.data.params["C"]) for r in runs) == [2, 4]
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert_complete_and_identical(client, run.info.run_id, C=int(run.data.params["C"]))
+        assert_complete_and_identical(client, run.info.run_id, expected.result()[int(run.data.params["C"])])
 
 
 def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local, tmp_path):
@@ -82,6 +93,8 @@ def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local,
     budget = 6000
     (tmp_path / "long.yaml").write_text(LONG.format(C=4).replace("checkpoint_every: 6", "checkpoint_every: 1000")
                                         .replace("budget: 1500", f"budget: {budget}"))
+
+    expected = in_background(lambda: uninterrupted(4, budget=budget))  # while the sweep runs
 
     def checkpoints() -> dict:
         return {"checkpoints": sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))}
@@ -94,7 +107,7 @@ def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local,
     [run] = trial_runs(sweep)
     assert run.info.status == "FINISHED"
     assert int(run.data.tags[TAG_WORKER_PID]) != killed["pid"]
-    assert_complete_and_identical(client, run.info.run_id, C=4, budget=budget)
+    assert_complete_and_identical(client, run.info.run_id, expected.result(), budget=budget)
 
 
 def smoke_records(C: int, lr: float) -> list[dict[str, float]]:

@@ -161,7 +161,8 @@ def test_refine_on_the_mixture_with_a_small_budget(ray_local, tmp_path):
     assert "threshold" not in summary.split("## Refinement")[1].split("##")[0]  # the mixture declares none
 
 
-def test_a_killed_driver_then_resume_finishes_a_refine_search_without_training_a_width_twice(tmp_path):
+def test_a_killed_driver_then_resume_finishes_a_refine_search_without_training_a_width_twice(tmp_path, ray_address):
+    """The resume connects to the tests' Ray (a resume on a fresh Ray of its own: test_faults.py)."""
     (tmp_path / "long.yaml").write_text(
         "name: longrefine\nmodel: {C: [1, 8]}\nseeds: [0]\nbudget: 1500\neval_every: 25\ncheckpoint_every: 6\n"
         "search: {algorithm: refine, num_samples: 4}\n")
@@ -169,7 +170,7 @@ def test_a_killed_driver_then_resume_finishes_a_refine_search_without_training_a
     from sweep import driver
 
     sweep = driver.load_sweep(None, uri)
-    resumed = resume(tmp_path, sweep.sweep_id, env)
+    resumed = resume(tmp_path, sweep.sweep_id, env, ray_address)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client = MlflowClient(uri)
     assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"

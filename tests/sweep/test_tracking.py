@@ -11,6 +11,7 @@ from models import get_family
 from models.records import Evaluation, MetricRecord
 from record import TAG_FAILURE
 from sweep import tracking
+from tests.conftest import new_store
 
 REASON = "diverged: minibatch loss became nan at step 15"
 
@@ -25,7 +26,7 @@ def record(seed: int, step: int) -> MetricRecord:
 
 @pytest.fixture
 def store(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(new_store(tmp_path))
     experiment = client.create_experiment("t")
     run_ids = {}
     for seed in (0, 1):
@@ -131,7 +132,7 @@ class LockedAfterCommit:
 
 
 def test_create_after_a_locked_commit_makes_one_run(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(new_store(tmp_path))
     experiment = client.create_experiment("locked")
     flaky = LockedAfterCommit(client)
     run_id = tracking.create_parent_run(flaky, experiment, "s-1", {"preset": "smoke"})
@@ -142,7 +143,7 @@ def test_create_after_a_locked_commit_makes_one_run(tmp_path):
 
 def test_create_retries_when_the_insert_did_not_commit(tmp_path):
     """The other half: a lock error BEFORE the commit is retried, and still gives exactly one run."""
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(new_store(tmp_path))
     experiment = client.create_experiment("retry")
 
     class LockedBefore(LockedAfterCommit):

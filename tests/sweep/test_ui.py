@@ -9,7 +9,9 @@ README). Run alone with
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import io
 import json
 import os
 import re
@@ -24,7 +26,7 @@ import pytest
 from mlflow import MlflowClient
 
 from models.digits import split_hash
-from sweep import driver
+from sweep import cli, driver
 from tests.cluster_harness import BIN, REPO, MlflowServer, ray_env
 from tests.conftest import trial_runs
 
@@ -375,19 +377,25 @@ def test_group_by_width_in_the_chart_view(ui_sweep, ui_server, browser):
 
 
 def run_into(ui_sweep, out: str, *args: str) -> tuple[Any, str]:
-    """``sweep run ARGS`` into the UI test's store; (the sweep, its stdout)."""
+    """``sweep run ARGS`` into the UI test's store, in this process on the tests' local Ray (``ray_local``: the
+    CLI run in its own process, with its own Ray, is ``ui_sweep``'s); (the sweep, what it printed)."""
     root = ui_sweep["root"]
-    proc = subprocess.run(
-        [str(BIN / "sweep"), "run", *args, "--tracking-uri", ui_sweep["uri"], "--storage", str(root / "ray_results"),
-         "--out", str(root / out)], cwd=root, env=ray_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    printed = io.StringIO()
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(printed):
+            cli.main(["run", *args, "--tracking-uri", ui_sweep["uri"], "--storage", str(root / "ray_results"),
+                      "--out", str(root / out)])
+    finally:
+        os.chdir(before)
     sweep = driver.load_sweep(None, ui_sweep["uri"])
     assert sweep.sweep_id != ui_sweep["sweep"].sweep_id
-    return sweep, proc.stdout
+    return sweep, printed.getvalue()
 
 
 @pytest.fixture(scope="module")
-def second_sweep(ui_sweep) -> Any:
+def second_sweep(ui_sweep, ray_local) -> Any:
     """A second smoke sweep in the same experiment and store, trained twice as long (another curve)."""
     return run_into(ui_sweep, "out_second", "smoke", "--set", "budget=100")[0]
 
@@ -440,13 +448,13 @@ SEARCH = ("smoke", "--set", "name=search-ui", "--set", "model.C=4", "--set", "bu
 
 
 @pytest.fixture(scope="module")
-def search_sweep(ui_sweep) -> dict[str, Any]:
+def search_sweep(ui_sweep, ray_local) -> dict[str, Any]:
     sweep, stdout = run_into(ui_sweep, "out_search", *SEARCH)
     return {"sweep": sweep, "stdout": stdout, "children": {r.info.run_name: r for r in trial_runs(sweep)}}
 
 
 @pytest.fixture(scope="module")
-def mixture_sweep(ui_sweep) -> dict[str, Any]:
+def mixture_sweep(ui_sweep, ray_local) -> dict[str, Any]:
     sweep, stdout = run_into(ui_sweep, "out_mixture", "em", "--set", "seeds=2", "--set", "model.K=[1,5,20]",
                              "--set", "budget=10")
     return {"sweep": sweep, "stdout": stdout, "children": {r.info.run_name: r for r in trial_runs(sweep)}}
