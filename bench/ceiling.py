@@ -157,7 +157,7 @@ def _fwd_bwd_once(build: Callable[[], torch.Tensor], grad: torch.Tensor) -> tupl
 def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     """Each piece of one packed update alone, at the shapes it has in training, through the module's own
     methods where it has them: {piece: (forward ms, backward ms)} per pack-update; pieces that run twice
-    (the two block convs, their BatchNorms) are counted twice. Each is the best of ``repeats`` rounds."""
+    (the two block convs) are counted twice. Each is the best of ``repeats`` rounds."""
     from models.resnet.config import TrainConfig
     from models.resnet.packed import PackedResNet
     from models.resnet.trainer import Trainer
@@ -172,7 +172,7 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     def leaf(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).requires_grad_()
 
-    h4, dense = leaf(S, C, 4, N), leaf(S, 4 * C, 4 * C)
+    h4, h4_residual, dense = leaf(S, C, 4, N), leaf(S, C, 4, N), leaf(S, 4 * C, 4 * C)
     pooled, logits = leaf(S, C, N), leaf(S, N, model.num_classes)
     labels = torch.randint(0, model.num_classes, (S, N), generator=gen)
 
@@ -185,8 +185,8 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
         f"stem + ReLU + max-pool ({kind})": lambda: model._stem(inputs),
         f"block conv weight gathers (x2, {kind})": weight_gather,
         "block conv bmm (x2)": lambda: torch.bmm(dense, h4.reshape(S, 4 * C, N)),
-        "block BatchNorm (x2)": lambda: model._batch_norm(h4, "bn1"),
-        "ReLUs + residual + mean": lambda: (h4.relu() + h4).relu().mean(dim=2),
+        f"block BatchNorm + ReLU ({kind})": lambda: model._bn_relu(h4, "bn1"),
+        f"block BatchNorm + residual + ReLU + mean ({kind})": lambda: model._bn_residual_pool(h4, h4_residual, "bn2"),
         "fc": lambda: torch.baddbmm(model.fc_bias.unsqueeze(2), model.fc_weight, pooled),
         "loss": lambda: F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1),
     }
@@ -198,7 +198,7 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
         for key, build in builds.items():
             f, b = _fwd_bwd_once(build, grads[key])
             times[key] = (min(times[key][0], 1000 * f), min(times[key][1], 1000 * b))
-    for key in (f"block conv weight gathers (x2, {kind})", "block conv bmm (x2)", "block BatchNorm (x2)"):
+    for key in (f"block conv weight gathers (x2, {kind})", "block conv bmm (x2)"):
         f, b = times[key]
         times[key] = (2 * f, 2 * b)
     return times
@@ -217,13 +217,14 @@ PRODUCTS_STEP = (
 # their folds no faster. bench/ablate.py bounds what any rewrite can gain: without the stem + pool, the block
 # gathers or the block BatchNorms the update is ~30%, ~12% and ~16% cheaper, so 60% needs nearly all of them gone.
 # On 2026-12-03 (Xeon, S=32): the stem + pool + ReLU as a chunked autograd.Function of ATen ops (float masks, the
-# stem output kept in L2) 5-9% slower than the ATen path; the C kernel of models/resnet/stem_pool.c 16-25% faster
-# (kept: models/resnet/native.py).
+# stem output kept in L2) 5-9% slower than the ATen path; in C (models/resnet/packed_kernels.c, kept) the stem's
+# tail and the block weight gathers 0.69x the update's time, the block's BatchNorms + ReLUs + residual + mean
+# 0.90-0.95x again (docs/benchmarks.md).
 NOT_PRODUCTS_STEP = (
-    "the work that is no product is spread over several pieces of 0.1-0.3 ms each (largest here: {largest}); "
-    "the rewrites in ATen ops measured (bench/ceiling.py's comment) were slower, and the stem's C kernel took "
-    "the largest piece: next, the residual block as C kernels (weight gathers, BatchNorm, ReLU and residual in "
-    "one pass over the (S, 4C, N) activations), timed against this same-run ceiling")
+    "the work that is no product is spread over several pieces (largest here: {largest}); the rewrites in ATen "
+    "ops measured (bench/ceiling.py's comment) were slower, and C kernels now run the stem's tail, the block "
+    "weight gathers and the block's elementwise work: next, block convs that read the (C, C, 3, 3) weight "
+    "without materialising the dense (4C x 4C) matrices, timed against this same-run ceiling")
 
 
 def account(C: int, S: int, updates: int, ceiling_ms: float) -> dict:

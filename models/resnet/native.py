@@ -28,10 +28,20 @@ from models.resnet.pack_cost import CACHE_ENV, cpu_model
 
 NATIVE_ENV = "COMPLEXITY_SWEEP_NATIVE"
 SOURCE = Path(__file__).with_name("packed_kernels.c")
-# name -> number of int64 arguments, number of pointer arguments (per dtype suffix: _f32, _f64)
-SIGNATURES = {"stem_pool_forward": (4, 5), "stem_pool_backward": (4, 6), "block_dense_forward": (2, 2),
-              "block_dense_backward": (2, 2)}
+_I, _D, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+# name -> argument types (the same for each dtype suffix: _f32, _f64)
+SIGNATURES = {
+    "stem_pool_forward": [_I] * 4 + [_P] * 5,
+    "stem_pool_backward": [_I] * 4 + [_P] * 6,
+    "block_dense_forward": [_I] * 2 + [_P] * 2,
+    "block_dense_backward": [_I] * 2 + [_P] * 2,
+    "bn_relu_forward": [_I, _I, _D, _D] + [_P] * 8,
+    "bn_relu_backward": [_I] * 2 + [_P] * 9,
+    "block_tail_forward": [_I, _I, _D, _D] + [_P] * 9,
+    "block_tail_backward": [_I] * 2 + [_P] * 11,
+}
 FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
+LIBS = ("-lm",)
 
 
 def _compiler() -> str | None:
@@ -40,7 +50,7 @@ def _compiler() -> str | None:
 
 def _library_path(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), version, cpu_model(), *FLAGS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), version, cpu_model(), *FLAGS, *LIBS]).encode()).hexdigest()[:16]
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "complexity-sweep")
     return root / "native" / f"packed_kernels-{key}.so"
 
@@ -52,7 +62,8 @@ def _build(cc: str, target: Path) -> None:
             return
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            subprocess.run([cc, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True, text=True)
+            command = [cc, *FLAGS, "-o", str(built), str(SOURCE), *LIBS]
+            subprocess.run(command, check=True, capture_output=True, text=True)
             os.replace(built, target)  # atomic: a reader never sees half a library
 
 
@@ -73,9 +84,9 @@ def library() -> ctypes.CDLL | None:
         detail = getattr(error, "stderr", "") or error
         warnings.warn(f"the packed model's C kernels did not build ({detail}); using ATen ops", stacklevel=2)
         return None
-    for name, (ints, pointers) in SIGNATURES.items():
+    for name, argtypes in SIGNATURES.items():
         for suffix in ("f32", "f64"):
             function = getattr(library, f"{name}_{suffix}")
-            function.argtypes = [ctypes.c_int64] * ints + [ctypes.c_void_p] * pointers
+            function.argtypes = argtypes
             function.restype = None
     return library

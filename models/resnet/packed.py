@@ -15,9 +15,10 @@ channels of all members are contiguous, so one ``F.batch_norm`` call on a (1, S*
 BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics update). The stem's
 BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
 elementwise passes over the largest activation, (S, C, 16, N); on the CPU, the stem product, ReLU and max-pool
-then run in one C kernel that never writes that activation whole, and the block convs' weights are gathered
-into their dense matrices by another (``packed_kernels.c``, :mod:`models.resnet.native`), with ATen ops as the
-fallback. The stem's per-image work (padding, and the
+then run in one C kernel that never writes that activation whole, the block convs' weights are gathered
+into their dense matrices by another, and in training the block's BatchNorms, ReLUs, residual and average pool
+by two more, one pass over each activation (``packed_kernels.c``, :mod:`models.resnet.native`), with ATen ops
+as the fallback. The stem's per-image work (padding, and the
 patch moments those statistics need) can be done once per image set: :class:`StemInputs`, which the trainer
 builds for the training half and gathers per minibatch.
 
@@ -162,6 +163,70 @@ class _NativeBlockDense(torch.autograd.Function):
                     else ctx.library.block_dense_backward_f64)
         backward(S, C4 // 4, grad.data_ptr(), d_weight.data_ptr())
         return d_weight, None
+
+
+def _suffix(t: Tensor) -> str:
+    return "f32" if t.dtype == torch.float32 else "f64"
+
+
+class _NativeBatchNormReLU(torch.autograd.Function):
+    """``relu(batch_norm(x))`` in training mode per member and channel by the C kernel of ``packed_kernels.c``:
+    x (S, C, 4, N), weight and bias (S, C); the running statistics (S, C) are updated in place, as
+    ``F.batch_norm`` does."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,  # type: ignore[override]
+                running_var: Tensor, library: Any) -> Tensor:
+        S, C, P, N = x.shape
+        mean, invstd, y = x.new_empty(S, C), x.new_empty(S, C), torch.empty_like(x)
+        getattr(library, f"bn_relu_forward_{_suffix(x)}")(
+            S * C, P * N, _MOMENTUM, _EPS, x.data_ptr(), weight.data_ptr(), bias.data_ptr(), running_mean.data_ptr(),
+            running_var.data_ptr(), mean.data_ptr(), invstd.data_ptr(), y.data_ptr())
+        ctx.library = library
+        ctx.save_for_backward(x, weight, mean, invstd, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None, None]:  # type: ignore[override]
+        x, weight, mean, invstd, y = ctx.saved_tensors
+        S, C, P, N = x.shape
+        grad = grad.contiguous()
+        d_x, d_weight, d_bias = torch.empty_like(x), weight.new_empty(S, C), weight.new_empty(S, C)
+        getattr(ctx.library, f"bn_relu_backward_{_suffix(x)}")(
+            S * C, P * N, grad.data_ptr(), y.data_ptr(), x.data_ptr(), weight.data_ptr(), mean.data_ptr(),
+            invstd.data_ptr(), d_x.data_ptr(), d_weight.data_ptr(), d_bias.data_ptr())
+        return d_x, d_weight, d_bias, None, None, None
+
+
+class _NativeBlockTail(torch.autograd.Function):
+    """``relu(h + batch_norm(x)).mean(dim=2)`` in training mode by the C kernel of ``packed_kernels.c``: the
+    second BatchNorm, the residual, its ReLU and the global average pool; x and h (S, C, 4, N) -> (S, C, N).
+    The running statistics (S, C) are updated in place."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, h: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,  # type: ignore[override]
+                running_var: Tensor, library: Any) -> Tensor:
+        S, C, _, N = x.shape
+        mean, invstd, pooled = x.new_empty(S, C), x.new_empty(S, C), x.new_empty(S, C, N)
+        getattr(library, f"block_tail_forward_{_suffix(x)}")(
+            S * C, N, _MOMENTUM, _EPS, x.data_ptr(), h.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+            running_mean.data_ptr(), running_var.data_ptr(), mean.data_ptr(), invstd.data_ptr(), pooled.data_ptr())
+        ctx.library = library
+        ctx.save_for_backward(x, h, weight, bias, mean, invstd)
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None, None]:  # type: ignore[override]
+        x, h, weight, bias, mean, invstd = ctx.saved_tensors
+        S, C, _, N = x.shape
+        grad = grad.contiguous()
+        d_x, d_h = torch.empty_like(x), torch.empty_like(h)
+        d_weight, d_bias = weight.new_empty(S, C), weight.new_empty(S, C)
+        getattr(ctx.library, f"block_tail_backward_{_suffix(x)}")(
+            S * C, N, grad.data_ptr(), x.data_ptr(), h.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+            mean.data_ptr(), invstd.data_ptr(), d_x.data_ptr(), d_h.data_ptr(), d_weight.data_ptr(),
+            d_bias.data_ptr())
+        return d_x, d_h, d_weight, d_bias, None, None, None
 
 
 @dataclass(frozen=True)
@@ -392,6 +457,34 @@ class PackedResNet(nn.Module):
             return _NativeBlockDense.apply(weight.contiguous(), library)
         return weight.reshape(S, C * C * 9).index_select(1, self._block_index).view(S, 4 * C, 4 * C)
 
+    def _block(self, h: Tensor) -> Tensor:
+        """relu(h + bn2(conv2(relu(bn1(conv1(h)))))) averaged over the 4 pixels: (S, C, 4, N) -> (S, C, N)."""
+        f = self._bn_relu(self._block_conv(self.conv1, h), "bn1")
+        return self._bn_residual_pool(self._block_conv(self.conv2, f), h, "bn2")
+
+    # In training mode on the CPU the block's elementwise work after each conv runs in one C kernel per direction
+    # (_NativeBatchNormReLU, _NativeBlockTail): one pass over each activation instead of ATen's separate
+    # BatchNorm, ReLU, add and mean kernels. Eval mode, which reads running statistics once per evaluation,
+    # stays on ATen ops.
+    def _bn_relu(self, x: Tensor, name: str) -> Tensor:
+        """relu(BatchNorm ``name``(x)), x (S, C, 4, N)."""
+        library = self._kernels(x) if self.training else None
+        if library is None:
+            return self._batch_norm(x, name).relu_()
+        getattr(self, f"{name}_num_batches_tracked").add_(1)
+        return _NativeBatchNormReLU.apply(x.contiguous(), *self._bn_tensors(name), library)
+
+    def _bn_residual_pool(self, x: Tensor, h: Tensor, name: str) -> Tensor:
+        """relu(h + BatchNorm ``name``(x)) averaged over the 4 pixels: x, h (S, C, 4, N) -> (S, C, N)."""
+        library = self._kernels(x, h) if self.training else None
+        if library is None:
+            return (h + self._batch_norm(x, name)).relu_().mean(dim=2)
+        getattr(self, f"{name}_num_batches_tracked").add_(1)
+        return _NativeBlockTail.apply(x.contiguous(), h.contiguous(), *self._bn_tensors(name), library)
+
+    def _bn_tensors(self, name: str) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, f"{name}_{kind}") for kind in ("weight", "bias", "running_mean", "running_var"))
+
     def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
         """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
         S, C, _, N = h.shape
@@ -413,10 +506,7 @@ class PackedResNet(nn.Module):
         elif x.pixels.shape[0] not in (1, self.S):
             raise ValueError(f"expected {self.S} member batches or 1 shared, got {x.pixels.shape[0]}")
         h = self._stem(x)  # (S, C, 4, N): stem conv, its BatchNorm, ReLU and max-pool; pooled pixel q = 2a + b
-        f = self._batch_norm(self._block_conv(self.conv1, h), "bn1").relu_()
-        f = self._batch_norm(self._block_conv(self.conv2, f), "bn2")
-        h = (h + f).relu_()
-        pooled = h.mean(dim=2)  # (S, C, N): global average pool
+        pooled = self._block(h)  # (S, C, N): the residual block, its ReLU and the global average pool
         # Computed as (S, 10, N) = W @ pooled and returned as its (S, N, 10) transpose: several times faster
         # than pooled^T @ W^T here, and a loss over classes on dim 1 then reads contiguous memory.
         return _baddbmm(self.fc_bias.unsqueeze(2), self.fc_weight, pooled).transpose(1, 2)

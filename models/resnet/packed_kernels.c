@@ -1,5 +1,5 @@
-/* Two pieces of the packed ResNet's update as C kernels, for models/resnet/packed.py (which compiles this file once
- * per machine: models/resnet/native.py). Why by hand: both are passes over memory that ATen runs as several
+/* Three pieces of the packed ResNet's update as C kernels, for models/resnet/packed.py (which compiles this file once
+ * per machine: models/resnet/native.py). Why by hand: each is passes over memory that ATen runs as several
  * kernels with large intermediates; measured on the machines in docs/benchmarks.md.
  *
  * 1. The stem's tail, relu(max_pool2d(bias + W @ patches, 2)) per member and channel, and its backward. Through
@@ -16,7 +16,17 @@
  *    the (C, C, 3, 3) weight, and the gradient's fold back onto the 9 taps: with ATen an index_select and a
  *    scatter_add over a 16C^2 index, here two streaming loops (a weight row is read or written 4 times, in
  *    cache). Layouts: W (S, C, C, 9), D (S, 4C, 4C) with row co*4 + q and column ci*4 + r.
+ * 3. The residual block's elementwise work in training mode, forward and backward: BatchNorm + ReLU after the
+ *    first conv, and BatchNorm + residual + ReLU + the global average pool after the second. Through ATen ops
+ *    that is some ten kernels per block and direction, each a pass over an (S, C, 4, N) activation; here one
+ *    row (a member's channel, 4N values) at a time, in cache. BatchNorm as nn.BatchNorm2d computes it (ATen's
+ *    CPU kernel): statistics summed in double, mean and 1/sqrt(var + eps) rounded to the dtype, running
+ *    statistics updated in place with the unbiased variance, y = x * alpha + beta. Sums use 8 partial sums
+ *    (vectorized without fast-math), so results match ATen's to rounding, not bit for bit. Layouts: rows R = S*C
+ *    of L = 4N values, x the conv output, h the block input; weight, bias, running statistics, mean and invstd
+ *    (R); pooled (R, N).
  */
+#include <math.h>
 #include <stdint.h>
 
 #define BLK 64
@@ -143,3 +153,125 @@ void block_dense_backward_##SUFFIX(int64_t S, int64_t C, const T *gD, T *gW) { \
 }
 DEFINE_DENSE(float, f32)
 DEFINE_DENSE(double, f64)
+
+/* Mean (rounded to T) and the sum of squared deviations from it, in double, of one row of L values. */
+#define ROW_STATS(T, x, L, mean_out, sq_out)                                                                   \
+    do {                                                                                                      \
+        double part_[8] = {0};                                                                                \
+        int64_t i_ = 0;                                                                                       \
+        for (; i_ + 8 <= (L); i_ += 8)                                                                        \
+            for (int j_ = 0; j_ < 8; j_++) part_[j_] += (x)[i_ + j_];                                         \
+        double sum_ = ((part_[0] + part_[1]) + (part_[2] + part_[3])) + ((part_[4] + part_[5]) + (part_[6] + part_[7])); \
+        for (; i_ < (L); i_++) sum_ += (x)[i_];                                                               \
+        const T mean_ = (T)(sum_ / (L));                                                                      \
+        for (int j_ = 0; j_ < 8; j_++) part_[j_] = 0;                                                         \
+        for (i_ = 0; i_ + 8 <= (L); i_ += 8)                                                                  \
+            for (int j_ = 0; j_ < 8; j_++) {                                                                  \
+                const double d_ = (x)[i_ + j_] - mean_;                                                       \
+                part_[j_] += d_ * d_;                                                                         \
+            }                                                                                                 \
+        double sq_ = ((part_[0] + part_[1]) + (part_[2] + part_[3])) + ((part_[4] + part_[5]) + (part_[6] + part_[7])); \
+        for (; i_ < (L); i_++) {                                                                              \
+            const double d_ = (x)[i_] - mean_;                                                                \
+            sq_ += d_ * d_;                                                                                   \
+        }                                                                                                     \
+        (mean_out) = mean_;                                                                                   \
+        (sq_out) = sq_;                                                                                       \
+    } while (0)
+
+/* One row's batch statistics: saved mean and invstd, running statistics updated, returns alpha and beta. */
+#define ROW_NORM(T, x, L, r)                                                                                  \
+    T m;                                                                                                      \
+    double sq;                                                                                                \
+    ROW_STATS(T, x, L, m, sq);                                                                                \
+    const T is = (T)(1.0 / sqrt(sq / (L) + eps));                                                             \
+    mean[r] = m;                                                                                              \
+    invstd[r] = is;                                                                                           \
+    rmean[r] = (T)(momentum * m + (1 - momentum) * rmean[r]);                                                 \
+    rvar[r] = (T)(momentum * (sq / ((L) - 1)) + (1 - momentum) * rvar[r]);                                    \
+    const T alpha = is * w[r], beta = b[r] - m * alpha;
+
+/* BatchNorm's backward for one row whose output gradient dy is already in gx: gx becomes the input gradient. */
+#define ROW_NORM_BACKWARD(T, gx, x, L, r)                                                                     \
+    do {                                                                                                      \
+        const T m = mean[r], is = invstd[r];                                                                  \
+        double ps_[8] = {0}, pd_[8] = {0};                                                                    \
+        int64_t i_ = 0;                                                                                       \
+        for (; i_ + 8 <= (L); i_ += 8)                                                                        \
+            for (int j_ = 0; j_ < 8; j_++) {                                                                  \
+                ps_[j_] += (gx)[i_ + j_];                                                                     \
+                pd_[j_] += (double)((x)[i_ + j_] - m) * (gx)[i_ + j_];                                        \
+            }                                                                                                 \
+        double sum_ = ((ps_[0] + ps_[1]) + (ps_[2] + ps_[3])) + ((ps_[4] + ps_[5]) + (ps_[6] + ps_[7]));      \
+        double dot_ = ((pd_[0] + pd_[1]) + (pd_[2] + pd_[3])) + ((pd_[4] + pd_[5]) + (pd_[6] + pd_[7]));      \
+        for (; i_ < (L); i_++) {                                                                              \
+            sum_ += (gx)[i_];                                                                                 \
+            dot_ += (double)((x)[i_] - m) * (gx)[i_];                                                         \
+        }                                                                                                     \
+        const T k_ = (T)(dot_ * is * is / (L)), mean_dy_ = (T)(sum_ / (L)), scale_ = is * w[r];               \
+        for (i_ = 0; i_ < (L); i_++) (gx)[i_] = ((gx)[i_] - mean_dy_ - ((x)[i_] - m) * k_) * scale_;          \
+        gw[r] = (T)(dot_ * is);                                                                               \
+        gb[r] = (T)sum_;                                                                                      \
+    } while (0)
+
+#define DEFINE_BLOCK(T, SUFFIX)                                                                               \
+/* y = relu(batch_norm(x)) */                                                                                 \
+void bn_relu_forward_##SUFFIX(int64_t R, int64_t L, double momentum, double eps, const T *x, const T *w,      \
+                              const T *b, T *rmean, T *rvar, T *mean, T *invstd, T *y) {                      \
+    for (int64_t r = 0; r < R; r++) {                                                                         \
+        const T *xr = x + r * L;                                                                              \
+        ROW_NORM(T, xr, L, r)                                                                                 \
+        T *yr = y + r * L;                                                                                    \
+        for (int64_t i = 0; i < L; i++) {                                                                     \
+            const T v = xr[i] * alpha + beta;                                                                 \
+            yr[i] = (v > 0 || v != v) ? v : 0;                                                                \
+        }                                                                                                     \
+    }                                                                                                         \
+}                                                                                                             \
+/* gy, y -> gx, gw, gb: relu passes the gradient where y > 0 */                                               \
+void bn_relu_backward_##SUFFIX(int64_t R, int64_t L, const T *gy, const T *y, const T *x, const T *w,         \
+                               const T *mean, const T *invstd, T *gx, T *gw, T *gb) {                         \
+    for (int64_t r = 0; r < R; r++) {                                                                         \
+        const T *g = gy + r * L, *yr = y + r * L, *xr = x + r * L;                                            \
+        T *gxr = gx + r * L;                                                                                  \
+        for (int64_t i = 0; i < L; i++) gxr[i] = yr[i] > 0 ? g[i] : 0;                                        \
+        ROW_NORM_BACKWARD(T, gxr, xr, L, r);                                                                  \
+    }                                                                                                         \
+}                                                                                                             \
+/* pooled[r, n] = mean over the 4 pixels q of relu(h + batch_norm(x)), rows of (4, N) */                     \
+void block_tail_forward_##SUFFIX(int64_t R, int64_t N, double momentum, double eps, const T *x, const T *h,   \
+                                 const T *w, const T *b, T *rmean, T *rvar, T *mean, T *invstd, T *pooled) {  \
+    const int64_t L = 4 * N;                                                                                  \
+    for (int64_t r = 0; r < R; r++) {                                                                         \
+        const T *xr = x + r * L, *hr = h + r * L;                                                             \
+        ROW_NORM(T, xr, L, r)                                                                                 \
+        T *pr = pooled + r * N;                                                                               \
+        for (int64_t n = 0; n < N; n++) {                                                                     \
+            T total = 0;                                                                                      \
+            for (int q = 0; q < 4; q++) {                                                                     \
+                const T v = hr[q * N + n] + (xr[q * N + n] * alpha + beta);                                   \
+                total += (v > 0 || v != v) ? v : 0;                                                           \
+            }                                                                                                 \
+            pr[n] = total / 4;                                                                                \
+        }                                                                                                     \
+    }                                                                                                         \
+}                                                                                                             \
+/* gpooled -> gx (through the BatchNorm), gh (the residual), gw, gb; relu passes where h + bn(x) > 0 */      \
+void block_tail_backward_##SUFFIX(int64_t R, int64_t N, const T *gp, const T *x, const T *h, const T *w,      \
+                                  const T *b, const T *mean, const T *invstd, T *gx, T *gh, T *gw, T *gb) {   \
+    const int64_t L = 4 * N;                                                                                  \
+    for (int64_t r = 0; r < R; r++) {                                                                         \
+        const T *xr = x + r * L, *hr = h + r * L, *g = gp + r * N;                                            \
+        T *gxr = gx + r * L, *ghr = gh + r * L;                                                               \
+        const T alpha = invstd[r] * w[r], beta = b[r] - mean[r] * alpha;                                      \
+        for (int q = 0; q < 4; q++)                                                                           \
+            for (int64_t n = 0; n < N; n++) {                                                                 \
+                const int64_t i = q * N + n;                                                                  \
+                const T v = hr[i] + (xr[i] * alpha + beta);                                                   \
+                ghr[i] = gxr[i] = v > 0 ? g[n] / 4 : 0;                                                       \
+            }                                                                                                 \
+        ROW_NORM_BACKWARD(T, gxr, xr, L, r);                                                                  \
+    }                                                                                                         \
+}
+DEFINE_BLOCK(float, f32)
+DEFINE_BLOCK(double, f64)

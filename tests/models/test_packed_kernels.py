@@ -1,15 +1,17 @@
 """The packed model's C kernels (models/resnet/packed_kernels.c) against the same computation on ATen ops, a
-block conv's dense matrix against F.conv2d, a pool-window tie worked out by hand, and the ATen fallback where
-the kernels are not built."""
+block conv's dense matrix against F.conv2d, a pool-window tie and the block's BatchNorm worked out by hand, and
+the ATen fallback where the kernels are not built."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from models.resnet import native
 from models.resnet.model import ResNet
-from models.resnet.packed import PackedResNet
+from models.resnet.packed import PackedResNet, _NativeBatchNormReLU, _NativeBlockTail
 from tests.numerics import FLOAT32_EPS, FLOAT64_EPS
 
 
@@ -95,6 +97,35 @@ def test_a_tie_in_a_pool_window_sends_the_gradient_to_the_first_maximum(native_k
     expected = torch.zeros(9, dtype=torch.float64)
     expected[4], expected[8] = 0.5 * scale, 0.25 * scale
     torch.testing.assert_close(model.stem_conv.grad.flatten(), expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_block_kernels_batch_norm_by_hand(kernel, dtype):
+    """One channel of one image, conv output x = (1, 2, 3, 4) over the 2x2 map: mean 2.5, biased variance 1.25,
+    unbiased 5/3. bn1 + ReLU gives max(0, (x - 2.5) / sqrt(1.25 + eps)); the tail with input h = (1, 0, 0, 0) and
+    BatchNorm weight 2, bias -1 averages relu(h + 2 (x - 2.5) / sd - 1) over the 4 pixels. Running statistics
+    start at (0, 1) and move a tenth of the way (momentum 0.1)."""
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=dtype).view(1, 1, 4, 1)
+    h = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype).view(1, 1, 4, 1)
+    sd = math.sqrt(1.25 + 1e-5)
+    tol = dict(rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+
+    def params(w: float, b: float) -> tuple[torch.Tensor, ...]:
+        return (torch.full((1, 1), w, dtype=dtype), torch.full((1, 1), b, dtype=dtype),
+                torch.zeros(1, 1, dtype=dtype), torch.ones(1, 1, dtype=dtype))
+
+    weight, bias, running_mean, running_var = params(1.0, 0.0)
+    y = _NativeBatchNormReLU.apply(x, weight, bias, running_mean, running_var, kernel)
+    expected = [max(0.0, (v - 2.5) / sd) for v in (1, 2, 3, 4)]
+    torch.testing.assert_close(y.flatten(), torch.tensor(expected, dtype=dtype), **tol)
+    torch.testing.assert_close(running_mean.flatten(), torch.tensor([0.25], dtype=dtype), **tol)
+    torch.testing.assert_close(running_var.flatten(), torch.tensor([0.9 + 0.1 * 5 / 3], dtype=dtype), **tol)
+
+    weight, bias, running_mean, running_var = params(2.0, -1.0)
+    pooled = _NativeBlockTail.apply(x, h, weight, bias, running_mean, running_var, kernel)
+    values = [hv + 2 * (v - 2.5) / sd - 1 for hv, v in zip((1, 0, 0, 0), (1, 2, 3, 4), strict=True)]
+    torch.testing.assert_close(pooled.flatten(), torch.tensor([sum(max(0.0, v) for v in values) / 4], dtype=dtype),
+                               **tol)
 
 
 def test_without_the_kernel_the_model_runs_on_aten_ops(monkeypatch):
