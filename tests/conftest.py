@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from sweep import cli, driver
 
 # Plans come from the ResNet's pack-cost table: the tests read its defaults, never a table measured on this
-# machine (models/resnet/pack_cost.py), so every machine plans the same trials. The stem's C kernel
-# (models/resnet/native.py) is built into the same fresh folder, once per test session; Ray workers inherit it.
+# machine (models/resnet/pack_cost.py), so every machine plans the same trials. The packed model's C kernels
+# (models/resnet/native.py) are built into the same fresh folder, once per test session; Ray workers inherit it.
 _CACHE = tempfile.mkdtemp(prefix="complexity-sweep-tests-")
 os.environ["COMPLEXITY_SWEEP_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)

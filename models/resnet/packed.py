@@ -108,6 +108,11 @@ def _baddbmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     return out if batch == S else out[:S]
 
 
+def _kernel(library: Any, name: str, t: Tensor) -> Any:
+    """The C function ``name`` of ``packed_kernels.c`` for ``t``'s dtype (``_f32`` or ``_f64``)."""
+    return getattr(library, f"{name}_{'f32' if t.dtype == torch.float32 else 'f64'}")
+
+
 class _NativeStemPoolReLU(torch.autograd.Function):
     """``relu(max_pool2d(bias + folded @ patches, 2))`` per member by the C kernel of ``packed_kernels.c``:
     folded (S, C, 9), bias (S, C), patches (G, 9, 16N), G = S or 1 -> (S, C, 4, N). ``track``: keep each
@@ -120,9 +125,9 @@ class _NativeStemPoolReLU(torch.autograd.Function):
         N = n16 // 16
         out = folded.new_empty(S, C, 4, N)
         winner = torch.empty(S, C, 4, N, dtype=torch.uint8) if track else None
-        kernel = library.stem_pool_forward_f32 if folded.dtype == torch.float32 else library.stem_pool_forward_f64
-        kernel(S, G, C, N, folded.data_ptr(), bias.data_ptr(), patches.data_ptr(), out.data_ptr(),
-               winner.data_ptr() if winner is not None else None)
+        _kernel(library, "stem_pool_forward", folded)(
+            S, G, C, N, folded.data_ptr(), bias.data_ptr(), patches.data_ptr(), out.data_ptr(),
+            winner.data_ptr() if winner is not None else None)
         if track:
             ctx.library = library
             ctx.save_for_backward(out, winner, patches)
@@ -134,10 +139,9 @@ class _NativeStemPoolReLU(torch.autograd.Function):
         S, C, _, N = out.shape
         grad = grad.contiguous()
         d_folded, d_bias = out.new_empty(S, C, 9), out.new_empty(S, C)
-        kernel = (ctx.library.stem_pool_backward_f32 if out.dtype == torch.float32
-                  else ctx.library.stem_pool_backward_f64)
-        kernel(S, patches.shape[0], C, N, grad.data_ptr(), out.data_ptr(), winner.data_ptr(), patches.data_ptr(),
-               d_folded.data_ptr(), d_bias.data_ptr())
+        _kernel(ctx.library, "stem_pool_backward", out)(
+            S, patches.shape[0], C, N, grad.data_ptr(), out.data_ptr(), winner.data_ptr(), patches.data_ptr(),
+            d_folded.data_ptr(), d_bias.data_ptr())
         return d_folded, d_bias, None, None, None
 
 
@@ -149,8 +153,7 @@ class _NativeBlockDense(torch.autograd.Function):
     def forward(ctx, weight: Tensor, library: Any) -> Tensor:  # type: ignore[override]
         S, C = weight.shape[:2]
         dense = weight.new_empty(S, 4 * C, 4 * C)
-        forward = library.block_dense_forward_f32 if weight.dtype == torch.float32 else library.block_dense_forward_f64
-        forward(S, C, weight.data_ptr(), dense.data_ptr())
+        _kernel(library, "block_dense_forward", weight)(S, C, weight.data_ptr(), dense.data_ptr())
         ctx.library = library
         return dense
 
@@ -159,14 +162,8 @@ class _NativeBlockDense(torch.autograd.Function):
         S, C4 = grad.shape[:2]
         grad = grad.contiguous()
         d_weight = grad.new_empty(S, C4 // 4, C4 // 4, 3, 3)
-        backward = (ctx.library.block_dense_backward_f32 if grad.dtype == torch.float32
-                    else ctx.library.block_dense_backward_f64)
-        backward(S, C4 // 4, grad.data_ptr(), d_weight.data_ptr())
+        _kernel(ctx.library, "block_dense_backward", grad)(S, C4 // 4, grad.data_ptr(), d_weight.data_ptr())
         return d_weight, None
-
-
-def _suffix(t: Tensor) -> str:
-    return "f32" if t.dtype == torch.float32 else "f64"
 
 
 class _NativeBatchNormReLU(torch.autograd.Function):
@@ -179,7 +176,7 @@ class _NativeBatchNormReLU(torch.autograd.Function):
                 running_var: Tensor, library: Any) -> Tensor:
         S, C, P, N = x.shape
         mean, invstd, y = x.new_empty(S, C), x.new_empty(S, C), torch.empty_like(x)
-        getattr(library, f"bn_relu_forward_{_suffix(x)}")(
+        _kernel(library, "bn_relu_forward", x)(
             S * C, P * N, _MOMENTUM, _EPS, x.data_ptr(), weight.data_ptr(), bias.data_ptr(), running_mean.data_ptr(),
             running_var.data_ptr(), mean.data_ptr(), invstd.data_ptr(), y.data_ptr())
         ctx.library = library
@@ -192,7 +189,7 @@ class _NativeBatchNormReLU(torch.autograd.Function):
         S, C, P, N = x.shape
         grad = grad.contiguous()
         d_x, d_weight, d_bias = torch.empty_like(x), weight.new_empty(S, C), weight.new_empty(S, C)
-        getattr(ctx.library, f"bn_relu_backward_{_suffix(x)}")(
+        _kernel(ctx.library, "bn_relu_backward", x)(
             S * C, P * N, grad.data_ptr(), y.data_ptr(), x.data_ptr(), weight.data_ptr(), mean.data_ptr(),
             invstd.data_ptr(), d_x.data_ptr(), d_weight.data_ptr(), d_bias.data_ptr())
         return d_x, d_weight, d_bias, None, None, None
@@ -208,7 +205,7 @@ class _NativeBlockTail(torch.autograd.Function):
                 running_var: Tensor, library: Any) -> Tensor:
         S, C, _, N = x.shape
         mean, invstd, pooled = x.new_empty(S, C), x.new_empty(S, C), x.new_empty(S, C, N)
-        getattr(library, f"block_tail_forward_{_suffix(x)}")(
+        _kernel(library, "block_tail_forward", x)(
             S * C, N, _MOMENTUM, _EPS, x.data_ptr(), h.data_ptr(), weight.data_ptr(), bias.data_ptr(),
             running_mean.data_ptr(), running_var.data_ptr(), mean.data_ptr(), invstd.data_ptr(), pooled.data_ptr())
         ctx.library = library
@@ -222,7 +219,7 @@ class _NativeBlockTail(torch.autograd.Function):
         grad = grad.contiguous()
         d_x, d_h = torch.empty_like(x), torch.empty_like(h)
         d_weight, d_bias = weight.new_empty(S, C), weight.new_empty(S, C)
-        getattr(ctx.library, f"block_tail_backward_{_suffix(x)}")(
+        _kernel(ctx.library, "block_tail_backward", x)(
             S * C, N, grad.data_ptr(), x.data_ptr(), h.data_ptr(), weight.data_ptr(), bias.data_ptr(),
             mean.data_ptr(), invstd.data_ptr(), d_x.data_ptr(), d_h.data_ptr(), d_weight.data_ptr(),
             d_bias.data_ptr())
@@ -270,8 +267,9 @@ class PackedResNet(nn.Module):
 
     ``forward`` takes (S, N, 1, 8, 8) (a minibatch per member) or a shared (N, 1, 8, 8) batch and returns
     (S, N, num_classes) logits; ``train()``/``eval()`` switch BatchNorm exactly as for nn.BatchNorm2d.
-    ``native_kernels`` (True): the stem's tail and the block weight gathers run in the C kernels of
-    ``packed_kernels.c`` where they are built (:mod:`models.resnet.native`), on ATen ops otherwise.
+    ``native_kernels`` (True): the stem's tail, the block weight gathers and, in training, the block's
+    elementwise work run in the C kernels of ``packed_kernels.c`` where they are built
+    (:mod:`models.resnet.native`), on ATen ops otherwise.
     """
 
     native_kernels: bool = True

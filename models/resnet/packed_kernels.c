@@ -154,6 +154,9 @@ void block_dense_backward_##SUFFIX(int64_t S, int64_t C, const T *gD, T *gW) { \
 DEFINE_DENSE(float, f32)
 DEFINE_DENSE(double, f64)
 
+/* Eight partial sums added pairwise: a fixed order, so a row's result does not depend on anything else. */
+#define FOLD8(p) ((((p)[0] + (p)[1]) + ((p)[2] + (p)[3])) + (((p)[4] + (p)[5]) + ((p)[6] + (p)[7])))
+
 /* Mean (rounded to T) and the sum of squared deviations from it, in double, of one row of L values. */
 #define ROW_STATS(T, x, L, mean_out, sq_out)                                                                   \
     do {                                                                                                      \
@@ -161,7 +164,7 @@ DEFINE_DENSE(double, f64)
         int64_t i_ = 0;                                                                                       \
         for (; i_ + 8 <= (L); i_ += 8)                                                                        \
             for (int j_ = 0; j_ < 8; j_++) part_[j_] += (x)[i_ + j_];                                         \
-        double sum_ = ((part_[0] + part_[1]) + (part_[2] + part_[3])) + ((part_[4] + part_[5]) + (part_[6] + part_[7])); \
+        double sum_ = FOLD8(part_); \
         for (; i_ < (L); i_++) sum_ += (x)[i_];                                                               \
         const T mean_ = (T)(sum_ / (L));                                                                      \
         for (int j_ = 0; j_ < 8; j_++) part_[j_] = 0;                                                         \
@@ -170,7 +173,7 @@ DEFINE_DENSE(double, f64)
                 const double d_ = (x)[i_ + j_] - mean_;                                                       \
                 part_[j_] += d_ * d_;                                                                         \
             }                                                                                                 \
-        double sq_ = ((part_[0] + part_[1]) + (part_[2] + part_[3])) + ((part_[4] + part_[5]) + (part_[6] + part_[7])); \
+        double sq_ = FOLD8(part_); \
         for (; i_ < (L); i_++) {                                                                              \
             const double d_ = (x)[i_] - mean_;                                                                \
             sq_ += d_ * d_;                                                                                   \
@@ -202,8 +205,8 @@ DEFINE_DENSE(double, f64)
                 ps_[j_] += (gx)[i_ + j_];                                                                     \
                 pd_[j_] += (double)((x)[i_ + j_] - m) * (gx)[i_ + j_];                                        \
             }                                                                                                 \
-        double sum_ = ((ps_[0] + ps_[1]) + (ps_[2] + ps_[3])) + ((ps_[4] + ps_[5]) + (ps_[6] + ps_[7]));      \
-        double dot_ = ((pd_[0] + pd_[1]) + (pd_[2] + pd_[3])) + ((pd_[4] + pd_[5]) + (pd_[6] + pd_[7]));      \
+        double sum_ = FOLD8(ps_);      \
+        double dot_ = FOLD8(pd_);      \
         for (; i_ < (L); i_++) {                                                                              \
             sum_ += (gx)[i_];                                                                                 \
             dot_ += (double)((x)[i_] - m) * (gx)[i_];                                                         \
