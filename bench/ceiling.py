@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 BATCH = 128
+CONVS = "block convs: weight gathers + products (x2)"
 
 
 @dataclass(frozen=True)
@@ -172,19 +173,15 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     def leaf(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).requires_grad_()
 
-    h4, h4_residual, dense = leaf(S, C, 4, N), leaf(S, C, 4, N), leaf(S, 4 * C, 4 * C)
+    h4, h4_residual = leaf(S, C, 4, N), leaf(S, C, 4, N)
     pooled, logits = leaf(S, C, N), leaf(S, N, model.num_classes)
     labels = torch.randint(0, model.num_classes, (S, N), generator=gen)
 
     kind = "C kernels" if model._kernels(model.stem_conv) else "ATen"
 
-    def weight_gather() -> torch.Tensor:
-        return model._dense(model.conv1)
-
     builds: dict[str, Callable[[], torch.Tensor]] = {
         f"stem + ReLU + max-pool ({kind})": lambda: model._stem(inputs),
-        f"block conv weight gathers (x2, {kind})": weight_gather,
-        "block conv bmm (x2)": lambda: torch.bmm(dense, h4.reshape(S, 4 * C, N)),
+        CONVS: lambda: model._block_conv(model.conv1, h4),
         f"block BatchNorm + ReLU ({kind})": lambda: model._bn_relu(h4, "bn1"),
         f"block BatchNorm + residual + ReLU + mean ({kind})": lambda: model._bn_residual_pool(h4, h4_residual, "bn2"),
         "fc": lambda: torch.baddbmm(model.fc_bias.unsqueeze(2), model.fc_weight, pooled),
@@ -198,16 +195,16 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
         for key, build in builds.items():
             f, b = _fwd_bwd_once(build, grads[key])
             times[key] = (min(times[key][0], 1000 * f), min(times[key][1], 1000 * b))
-    for key in (f"block conv weight gathers (x2, {kind})", "block conv bmm (x2)"):
-        f, b = times[key]
-        times[key] = (2 * f, 2 * b)
+    f, b = times[CONVS]
+    times[CONVS] = (2 * f, 2 * b)
     return times
 
 
 PRODUCTS_STEP = (
-    "the block convs' batched products run below torch.mm's rate at the same shapes (bmm over S members, "
-    "with the transposed operands of the backward): try a layout that makes the backward operands "
-    "contiguous, timed against this same-run ceiling")
+    "the block convs (their weight gathers, then batched products a chunk of members at a time) run below "
+    "torch.mm's rate at the same shapes: try convs that read the (C, C, 3, 3) weight without materialising the "
+    "dense (4C x 4C) matrices, or a layout that makes the backward operands contiguous, timed against this "
+    "same-run ceiling")
 # Rewrites measured on this machine against the current code (C=64, same run, forward + backward): on the AMD
 # machine (2026-11-29, S=32) max-pool as a maximum of four strided slices 4-9x slower, as torch.max over a
 # taps-first layout 2.7x slower, the block weight gather as a one-hot (9 x 16) matmul 3-4x slower; on the
@@ -219,12 +216,13 @@ PRODUCTS_STEP = (
 # On 2026-12-03 (Xeon, S=32): the stem + pool + ReLU as a chunked autograd.Function of ATen ops (float masks, the
 # stem output kept in L2) 5-9% slower than the ATen path; in C (models/resnet/packed_kernels.c, kept) the stem's
 # tail and the block weight gathers 0.69x the update's time, the block's BatchNorms + ReLUs + residual + mean
-# 0.90-0.95x again (docs/benchmarks.md).
+# 0.90-0.95x again; later that day the stem kernels on vectors with their sums in registers 0.93x, and the block
+# convs a chunk of members at a time (gather, multiply while the matrices are in L2) 0.95x (docs/benchmarks.md).
 NOT_PRODUCTS_STEP = (
     "the work that is no product is spread over several pieces (largest here: {largest}); the rewrites in ATen "
     "ops measured (bench/ceiling.py's comment) were slower, and C kernels now run the stem's tail, the block "
-    "weight gathers and the block's elementwise work: next, block convs that read the (C, C, 3, 3) weight "
-    "without materialising the dense (4C x 4C) matrices, timed against this same-run ceiling")
+    "weight gathers and the block's elementwise work: next, the largest of these in fewer passes over memory, "
+    "timed against this same-run ceiling")
 
 
 def account(C: int, S: int, updates: int, ceiling_ms: float) -> dict:
@@ -234,24 +232,24 @@ def account(C: int, S: int, updates: int, ceiling_ms: float) -> dict:
     parts = {k: (f / S, b / S) for k, (f, b) in pieces(C, S).items()}
     fwd_pieces = sum(f for f, _ in parts.values())
     bwd_pieces = sum(b for _, b in parts.values())
-    bmm = sum(parts["block conv bmm (x2)"])
+    convs = sum(parts[CONVS])
     conv_ceiling = ceiling_ms * sum(p.flops for p in packed_products(C) if p.name.startswith("conv")) / sum(
         p.flops for p in packed_products(C))
     excess = {
-        "block conv bmm (x2)": bmm - conv_ceiling,
+        CONVS: convs - conv_ceiling,
         "forward outside the pieces": phases["forward"] - fwd_pieces,
         "backward outside the pieces": phases["backward"] - bwd_pieces,
-        **{k: f + b for k, (f, b) in parts.items() if k != "block conv bmm (x2)"},
+        **{k: f + b for k, (f, b) in parts.items() if k != CONVS},
         "gathers": phases["gathers"],
         "optimizer": phases["optimizer"],
         "divergence check": phases["divergence check"],
     }
     # The products' shortfall against torch.mm on one side, everything that is no product on the other; the
     # next step is the largest single item of the larger side.
-    shortfall = excess["block conv bmm (x2)"]
-    others = {k: v for k, v in excess.items() if k != "block conv bmm (x2)"}
+    shortfall = excess[CONVS]
+    others = {k: v for k, v in excess.items() if k != CONVS}
     if shortfall >= sum(others.values()):
-        largest, step = "block conv bmm (x2)", PRODUCTS_STEP
+        largest, step = CONVS, PRODUCTS_STEP
     else:
         largest = max(others, key=lambda k: others[k])
         step = NOT_PRODUCTS_STEP.format(largest=largest)
@@ -274,8 +272,9 @@ def account_markdown(a: dict, ceiling_ms: float) -> list[str]:
             f"{a['conv_ceiling_ms']:.3f} ms. Time above that ceiling, largest first:", ""]
     out += [f"- {k}: {v:.3f} ms" for k, v in sorted(a["excess_ms"].items(), key=lambda kv: -kv[1])]
     needed = total - ceiling_ms / 0.6
-    out += ["", f"Of the {total - a['conv_ceiling_ms']:.3f} ms above the block convs' ceiling: their shortfall against "
-            f"torch.mm {a['products_shortfall_ms']:.3f} ms, work that is no product {a['not_products_ms']:.3f} ms. "
+    out += ["", f"Of the {total - a['conv_ceiling_ms']:.3f} ms above the block convs' ceiling: their shortfall "
+            f"(gathers included) against torch.mm {a['products_shortfall_ms']:.3f} ms, work that is no product "
+            f"{a['not_products_ms']:.3f} ms. "
             f"Reaching 60% takes {needed:.3f} ms less per member-update. The undisturbed update (the sum of the "
             f"best phases) is {100 * ceiling_ms / total:.0f}% of the ceiling: the same ratio, less exposed to "
             "other processes.", "",

@@ -16,7 +16,8 @@ BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics up
 BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
 elementwise passes over the largest activation, (S, C, 16, N); on the CPU, the stem product, ReLU and max-pool
 then run in one C kernel that never writes that activation whole, the block convs' weights are gathered
-into their dense matrices by another, and in training the block's BatchNorms, ReLUs, residual and average pool
+into their dense matrices by another, a chunk of members at a time just before their products
+(:class:`_NativeBlockConv`), and in training the block's BatchNorms, ReLUs, residual and average pool
 by two more, one pass over each activation (``packed_kernels.c``, :mod:`models.resnet.native`), with ATen ops
 as the fallback. The stem's per-image work (padding, and the
 patch moments those statistics need) can be done once per image set: :class:`StemInputs`, which the trainer
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -145,25 +147,69 @@ class _NativeStemPoolReLU(torch.autograd.Function):
         return d_folded, d_bias, None, None, None
 
 
-class _NativeBlockDense(torch.autograd.Function):
-    """The dense (S, 4C, 4C) matrices of a block conv's (S, C, C, 3, 3) weight (:func:`_block_conv_index`'s
-    gather) by the C kernel of ``packed_kernels.c``, and the gradient folded back onto the taps."""
+# Members per product call in a block conv: their dense (4C x 4C) matrices take about this many bytes, half of a
+# 2 MB L2, so that each matrix is still in cache when the product reads it (at C=64 in float32, 4 members).
+_CHUNK_BYTES = 1 << 20
+
+
+def _bmm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """``out = a @ b`` per batch item on :func:`_baddbmm`'s kernel whatever the batch (one item runs as two)."""
+    if out.shape[0] > 1:
+        torch.bmm(a, b, out=out)
+    else:
+        out.copy_(_baddbmm(None, a, b))
+
+
+def _chunks(S: int, chunk: int) -> list[tuple[int, int]]:
+    """(first member, count) of S members in S // chunk near-equal chunks of chunk to 2 * chunk - 1 members (all S
+    in one when S < 2 * chunk); chunk >= 2, since a one-member product costs two (:func:`_bmm_into`)."""
+    n = max(1, S // chunk)
+    bounds = [S * i // n for i in range(n + 1)]
+    return [(a, b - a) for a, b in pairwise(bounds)]
+
+
+class _NativeBlockConv(torch.autograd.Function):
+    """A block conv per member, ``dense(weight) @ h``: weight (S, C, C, 3, 3), h (S, 4C, N) -> (S, 4C, N), where
+    dense is :func:`_block_conv_index`'s (4C x 4C) matrix, gathered by the C kernel of ``packed_kernels.c``.
+
+    Members go a chunk at a time (``chunk``, from :data:`_CHUNK_BYTES`): gather the chunk's matrices, multiply
+    them while they are in cache; the backward gathers them again rather than keep S of them, and folds each
+    chunk's matrix gradient onto the taps at once. With all S matrices gathered first (16 MB per conv at C=64,
+    S=32) every product read them from memory. A member's products run on the same batched kernel whatever the
+    chunk (:func:`_bmm_into`), so its numbers do not depend on S."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, library: Any) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, h: Tensor, library: Any, chunk: int) -> Tensor:  # type: ignore[override]
         S, C = weight.shape[:2]
-        dense = weight.new_empty(S, 4 * C, 4 * C)
-        _kernel(library, "block_dense_forward", weight)(S, C, weight.data_ptr(), dense.data_ptr())
-        ctx.library = library
-        return dense
+        out = h.new_empty(h.shape)
+        dense = weight.new_empty(min(2 * chunk, S), 4 * C, 4 * C)
+        gather = _kernel(library, "block_dense_forward", weight)
+        for s0, k in _chunks(S, chunk):
+            gather(k, C, weight[s0].data_ptr(), dense.data_ptr())
+            _bmm_into(out[s0:s0 + k], dense[:k], h[s0:s0 + k])
+        ctx.library, ctx.chunk = library, chunk
+        ctx.save_for_backward(weight, h)
+        return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        S, C4 = grad.shape[:2]
-        grad = grad.contiguous()
-        d_weight = grad.new_empty(S, C4 // 4, C4 // 4, 3, 3)
-        _kernel(ctx.library, "block_dense_backward", grad)(S, C4 // 4, grad.data_ptr(), d_weight.data_ptr())
-        return d_weight, None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
+        weight, h = ctx.saved_tensors
+        S, C = weight.shape[:2]
+        chunk, grad = ctx.chunk, grad.contiguous()
+        want_weight, want_h = ctx.needs_input_grad[:2]
+        d_weight = torch.empty_like(weight) if want_weight else None
+        d_h = torch.empty_like(h) if want_h else None
+        dense = weight.new_empty(min(2 * chunk, S), 4 * C, 4 * C)
+        gather = _kernel(ctx.library, "block_dense_forward", weight)
+        fold = _kernel(ctx.library, "block_dense_backward", weight)
+        for s0, k in _chunks(S, chunk):
+            if d_h is not None:
+                gather(k, C, weight[s0].data_ptr(), dense.data_ptr())
+                _bmm_into(d_h[s0:s0 + k], dense[:k].transpose(1, 2), grad[s0:s0 + k])
+            if d_weight is not None:
+                _bmm_into(dense[:k], grad[s0:s0 + k], h[s0:s0 + k].transpose(1, 2))
+                fold(k, C, dense.data_ptr(), d_weight[s0].data_ptr())
+        return d_weight, d_h, None, None
 
 
 class _NativeBatchNormReLU(torch.autograd.Function):
@@ -450,9 +496,6 @@ class PackedResNet(nn.Module):
     def _dense(self, weight: Tensor) -> Tensor:
         """A block conv's (S, C, C, 3, 3) weight as its dense (S, 4C, 4C) matrices on 2x2 maps (differentiable)."""
         S, C = weight.shape[:2]
-        library = self._kernels(weight)
-        if library is not None:
-            return _NativeBlockDense.apply(weight.contiguous(), library)
         return weight.reshape(S, C * C * 9).index_select(1, self._block_index).view(S, 4 * C, 4 * C)
 
     def _block(self, h: Tensor) -> Tensor:
@@ -486,8 +529,12 @@ class PackedResNet(nn.Module):
     def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
         """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
         S, C, _, N = h.shape
-        dense = self._dense(weight)
-        return _baddbmm(None, dense, h.reshape(S, 4 * C, N)).view(S, C, 4, N)
+        library = self._kernels(weight, h)
+        if library is not None:
+            chunk = max(2, _CHUNK_BYTES // (16 * C * C * weight.element_size()))
+            out = _NativeBlockConv.apply(weight.contiguous(), h.reshape(S, 4 * C, N).contiguous(), library, chunk)
+            return out.view(S, C, 4, N)
+        return _baddbmm(None, self._dense(weight), h.reshape(S, 4 * C, N)).view(S, C, 4, N)
 
     def forward(self, x: Tensor | StemInputs) -> Tensor:
         """x: images (S, N, 1, 8, 8) or shared (N, 1, 8, 8), or their :class:`StemInputs` (S groups or 1)

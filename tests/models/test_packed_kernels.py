@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from models.resnet import native
+from models.resnet import native, packed
 from models.resnet.model import ResNet
 from models.resnet.packed import PackedResNet, _NativeBatchNormReLU, _NativeBlockTail
 from tests.numerics import FLOAT32_EPS, FLOAT64_EPS
@@ -56,10 +56,15 @@ def test_the_kernel_equals_aten_ops_forward_backward_and_in_eval(kernel, dtype, 
 
 
 @pytest.mark.parametrize("dtype, eps", [(torch.float64, FLOAT64_EPS), (torch.float32, FLOAT32_EPS)])
-def test_a_block_conv_by_its_dense_matrix_is_conv2d_on_a_2x2_map(kernel, dtype, eps):
+@pytest.mark.parametrize("S, chunks", [(2, 1), (1, 1), (5, 2)])
+def test_a_block_conv_by_its_dense_matrix_is_conv2d_on_a_2x2_map(kernel, dtype, eps, S, chunks, monkeypatch):
     """The kernel's gathered matrix applied to 2x2 maps against torch's own convolution (padding 1), and its
-    gradient folded onto the taps against conv2d's weight gradient."""
-    S, C, N = 2, 8, 5
+    gradient folded onto the taps against conv2d's weight gradient; members in one chunk, alone, or in chunks
+    of 2 and 3 (the chunk size set so that two members' matrices fill it)."""
+    C, N = 8, 5
+    if chunks > 1:
+        monkeypatch.setattr(packed, "_CHUNK_BYTES", 2 * 16 * C * C * torch.finfo(dtype).bits // 8)
+        assert len(packed._chunks(S, 2)) == chunks
     torch.manual_seed(0)
     model = PackedResNet(C, S).to(dtype)
     weight = torch.randn(S, C, C, 3, 3, dtype=dtype, requires_grad=True)
