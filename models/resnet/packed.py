@@ -172,37 +172,39 @@ class _NativeBlockConv(torch.autograd.Function):
     """A block conv per member, ``dense(weight) @ h``: weight (S, C, C, 3, 3), h (S, 4C, N) -> (S, 4C, N), where
     dense is :func:`_block_conv_index`'s (4C x 4C) matrix, gathered by the C kernel of ``packed_kernels.c``.
 
-    Members go a chunk at a time (``chunk``, from :data:`_CHUNK_BYTES`): gather the chunk's matrices, multiply
-    them while they are in cache; the backward gathers them again rather than keep S of them, and folds each
-    chunk's matrix gradient onto the taps at once. With all S matrices gathered first (16 MB per conv at C=64,
-    S=32) every product read them from memory. A member's products run on the same batched kernel whatever the
-    chunk (:func:`_bmm_into`), so its numbers do not depend on S."""
+    Members go a chunk at a time (:func:`_chunks` of ``chunk``, from :data:`_CHUNK_BYTES`; the backward reuses the
+    forward's chunks): gather the chunk's matrices, multiply them while they are in cache; the backward gathers
+    them again rather than keep S of them, and folds each chunk's matrix gradient onto the taps at once.
+    With all S matrices gathered first (16 MB per conv at C=64, S=32) every product read them from memory. A
+    member's products run on the same batched kernel whatever the chunk (:func:`_bmm_into`), so its numbers do
+    not depend on S."""
 
     @staticmethod
     def forward(ctx, weight: Tensor, h: Tensor, library: Any, chunk: int) -> Tensor:  # type: ignore[override]
         S, C = weight.shape[:2]
+        parts = _chunks(S, chunk)
         out = h.new_empty(h.shape)
-        dense = weight.new_empty(min(2 * chunk, S), 4 * C, 4 * C)
+        dense = weight.new_empty(max(k for _, k in parts), 4 * C, 4 * C)
         gather = _kernel(library, "block_dense_forward", weight)
-        for s0, k in _chunks(S, chunk):
+        for s0, k in parts:
             gather(k, C, weight[s0].data_ptr(), dense.data_ptr())
             _bmm_into(out[s0:s0 + k], dense[:k], h[s0:s0 + k])
-        ctx.library, ctx.chunk = library, chunk
+        ctx.library, ctx.parts = library, parts
         ctx.save_for_backward(weight, h)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         weight, h = ctx.saved_tensors
-        S, C = weight.shape[:2]
-        chunk, grad = ctx.chunk, grad.contiguous()
+        C = weight.shape[1]
+        parts, grad = ctx.parts, grad.contiguous()
         want_weight, want_h = ctx.needs_input_grad[:2]
         d_weight = torch.empty_like(weight) if want_weight else None
         d_h = torch.empty_like(h) if want_h else None
-        dense = weight.new_empty(min(2 * chunk, S), 4 * C, 4 * C)
+        dense = weight.new_empty(max(k for _, k in parts), 4 * C, 4 * C)
         gather = _kernel(ctx.library, "block_dense_forward", weight)
         fold = _kernel(ctx.library, "block_dense_backward", weight)
-        for s0, k in _chunks(S, chunk):
+        for s0, k in parts:
             if d_h is not None:
                 gather(k, C, weight[s0].data_ptr(), dense.data_ptr())
                 _bmm_into(d_h[s0:s0 + k], dense[:k].transpose(1, 2), grad[s0:s0 + k])
