@@ -16,15 +16,16 @@
  *    backward follows.
  * 2. The residual block's 3x3 convolution on a 2x2 map as a dense (4C x 4C) matrix per member, gathered from
  *    the (C, C, 3, 3) weight, and the gradient's fold back onto the 9 taps: with ATen an index_select and a
- *    scatter_add over a 16C^2 index, here two streaming loops (a weight row is read or written 4 times, in
- *    cache). Layouts: W (S, C, C, 9), D (S, 4C, 4C) with row co*4 + q and column ci*4 + r.
+ *    scatter_add over a 16C^2 index, here one streaming loop each way on shuffled vectors (an input channel's 9
+ *    taps read once, its 16 dense values written as 4 vectors). Layouts: W (S, C, C, 9), D (S, 4C, 4C) with row
+ *    co*4 + q and column ci*4 + r.
  * 3. The residual block's elementwise work in training mode, forward and backward: BatchNorm + ReLU after the
  *    first conv, and BatchNorm + residual + ReLU + the global average pool after the second. Through ATen ops
  *    that is some ten kernels per block and direction, each a pass over an (S, C, 4, N) activation; here one
  *    row (a member's channel, 4N values) at a time, in cache. BatchNorm as nn.BatchNorm2d computes it (ATen's
  *    CPU kernel): statistics summed in double, mean and 1/sqrt(var + eps) rounded to the dtype, running
- *    statistics updated in place with the unbiased variance, y = x * alpha + beta. Sums use 8 partial sums
- *    (vectorized without fast-math), so results match ATen's to rounding, not bit for bit. Layouts: rows R = S*C
+ *    statistics updated in place with the unbiased variance, y = x * alpha + beta. Sums use 8 partial sums (the
+ *    8 lanes of a vector), so results match ATen's to rounding, not bit for bit. Layouts: rows R = S*C
  *    of L = 4N values, x the conv output, h the block input; weight, bias, running statistics, mean and invstd
  *    (R); pooled (R, N).
  */
@@ -176,73 +177,157 @@ void stem_pool_backward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, con
 DEFINE(float, f32)
 DEFINE(double, f64)
 
-/* tap of the 3x3 kernel that output pixel q = 2a + b reads from input pixel r = 2a' + b' on a 2x2 map */
-static const int TAP[4][4] = {{4, 5, 7, 8}, {3, 4, 6, 7}, {1, 2, 4, 5}, {0, 1, 3, 4}};
-#define DEFINE_DENSE(T, SUFFIX) \
-void block_dense_forward_##SUFFIX(int64_t S, int64_t C, const T *W, T *D) { \
-    for (int64_t s = 0; s < S; s++) \
-        for (int64_t co = 0; co < C; co++) \
-            for (int q = 0; q < 4; q++) { \
-                const T *w = W + (s * C + co) * C * 9; \
-                T *d = D + ((s * C + co) * 4 + q) * 4 * C; \
-                const int t0 = TAP[q][0], t1 = TAP[q][1], t2 = TAP[q][2], t3 = TAP[q][3]; \
-                for (int64_t ci = 0; ci < C; ci++) { \
-                    d[4 * ci] = w[9 * ci + t0]; d[4 * ci + 1] = w[9 * ci + t1]; \
-                    d[4 * ci + 2] = w[9 * ci + t2]; d[4 * ci + 3] = w[9 * ci + t3]; \
-                } \
-            } \
-} \
-void block_dense_backward_##SUFFIX(int64_t S, int64_t C, const T *gD, T *gW) { \
-    for (int64_t s = 0; s < S; s++) \
-        for (int64_t co = 0; co < C; co++) { \
-            T *gw = gW + (s * C + co) * C * 9; \
-            for (int64_t i = 0; i < C * 9; i++) gw[i] = 0; \
-            for (int q = 0; q < 4; q++) { \
-                const T *g = gD + ((s * C + co) * 4 + q) * 4 * C; \
-                const int t0 = TAP[q][0], t1 = TAP[q][1], t2 = TAP[q][2], t3 = TAP[q][3]; \
-                for (int64_t ci = 0; ci < C; ci++) { \
-                    gw[9 * ci + t0] += g[4 * ci]; gw[9 * ci + t1] += g[4 * ci + 1]; \
-                    gw[9 * ci + t2] += g[4 * ci + 2]; gw[9 * ci + t3] += g[4 * ci + 3]; \
-                } \
-            } \
-        } \
+/* The tap of the 3x3 kernel that output pixel q = 2a + b reads from input pixel r = 2a' + b' on a 2x2 map is
+ * TAP[q][r] = {{4, 5, 7, 8}, {3, 4, 6, 7}, {1, 2, 4, 5}, {0, 1, 3, 4}}: for every q the taps {0, 1, 3, 4} shifted by
+ * 4, 3, 1, 0, so a dense row's 4 values per input channel are one shuffle of that channel's 9 taps. The loops
+ * below move those 4-value vectors; gcc kept the plain loops scalar, a load and a store per value. */
+#define DEFINE_DENSE(T, IT, SUFFIX)                                                                           \
+typedef T T8_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                                            \
+typedef IT I8_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                                           \
+void block_dense_forward_##SUFFIX(int64_t S, int64_t C, const T *W, T *D) {                                   \
+    /* Two input channels at a time: row q's 8 values are one two-source shuffle of the channels' taps 0-7 (lo) \
+     * or 1-8 (hi). (gcc 12's __builtin_shufflevector to a narrower vector miscompiles with AVX-512, an in-lane \
+     * vpermilpd for a cross-lane shuffle; __builtin_shuffle keeps the width.) */                             \
+    const I8_##SUFFIX row0 = {3, 4, 6, 7, 11, 12, 14, 15}, row1 = {2, 3, 5, 6, 10, 11, 13, 14};               \
+    const I8_##SUFFIX row2 = {1, 2, 4, 5, 9, 10, 12, 13}, row3 = {0, 1, 3, 4, 8, 9, 11, 12};                  \
+    for (int64_t s = 0; s < S; s++)                                                                           \
+        for (int64_t co = 0; co < C; co++) {                                                                  \
+            const T *w = W + (s * C + co) * C * 9;                                                            \
+            T *d = D + (s * C + co) * 16 * C;                                                                 \
+            int64_t ci = 0;                                                                                   \
+            for (; ci + 2 <= C; ci += 2) {                                                                    \
+                T8_##SUFFIX lo0, hi0, lo1, hi1;                                                               \
+                memcpy(&lo0, w + 9 * ci, sizeof lo0);                                                         \
+                memcpy(&hi0, w + 9 * ci + 1, sizeof hi0);                                                     \
+                memcpy(&lo1, w + 9 * ci + 9, sizeof lo1);                                                     \
+                memcpy(&hi1, w + 9 * ci + 10, sizeof hi1);                                                    \
+                const T8_##SUFFIX r0 = __builtin_shuffle(hi0, hi1, row0), r1 = __builtin_shuffle(hi0, hi1, row1); \
+                const T8_##SUFFIX r2 = __builtin_shuffle(lo0, lo1, row2), r3 = __builtin_shuffle(lo0, lo1, row3); \
+                memcpy(d + 4 * ci, &r0, sizeof r0);                                                           \
+                memcpy(d + 4 * C + 4 * ci, &r1, sizeof r1);                                                   \
+                memcpy(d + 8 * C + 4 * ci, &r2, sizeof r2);                                                   \
+                memcpy(d + 12 * C + 4 * ci, &r3, sizeof r3);                                                  \
+            }                                                                                                 \
+            for (; ci < C; ci++)                                                                              \
+                for (int r = 0; r < 4; r++) {                                                                 \
+                    const int t = (r > 1) + r;  /* taps 0, 1, 3, 4 */                                         \
+                    d[4 * ci + r] = w[9 * ci + t + 4];                                                        \
+                    d[4 * C + 4 * ci + r] = w[9 * ci + t + 3];                                                \
+                    d[8 * C + 4 * ci + r] = w[9 * ci + t + 1];                                                \
+                    d[12 * C + 4 * ci + r] = w[9 * ci + t];                                                   \
+                }                                                                                             \
+        }                                                                                                     \
+}                                                                                                             \
+/* gW[tap] = gD's values at that tap summed from 0 in the order q = 0..3 (0 + x turns a -0 into +0) */        \
+void block_dense_backward_##SUFFIX(int64_t S, int64_t C, const T *gD, T *gW) {                                \
+    const T z = 0;                                                                                            \
+    for (int64_t s = 0; s < S; s++)                                                                           \
+        for (int64_t co = 0; co < C; co++) {                                                                  \
+            T *gw = gW + (s * C + co) * C * 9;                                                                \
+            const T *g0 = gD + (s * C + co) * 16 * C, *g1 = g0 + 4 * C, *g2 = g0 + 8 * C, *g3 = g0 + 12 * C;  \
+            for (int64_t ci = 0; ci < C; ci++, g0 += 4, g1 += 4, g2 += 4, g3 += 4, gw += 9) {                 \
+                gw[0] = z + g3[0];                                                                            \
+                gw[1] = (z + g2[0]) + g3[1];                                                                  \
+                gw[2] = z + g2[1];                                                                            \
+                gw[3] = (z + g1[0]) + g3[2];                                                                  \
+                gw[4] = (((z + g0[0]) + g1[1]) + g2[2]) + g3[3];                                              \
+                gw[5] = (z + g0[1]) + g2[3];                                                                  \
+                gw[6] = z + g1[2];                                                                            \
+                gw[7] = (z + g0[2]) + g1[3];                                                                  \
+                gw[8] = z + g0[3];                                                                            \
+            }                                                                                                 \
+        }                                                                                                     \
 }
-DEFINE_DENSE(float, f32)
-DEFINE_DENSE(double, f64)
+DEFINE_DENSE(float, int32_t, f32)
+DEFINE_DENSE(double, int64_t, f64)
 
 /* Eight partial sums added pairwise: a fixed order, so a row's result does not depend on anything else. */
 #define FOLD8(p) ((((p)[0] + (p)[1]) + ((p)[2] + (p)[3])) + (((p)[4] + (p)[5]) + ((p)[6] + (p)[7])))
 
-/* Mean (rounded to T) and the sum of squared deviations from it, in double, of one row of L values. */
-#define ROW_STATS(T, x, L, mean_out, sq_out)                                                                   \
-    do {                                                                                                      \
-        double part_[8] = {0};                                                                                \
-        int64_t i_ = 0;                                                                                       \
-        for (; i_ + 8 <= (L); i_ += 8)                                                                        \
-            for (int j_ = 0; j_ < 8; j_++) part_[j_] += (x)[i_ + j_];                                         \
-        double sum_ = FOLD8(part_); \
-        for (; i_ < (L); i_++) sum_ += (x)[i_];                                                               \
-        const T mean_ = (T)(sum_ / (L));                                                                      \
-        for (int j_ = 0; j_ < 8; j_++) part_[j_] = 0;                                                         \
-        for (i_ = 0; i_ + 8 <= (L); i_ += 8)                                                                  \
-            for (int j_ = 0; j_ < 8; j_++) {                                                                  \
-                const double d_ = (x)[i_ + j_] - mean_;                                                       \
-                part_[j_] += d_ * d_;                                                                         \
-            }                                                                                                 \
-        double sq_ = FOLD8(part_); \
-        for (; i_ < (L); i_++) {                                                                              \
-            const double d_ = (x)[i_] - mean_;                                                                \
-            sq_ += d_ * d_;                                                                                   \
-        }                                                                                                     \
-        (mean_out) = mean_;                                                                                   \
-        (sq_out) = sq_;                                                                                       \
-    } while (0)
+/* The block kernels run on vectors of 8 values (8 floats in 32 bytes, or 8 doubles), lane j holding partial sum j,
+ * with GCC's vector extensions: gcc left these loops scalar (some 6 cycles a value), since it cannot reorder a
+ * sum without fast-math. Sums are in double (a float vector widened to 8 doubles), as ATen's CPU BatchNorm sums;
+ * values in the dtype. Each lane does the IEEE operations the scalar tail does for one value. */
+typedef double D8 __attribute__((vector_size(64)));
+#define WIDE(v) __builtin_convertvector((v), D8)
+
+#define DEFINE_ROWS(T, IT, SUFFIX)                                                                            \
+typedef T R_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                                             \
+typedef IT RM_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                                           \
+static inline R_##SUFFIX rload_##SUFFIX(const T *p) { R_##SUFFIX v; memcpy(&v, p, sizeof v); return v; }      \
+static inline void rstore_##SUFFIX(T *p, R_##SUFFIX v) { memcpy(p, &v, sizeof v); }                           \
+/* v where keep's lane is all ones, else +0 */                                                                \
+static inline R_##SUFFIX where_##SUFFIX(RM_##SUFFIX keep, R_##SUFFIX v) {                                     \
+    return (R_##SUFFIX)((RM_##SUFFIX)v & keep);                                                               \
+}                                                                                                             \
+/* relu that keeps a NaN, as torch's does */                                                                  \
+static inline T relu_##SUFFIX(T v) { return (v > 0 || v != v) ? v : 0; }                                      \
+static inline R_##SUFFIX vrelu_##SUFFIX(R_##SUFFIX v) { return where_##SUFFIX((v > 0) | (v != v), v); }       \
+/* Mean (rounded to T) and the sum of squared deviations from it, in double, of one row of L values. */       \
+static inline void row_stats_##SUFFIX(const T *x, int64_t L, T *mean_out, double *sq_out) {                   \
+    D8 part = {0};                                                                                            \
+    int64_t i = 0;                                                                                            \
+    for (; i + 8 <= L; i += 8) part += WIDE(rload_##SUFFIX(x + i));                                           \
+    double sum = FOLD8(part);                                                                                 \
+    for (; i < L; i++) sum += x[i];                                                                           \
+    const T mean = (T)(sum / L);                                                                              \
+    part = (D8){0};                                                                                           \
+    for (i = 0; i + 8 <= L; i += 8) {                                                                         \
+        const D8 d = WIDE(rload_##SUFFIX(x + i) - mean);                                                      \
+        part += d * d;                                                                                        \
+    }                                                                                                         \
+    double sq = FOLD8(part);                                                                                  \
+    for (; i < L; i++) {                                                                                      \
+        const double d = x[i] - mean;                                                                         \
+        sq += d * d;                                                                                          \
+    }                                                                                                         \
+    *mean_out = mean;                                                                                         \
+    *sq_out = sq;                                                                                             \
+}                                                                                                             \
+/* y = x * alpha + beta, through relu when relu is set */                                                     \
+static inline void row_affine_##SUFFIX(const T *x, int64_t L, T alpha, T beta, int relu, T *y) {              \
+    int64_t i = 0;                                                                                            \
+    for (; i + 8 <= L; i += 8) {                                                                              \
+        const R_##SUFFIX v = rload_##SUFFIX(x + i) * alpha + beta;                                            \
+        rstore_##SUFFIX(y + i, relu ? vrelu_##SUFFIX(v) : v);                                                 \
+    }                                                                                                         \
+    for (; i < L; i++) {                                                                                      \
+        const T v = x[i] * alpha + beta;                                                                      \
+        y[i] = relu ? relu_##SUFFIX(v) : v;                                                                   \
+    }                                                                                                         \
+}                                                                                                             \
+/* BatchNorm's backward for one row whose output gradient dy is already in gx: gx becomes the input gradient; \
+ * returns the weight and bias gradients in *gw, *gb. */                                                      \
+static inline void row_norm_backward_##SUFFIX(T *gx, const T *x, int64_t L, T m, T is, T w, T *gw, T *gb) {   \
+    D8 ps = {0}, pd = {0};                                                                                    \
+    int64_t i = 0;                                                                                            \
+    for (; i + 8 <= L; i += 8) {                                                                              \
+        const R_##SUFFIX g = rload_##SUFFIX(gx + i);                                                          \
+        ps += WIDE(g);                                                                                        \
+        pd += WIDE(rload_##SUFFIX(x + i) - m) * WIDE(g);                                                      \
+    }                                                                                                         \
+    double sum = FOLD8(ps), dot = FOLD8(pd);                                                                  \
+    for (; i < L; i++) {                                                                                      \
+        sum += gx[i];                                                                                         \
+        dot += (double)(x[i] - m) * gx[i];                                                                    \
+    }                                                                                                         \
+    const T k = (T)(dot * is * is / L), mean_dy = (T)(sum / L), scale = is * w;                               \
+    for (i = 0; i + 8 <= L; i += 8) {                                                                         \
+        const R_##SUFFIX g = rload_##SUFFIX(gx + i), d = rload_##SUFFIX(x + i) - m;                           \
+        rstore_##SUFFIX(gx + i, (g - mean_dy - d * k) * scale);                                               \
+    }                                                                                                         \
+    for (; i < L; i++) gx[i] = (gx[i] - mean_dy - (x[i] - m) * k) * scale;                                    \
+    *gw = (T)(dot * is);                                                                                      \
+    *gb = (T)sum;                                                                                             \
+}
+DEFINE_ROWS(float, int32_t, f32)
+DEFINE_ROWS(double, int64_t, f64)
 
 /* One row's batch statistics: saved mean and invstd, running statistics updated, returns alpha and beta. */
-#define ROW_NORM(T, x, L, r)                                                                                  \
+#define ROW_NORM(T, SUFFIX, x, L, r)                                                                          \
     T m;                                                                                                      \
     double sq;                                                                                                \
-    ROW_STATS(T, x, L, m, sq);                                                                                \
+    row_stats_##SUFFIX(x, L, &m, &sq);                                                                        \
     const T is = (T)(1.0 / sqrt(sq / (L) + eps));                                                             \
     mean[r] = m;                                                                                              \
     invstd[r] = is;                                                                                           \
@@ -250,72 +335,55 @@ DEFINE_DENSE(double, f64)
     rvar[r] = (T)(momentum * (sq / ((L) - 1)) + (1 - momentum) * rvar[r]);                                    \
     const T alpha = is * w[r], beta = b[r] - m * alpha;
 
-/* BatchNorm's backward for one row whose output gradient dy is already in gx: gx becomes the input gradient. */
-#define ROW_NORM_BACKWARD(T, gx, x, L, r)                                                                     \
-    do {                                                                                                      \
-        const T m = mean[r], is = invstd[r];                                                                  \
-        double ps_[8] = {0}, pd_[8] = {0};                                                                    \
-        int64_t i_ = 0;                                                                                       \
-        for (; i_ + 8 <= (L); i_ += 8)                                                                        \
-            for (int j_ = 0; j_ < 8; j_++) {                                                                  \
-                ps_[j_] += (gx)[i_ + j_];                                                                     \
-                pd_[j_] += (double)((x)[i_ + j_] - m) * (gx)[i_ + j_];                                        \
-            }                                                                                                 \
-        double sum_ = FOLD8(ps_);      \
-        double dot_ = FOLD8(pd_);      \
-        for (; i_ < (L); i_++) {                                                                              \
-            sum_ += (gx)[i_];                                                                                 \
-            dot_ += (double)((x)[i_] - m) * (gx)[i_];                                                         \
-        }                                                                                                     \
-        const T k_ = (T)(dot_ * is * is / (L)), mean_dy_ = (T)(sum_ / (L)), scale_ = is * w[r];               \
-        for (i_ = 0; i_ < (L); i_++) (gx)[i_] = ((gx)[i_] - mean_dy_ - ((x)[i_] - m) * k_) * scale_;          \
-        gw[r] = (T)(dot_ * is);                                                                               \
-        gb[r] = (T)sum_;                                                                                      \
-    } while (0)
-
 #define DEFINE_BLOCK(T, SUFFIX)                                                                               \
 /* y = relu(batch_norm(x)) */                                                                                 \
 void bn_relu_forward_##SUFFIX(int64_t R, int64_t L, double momentum, double eps, const T *x, const T *w,      \
                               const T *b, T *rmean, T *rvar, T *mean, T *invstd, T *y) {                      \
     for (int64_t r = 0; r < R; r++) {                                                                         \
         const T *xr = x + r * L;                                                                              \
-        ROW_NORM(T, xr, L, r)                                                                                 \
-        T *yr = y + r * L;                                                                                    \
-        for (int64_t i = 0; i < L; i++) {                                                                     \
-            const T v = xr[i] * alpha + beta;                                                                 \
-            yr[i] = (v > 0 || v != v) ? v : 0;                                                                \
-        }                                                                                                     \
+        ROW_NORM(T, SUFFIX, xr, L, r)                                                                         \
+        row_affine_##SUFFIX(xr, L, alpha, beta, 1, y + r * L);                                                \
     }                                                                                                         \
 }                                                                                                             \
 /* gy, y -> gx, gw, gb: relu passes the gradient where y > 0 */                                               \
 void bn_relu_backward_##SUFFIX(int64_t R, int64_t L, const T *gy, const T *y, const T *x, const T *w,         \
                                const T *mean, const T *invstd, T *gx, T *gw, T *gb) {                         \
     for (int64_t r = 0; r < R; r++) {                                                                         \
-        const T *g = gy + r * L, *yr = y + r * L, *xr = x + r * L;                                            \
+        const T *g = gy + r * L, *yr = y + r * L;                                                             \
         T *gxr = gx + r * L;                                                                                  \
-        for (int64_t i = 0; i < L; i++) gxr[i] = yr[i] > 0 ? g[i] : 0;                                        \
-        ROW_NORM_BACKWARD(T, gxr, xr, L, r);                                                                  \
+        int64_t i = 0;                                                                                        \
+        for (; i + 8 <= L; i += 8) {                                                                          \
+            const R_##SUFFIX v = rload_##SUFFIX(yr + i);                                                      \
+            rstore_##SUFFIX(gxr + i, where_##SUFFIX(v > 0, rload_##SUFFIX(g + i)));                           \
+        }                                                                                                     \
+        for (; i < L; i++) gxr[i] = yr[i] > 0 ? g[i] : 0;                                                     \
+        row_norm_backward_##SUFFIX(gxr, x + r * L, L, mean[r], invstd[r], w[r], gw + r, gb + r);              \
     }                                                                                                         \
 }                                                                                                             \
-/* pooled[r, n] = mean over the 4 pixels q of relu(h + batch_norm(x)), rows of (4, N) */                     \
+/* pooled[r, n] = mean over the 4 pixels q of relu(h + batch_norm(x)), rows of (4, N) */                      \
 void block_tail_forward_##SUFFIX(int64_t R, int64_t N, double momentum, double eps, const T *x, const T *h,   \
                                  const T *w, const T *b, T *rmean, T *rvar, T *mean, T *invstd, T *pooled) {  \
     const int64_t L = 4 * N;                                                                                  \
     for (int64_t r = 0; r < R; r++) {                                                                         \
         const T *xr = x + r * L, *hr = h + r * L;                                                             \
-        ROW_NORM(T, xr, L, r)                                                                                 \
+        ROW_NORM(T, SUFFIX, xr, L, r)                                                                         \
         T *pr = pooled + r * N;                                                                               \
-        for (int64_t n = 0; n < N; n++) {                                                                     \
+        int64_t n = 0;                                                                                        \
+        for (; n + 8 <= N; n += 8) {                                                                          \
+            R_##SUFFIX total = {0};                                                                           \
+            for (int q = 0; q < 4; q++)                                                                       \
+                total += vrelu_##SUFFIX(rload_##SUFFIX(hr + q * N + n)                                        \
+                                        + (rload_##SUFFIX(xr + q * N + n) * alpha + beta));                   \
+            rstore_##SUFFIX(pr + n, total / 4);                                                               \
+        }                                                                                                     \
+        for (; n < N; n++) {                                                                                  \
             T total = 0;                                                                                      \
-            for (int q = 0; q < 4; q++) {                                                                     \
-                const T v = hr[q * N + n] + (xr[q * N + n] * alpha + beta);                                   \
-                total += (v > 0 || v != v) ? v : 0;                                                           \
-            }                                                                                                 \
+            for (int q = 0; q < 4; q++) total += relu_##SUFFIX(hr[q * N + n] + (xr[q * N + n] * alpha + beta)); \
             pr[n] = total / 4;                                                                                \
         }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
-/* gpooled -> gx (through the BatchNorm), gh (the residual), gw, gb; relu passes where h + bn(x) > 0 */      \
+/* gpooled -> gx (through the BatchNorm), gh (the residual), gw, gb; relu passes where h + bn(x) > 0 */       \
 void block_tail_backward_##SUFFIX(int64_t R, int64_t N, const T *gp, const T *x, const T *h, const T *w,      \
                                   const T *b, const T *mean, const T *invstd, T *gx, T *gh, T *gw, T *gb) {   \
     const int64_t L = 4 * N;                                                                                  \
@@ -323,13 +391,21 @@ void block_tail_backward_##SUFFIX(int64_t R, int64_t N, const T *gp, const T *x,
         const T *xr = x + r * L, *hr = h + r * L, *g = gp + r * N;                                            \
         T *gxr = gx + r * L, *ghr = gh + r * L;                                                               \
         const T alpha = invstd[r] * w[r], beta = b[r] - mean[r] * alpha;                                      \
-        for (int q = 0; q < 4; q++)                                                                           \
-            for (int64_t n = 0; n < N; n++) {                                                                 \
-                const int64_t i = q * N + n;                                                                  \
-                const T v = hr[i] + (xr[i] * alpha + beta);                                                   \
-                ghr[i] = gxr[i] = v > 0 ? g[n] / 4 : 0;                                                       \
+        for (int q = 0; q < 4; q++) {                                                                         \
+            const int64_t o = q * N;                                                                          \
+            int64_t n = 0;                                                                                    \
+            for (; n + 8 <= N; n += 8) {                                                                      \
+                const R_##SUFFIX v = rload_##SUFFIX(hr + o + n) + (rload_##SUFFIX(xr + o + n) * alpha + beta); \
+                const R_##SUFFIX d = where_##SUFFIX(v > 0, rload_##SUFFIX(g + n) / 4);                        \
+                rstore_##SUFFIX(gxr + o + n, d);                                                              \
+                rstore_##SUFFIX(ghr + o + n, d);                                                              \
             }                                                                                                 \
-        ROW_NORM_BACKWARD(T, gxr, xr, L, r);                                                                  \
+            for (; n < N; n++) {                                                                              \
+                const T v = hr[o + n] + (xr[o + n] * alpha + beta);                                           \
+                ghr[o + n] = gxr[o + n] = v > 0 ? g[n] / 4 : 0;                                               \
+            }                                                                                                 \
+        }                                                                                                     \
+        row_norm_backward_##SUFFIX(gxr, xr, L, mean[r], invstd[r], w[r], gw + r, gb + r);                     \
     }                                                                                                         \
 }
 DEFINE_BLOCK(float, f32)

@@ -56,12 +56,13 @@ def test_the_kernel_equals_aten_ops_forward_backward_and_in_eval(kernel, dtype, 
 
 
 @pytest.mark.parametrize("dtype, eps", [(torch.float64, FLOAT64_EPS), (torch.float32, FLOAT32_EPS)])
-@pytest.mark.parametrize("S, chunks", [(2, 1), (1, 1), (5, 2)])
-def test_a_block_conv_by_its_dense_matrix_is_conv2d_on_a_2x2_map(kernel, dtype, eps, S, chunks, monkeypatch):
+@pytest.mark.parametrize("S, chunks, C", [(2, 1, 8), (1, 1, 8), (5, 2, 8), (2, 1, 3)])
+def test_a_block_conv_by_its_dense_matrix_is_conv2d_on_a_2x2_map(kernel, dtype, eps, S, chunks, C, monkeypatch):
     """The kernel's gathered matrix applied to 2x2 maps against torch's own convolution (padding 1), and its
     gradient folded onto the taps against conv2d's weight gradient; members in one chunk, alone, or in chunks
-    of 2 and 3 (the chunk size set so that two members' matrices fill it)."""
-    C, N = 8, 5
+    of 2 and 3 (the chunk size set so that two members' matrices fill it); an odd C, whose last input channel
+    the gather does alone (it takes channels in pairs)."""
+    N = 5
     if chunks > 1:
         monkeypatch.setattr(packed, "_CHUNK_BYTES", 2 * 16 * C * C * torch.finfo(dtype).bits // 8)
         assert len(packed._chunks(S, 2)) == chunks
