@@ -24,8 +24,8 @@
  *    that is some ten kernels per block and direction, each a pass over an (S, C, 4, N) activation; here one
  *    row (a member's channel, 4N values) at a time, in cache. BatchNorm as nn.BatchNorm2d computes it (ATen's
  *    CPU kernel): statistics summed in double, mean and 1/sqrt(var + eps) rounded to the dtype, running
- *    statistics updated in place with the unbiased variance, y = x * alpha + beta. Sums use 8 partial sums (the
- *    8 lanes of a vector), so results match ATen's to rounding, not bit for bit. Layouts: rows R = S*C
+ *    statistics updated in place with the unbiased variance, y = x * alpha + beta. Sums use 8 partial sums (two
+ *    4-lane vectors), so results match ATen's to rounding, not bit for bit. Layouts: rows R = S*C
  *    of L = 4N values, x the conv output, h the block input; weight, bias, running statistics, mean and invstd
  *    (R); pooled (R, N).
  */
@@ -244,52 +244,87 @@ DEFINE_DENSE(double, int64_t, f64)
 /* Eight partial sums added pairwise: a fixed order, so a row's result does not depend on anything else. */
 #define FOLD8(p) ((((p)[0] + (p)[1]) + ((p)[2] + (p)[3])) + (((p)[4] + (p)[5]) + ((p)[6] + (p)[7])))
 
-/* The block kernels run on vectors of 8 values (8 floats in 32 bytes, or 8 doubles), lane j holding partial sum j,
- * with GCC's vector extensions: gcc left these loops scalar (some 6 cycles a value), since it cannot reorder a
- * sum without fast-math. Sums are in double (a float vector widened to 8 doubles), as ATen's CPU BatchNorm sums;
- * values in the dtype. Each lane does the IEEE operations the scalar tail does for one value. */
-typedef double D8 __attribute__((vector_size(64)));
-#define WIDE(v) __builtin_convertvector((v), D8)
+/* The block kernels run on GCC's vector extensions: gcc left these loops scalar (some 6 cycles a value), since it
+ * cannot reorder a sum without fast-math. Sums are in double, as ATen's CPU BatchNorm sums: 8 partial sums as
+ * two 4-lane double vectors fed by 4-value loads (widened for float), partial sum j taking values i = j mod 8;
+ * elementwise passes on the stem's 32-byte vectors V; values in the dtype. Only vectors of up to 32 bytes: built
+ * for AVX2, 64-byte ones made the forward kernels 5x slower. Each lane does the IEEE operations the scalar tail
+ * does for one value, so the bits do not depend on the instruction set. */
+typedef double D4 __attribute__((vector_size(32)));
+typedef float F4 __attribute__((vector_size(16)));
+#ifdef __AVX__
+#include <immintrin.h>
+/* gcc 12 lowers __builtin_convertvector of 4 floats to 4 doubles as two 2-lane conversions and an insert */
+static inline D4 to_d4_float(F4 v) { return (D4)_mm256_cvtps_pd((__m128)v); }
+#else
+static inline D4 to_d4_float(F4 v) { return __builtin_convertvector(v, D4); }
+#endif
+static inline D4 to_d4_double(D4 v) { return v; }
+#define TO_D4(v) _Generic((v), F4: to_d4_float, D4: to_d4_double)(v)
 
 #define DEFINE_ROWS(T, IT, SUFFIX)                                                                            \
-typedef T R_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                                             \
-typedef IT RM_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                                           \
-static inline R_##SUFFIX rload_##SUFFIX(const T *p) { R_##SUFFIX v; memcpy(&v, p, sizeof v); return v; }      \
-static inline void rstore_##SUFFIX(T *p, R_##SUFFIX v) { memcpy(p, &v, sizeof v); }                           \
-/* v where keep's lane is all ones, else +0 */                                                                \
-static inline R_##SUFFIX where_##SUFFIX(RM_##SUFFIX keep, R_##SUFFIX v) {                                     \
-    return (R_##SUFFIX)((RM_##SUFFIX)v & keep);                                                               \
+typedef T Q_##SUFFIX __attribute__((vector_size(4 * sizeof(T))));                                             \
+static inline D4 wide_##SUFFIX(const T *p) {                                                                  \
+    Q_##SUFFIX v;                                                                                             \
+    memcpy(&v, p, sizeof v);                                                                                  \
+    return TO_D4(v);                                                                                          \
 }                                                                                                             \
+/* the 4 values at p less m, in T, then widened */                                                            \
+static inline D4 wide_less_##SUFFIX(const T *p, T m) {                                                        \
+    Q_##SUFFIX v;                                                                                             \
+    memcpy(&v, p, sizeof v);                                                                                  \
+    return TO_D4(v - m);                                                                                      \
+}                                                                                                             \
+static inline double fold_##SUFFIX(D4 lo, D4 hi) {                                                            \
+    const double p[8] = {lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]};                             \
+    return FOLD8(p);                                                                                          \
+}                                                                                                             \
+/* v where keep's lane is all ones, else +0 */                                                                \
+static inline V_##SUFFIX where_##SUFFIX(M_##SUFFIX keep, V_##SUFFIX v) { return (V_##SUFFIX)((M_##SUFFIX)v & keep); } \
 /* relu that keeps a NaN, as torch's does */                                                                  \
 static inline T relu_##SUFFIX(T v) { return (v > 0 || v != v) ? v : 0; }                                      \
-static inline R_##SUFFIX vrelu_##SUFFIX(R_##SUFFIX v) { return where_##SUFFIX((v > 0) | (v != v), v); }       \
-/* Mean (rounded to T) and the sum of squared deviations from it, in double, of one row of L values. */       \
-static inline void row_stats_##SUFFIX(const T *x, int64_t L, T *mean_out, double *sq_out) {                   \
-    D8 part = {0};                                                                                            \
+static inline V_##SUFFIX vrelu_##SUFFIX(V_##SUFFIX v) { return where_##SUFFIX((v > 0) | (v != v), v); }       \
+/* Mean (rounded to T) and the sum of squared deviations from it, in double, of each of NR rows of L values (rows \
+ * x, x + L, ...): NR = 2 runs two rows' sums side by side, which a row's latency-bound chains leave room for. */ \
+static inline __attribute__((always_inline)) void rows_stats_##SUFFIX(const T *x, int64_t L, const int NR,    \
+                                                                      T *mean_out, double *sq_out) {          \
+    D4 lo[2] = {{0}}, hi[2] = {{0}};                                                                          \
     int64_t i = 0;                                                                                            \
-    for (; i + 8 <= L; i += 8) part += WIDE(rload_##SUFFIX(x + i));                                           \
-    double sum = FOLD8(part);                                                                                 \
-    for (; i < L; i++) sum += x[i];                                                                           \
-    const T mean = (T)(sum / L);                                                                              \
-    part = (D8){0};                                                                                           \
-    for (i = 0; i + 8 <= L; i += 8) {                                                                         \
-        const D8 d = WIDE(rload_##SUFFIX(x + i) - mean);                                                      \
-        part += d * d;                                                                                        \
+    for (; i + 8 <= L; i += 8)                                                                                \
+        for (int j = 0; j < NR; j++) {                                                                        \
+            lo[j] += wide_##SUFFIX(x + j * L + i);                                                            \
+            hi[j] += wide_##SUFFIX(x + j * L + i + 4);                                                        \
+        }                                                                                                     \
+    T mean[2];                                                                                                \
+    for (int j = 0; j < NR; j++) {                                                                            \
+        double sum = fold_##SUFFIX(lo[j], hi[j]);                                                             \
+        for (int64_t t = i; t < L; t++) sum += x[j * L + t];                                                  \
+        mean[j] = (T)(sum / L);                                                                               \
+        lo[j] = hi[j] = (D4){0};                                                                              \
     }                                                                                                         \
-    double sq = FOLD8(part);                                                                                  \
-    for (; i < L; i++) {                                                                                      \
-        const double d = x[i] - mean;                                                                         \
-        sq += d * d;                                                                                          \
+    for (i = 0; i + 8 <= L; i += 8)                                                                           \
+        for (int j = 0; j < NR; j++) {                                                                        \
+            const D4 a = wide_less_##SUFFIX(x + j * L + i, mean[j]);                                          \
+            const D4 b = wide_less_##SUFFIX(x + j * L + i + 4, mean[j]);                                      \
+            lo[j] += a * a;                                                                                   \
+            hi[j] += b * b;                                                                                   \
+        }                                                                                                     \
+    for (int j = 0; j < NR; j++) {                                                                            \
+        double sq = fold_##SUFFIX(lo[j], hi[j]);                                                              \
+        for (int64_t t = i; t < L; t++) {                                                                     \
+            const double d = x[j * L + t] - mean[j];                                                          \
+            sq += d * d;                                                                                      \
+        }                                                                                                     \
+        mean_out[j] = mean[j];                                                                                \
+        sq_out[j] = sq;                                                                                       \
     }                                                                                                         \
-    *mean_out = mean;                                                                                         \
-    *sq_out = sq;                                                                                             \
 }                                                                                                             \
 /* y = x * alpha + beta, through relu when relu is set */                                                     \
 static inline void row_affine_##SUFFIX(const T *x, int64_t L, T alpha, T beta, int relu, T *y) {              \
     int64_t i = 0;                                                                                            \
-    for (; i + 8 <= L; i += 8) {                                                                              \
-        const R_##SUFFIX v = rload_##SUFFIX(x + i) * alpha + beta;                                            \
-        rstore_##SUFFIX(y + i, relu ? vrelu_##SUFFIX(v) : v);                                                 \
+    for (; i + LANES_##SUFFIX <= L; i += LANES_##SUFFIX) {                                                    \
+        const V_##SUFFIX v = load_##SUFFIX(x + i) * alpha + beta;                                             \
+        store_##SUFFIX(y + i, relu ? vrelu_##SUFFIX(v) : v);                                                  \
     }                                                                                                         \
     for (; i < L; i++) {                                                                                      \
         const T v = x[i] * alpha + beta;                                                                      \
@@ -299,22 +334,24 @@ static inline void row_affine_##SUFFIX(const T *x, int64_t L, T alpha, T beta, i
 /* BatchNorm's backward for one row whose output gradient dy is already in gx: gx becomes the input gradient; \
  * returns the weight and bias gradients in *gw, *gb. */                                                      \
 static inline void row_norm_backward_##SUFFIX(T *gx, const T *x, int64_t L, T m, T is, T w, T *gw, T *gb) {   \
-    D8 ps = {0}, pd = {0};                                                                                    \
+    D4 s_lo = {0}, s_hi = {0}, d_lo = {0}, d_hi = {0};                                                        \
     int64_t i = 0;                                                                                            \
     for (; i + 8 <= L; i += 8) {                                                                              \
-        const R_##SUFFIX g = rload_##SUFFIX(gx + i);                                                          \
-        ps += WIDE(g);                                                                                        \
-        pd += WIDE(rload_##SUFFIX(x + i) - m) * WIDE(g);                                                      \
+        const D4 g_lo = wide_##SUFFIX(gx + i), g_hi = wide_##SUFFIX(gx + i + 4);                              \
+        s_lo += g_lo;                                                                                         \
+        s_hi += g_hi;                                                                                         \
+        d_lo += wide_less_##SUFFIX(x + i, m) * g_lo;                                                          \
+        d_hi += wide_less_##SUFFIX(x + i + 4, m) * g_hi;                                                      \
     }                                                                                                         \
-    double sum = FOLD8(ps), dot = FOLD8(pd);                                                                  \
+    double sum = fold_##SUFFIX(s_lo, s_hi), dot = fold_##SUFFIX(d_lo, d_hi);                                  \
     for (; i < L; i++) {                                                                                      \
         sum += gx[i];                                                                                         \
         dot += (double)(x[i] - m) * gx[i];                                                                    \
     }                                                                                                         \
     const T k = (T)(dot * is * is / L), mean_dy = (T)(sum / L), scale = is * w;                               \
-    for (i = 0; i + 8 <= L; i += 8) {                                                                         \
-        const R_##SUFFIX g = rload_##SUFFIX(gx + i), d = rload_##SUFFIX(x + i) - m;                           \
-        rstore_##SUFFIX(gx + i, (g - mean_dy - d * k) * scale);                                               \
+    for (i = 0; i + LANES_##SUFFIX <= L; i += LANES_##SUFFIX) {                                               \
+        const V_##SUFFIX g = load_##SUFFIX(gx + i), d = load_##SUFFIX(x + i) - m;                             \
+        store_##SUFFIX(gx + i, (g - mean_dy - d * k) * scale);                                                \
     }                                                                                                         \
     for (; i < L; i++) gx[i] = (gx[i] - mean_dy - (x[i] - m) * k) * scale;                                    \
     *gw = (T)(dot * is);                                                                                      \
@@ -323,26 +360,34 @@ static inline void row_norm_backward_##SUFFIX(T *gx, const T *x, int64_t L, T m,
 DEFINE_ROWS(float, int32_t, f32)
 DEFINE_ROWS(double, int64_t, f64)
 
-/* One row's batch statistics: saved mean and invstd, running statistics updated, returns alpha and beta. */
-#define ROW_NORM(T, SUFFIX, x, L, r)                                                                          \
-    T m;                                                                                                      \
-    double sq;                                                                                                \
-    row_stats_##SUFFIX(x, L, &m, &sq);                                                                        \
-    const T is = (T)(1.0 / sqrt(sq / (L) + eps));                                                             \
-    mean[r] = m;                                                                                              \
+/* Rows r and r + 1 (only r when it is the last): their batch statistics m[j], sq[j]. */
+#define ROW_PAIR_STATS(SUFFIX, x, L, r, m, sq)                                                                \
+    if (R - (r) >= 2)                                                                                         \
+        rows_stats_##SUFFIX(x, L, 2, m, sq);                                                                  \
+    else                                                                                                      \
+        rows_stats_##SUFFIX(x, L, 1, m, sq);
+
+/* Row r's saved mean and invstd and its running statistics from its m and sq; declares alpha and beta. */
+#define ROW_NORM(T, m, sq, L, r)                                                                              \
+    const T is = (T)(1.0 / sqrt((sq) / (L) + eps));                                                           \
+    mean[r] = (m);                                                                                            \
     invstd[r] = is;                                                                                           \
-    rmean[r] = (T)(momentum * m + (1 - momentum) * rmean[r]);                                                 \
-    rvar[r] = (T)(momentum * (sq / ((L) - 1)) + (1 - momentum) * rvar[r]);                                    \
-    const T alpha = is * w[r], beta = b[r] - m * alpha;
+    rmean[r] = (T)(momentum * (m) + (1 - momentum) * rmean[r]);                                               \
+    rvar[r] = (T)(momentum * ((sq) / ((L) - 1)) + (1 - momentum) * rvar[r]);                                  \
+    const T alpha = is * w[r], beta = b[r] - (m) * alpha;
 
 #define DEFINE_BLOCK(T, SUFFIX)                                                                               \
 /* y = relu(batch_norm(x)) */                                                                                 \
 void bn_relu_forward_##SUFFIX(int64_t R, int64_t L, double momentum, double eps, const T *x, const T *w,      \
                               const T *b, T *rmean, T *rvar, T *mean, T *invstd, T *y) {                      \
-    for (int64_t r = 0; r < R; r++) {                                                                         \
-        const T *xr = x + r * L;                                                                              \
-        ROW_NORM(T, SUFFIX, xr, L, r)                                                                         \
-        row_affine_##SUFFIX(xr, L, alpha, beta, 1, y + r * L);                                                \
+    for (int64_t r0 = 0; r0 < R; r0 += 2) {                                                                   \
+        T m[2];                                                                                               \
+        double sq[2];                                                                                         \
+        ROW_PAIR_STATS(SUFFIX, x + r0 * L, L, r0, m, sq)                                                      \
+        for (int64_t r = r0; r < R && r < r0 + 2; r++) {                                                      \
+            ROW_NORM(T, m[r - r0], sq[r - r0], L, r)                                                          \
+            row_affine_##SUFFIX(x + r * L, L, alpha, beta, 1, y + r * L);                                     \
+        }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
 /* gy, y -> gx, gw, gb: relu passes the gradient where y > 0 */                                               \
@@ -352,9 +397,9 @@ void bn_relu_backward_##SUFFIX(int64_t R, int64_t L, const T *gy, const T *y, co
         const T *g = gy + r * L, *yr = y + r * L;                                                             \
         T *gxr = gx + r * L;                                                                                  \
         int64_t i = 0;                                                                                        \
-        for (; i + 8 <= L; i += 8) {                                                                          \
-            const R_##SUFFIX v = rload_##SUFFIX(yr + i);                                                      \
-            rstore_##SUFFIX(gxr + i, where_##SUFFIX(v > 0, rload_##SUFFIX(g + i)));                           \
+        for (; i + LANES_##SUFFIX <= L; i += LANES_##SUFFIX) {                                                \
+            const V_##SUFFIX v = load_##SUFFIX(yr + i);                                                       \
+            store_##SUFFIX(gxr + i, where_##SUFFIX(v > 0, load_##SUFFIX(g + i)));                             \
         }                                                                                                     \
         for (; i < L; i++) gxr[i] = yr[i] > 0 ? g[i] : 0;                                                     \
         row_norm_backward_##SUFFIX(gxr, x + r * L, L, mean[r], invstd[r], w[r], gw + r, gb + r);              \
@@ -364,22 +409,27 @@ void bn_relu_backward_##SUFFIX(int64_t R, int64_t L, const T *gy, const T *y, co
 void block_tail_forward_##SUFFIX(int64_t R, int64_t N, double momentum, double eps, const T *x, const T *h,   \
                                  const T *w, const T *b, T *rmean, T *rvar, T *mean, T *invstd, T *pooled) {  \
     const int64_t L = 4 * N;                                                                                  \
-    for (int64_t r = 0; r < R; r++) {                                                                         \
-        const T *xr = x + r * L, *hr = h + r * L;                                                             \
-        ROW_NORM(T, SUFFIX, xr, L, r)                                                                         \
-        T *pr = pooled + r * N;                                                                               \
-        int64_t n = 0;                                                                                        \
-        for (; n + 8 <= N; n += 8) {                                                                          \
-            R_##SUFFIX total = {0};                                                                           \
-            for (int q = 0; q < 4; q++)                                                                       \
-                total += vrelu_##SUFFIX(rload_##SUFFIX(hr + q * N + n)                                        \
-                                        + (rload_##SUFFIX(xr + q * N + n) * alpha + beta));                   \
-            rstore_##SUFFIX(pr + n, total / 4);                                                               \
-        }                                                                                                     \
-        for (; n < N; n++) {                                                                                  \
-            T total = 0;                                                                                      \
-            for (int q = 0; q < 4; q++) total += relu_##SUFFIX(hr[q * N + n] + (xr[q * N + n] * alpha + beta)); \
-            pr[n] = total / 4;                                                                                \
+    for (int64_t r0 = 0; r0 < R; r0 += 2) {                                                                   \
+        T m[2];                                                                                               \
+        double sq[2];                                                                                         \
+        ROW_PAIR_STATS(SUFFIX, x + r0 * L, L, r0, m, sq)                                                      \
+        for (int64_t r = r0; r < R && r < r0 + 2; r++) {                                                      \
+            const T *xr = x + r * L, *hr = h + r * L;                                                         \
+            ROW_NORM(T, m[r - r0], sq[r - r0], L, r)                                                          \
+            T *pr = pooled + r * N;                                                                           \
+            int64_t n = 0;                                                                                    \
+            for (; n + LANES_##SUFFIX <= N; n += LANES_##SUFFIX) {                                            \
+                V_##SUFFIX total = {0};                                                                       \
+                for (int q = 0; q < 4; q++)                                                                   \
+                    total += vrelu_##SUFFIX(load_##SUFFIX(hr + q * N + n)                                     \
+                                            + (load_##SUFFIX(xr + q * N + n) * alpha + beta));                \
+                store_##SUFFIX(pr + n, total / 4);                                                            \
+            }                                                                                                 \
+            for (; n < N; n++) {                                                                              \
+                T total = 0;                                                                                  \
+                for (int q = 0; q < 4; q++) total += relu_##SUFFIX(hr[q * N + n] + (xr[q * N + n] * alpha + beta)); \
+                pr[n] = total / 4;                                                                            \
+            }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
@@ -394,11 +444,11 @@ void block_tail_backward_##SUFFIX(int64_t R, int64_t N, const T *gp, const T *x,
         for (int q = 0; q < 4; q++) {                                                                         \
             const int64_t o = q * N;                                                                          \
             int64_t n = 0;                                                                                    \
-            for (; n + 8 <= N; n += 8) {                                                                      \
-                const R_##SUFFIX v = rload_##SUFFIX(hr + o + n) + (rload_##SUFFIX(xr + o + n) * alpha + beta); \
-                const R_##SUFFIX d = where_##SUFFIX(v > 0, rload_##SUFFIX(g + n) / 4);                        \
-                rstore_##SUFFIX(gxr + o + n, d);                                                              \
-                rstore_##SUFFIX(ghr + o + n, d);                                                              \
+            for (; n + LANES_##SUFFIX <= N; n += LANES_##SUFFIX) {                                            \
+                const V_##SUFFIX v = load_##SUFFIX(hr + o + n) + (load_##SUFFIX(xr + o + n) * alpha + beta);  \
+                const V_##SUFFIX d = where_##SUFFIX(v > 0, load_##SUFFIX(g + n) / 4);                         \
+                store_##SUFFIX(gxr + o + n, d);                                                               \
+                store_##SUFFIX(ghr + o + n, d);                                                               \
             }                                                                                                 \
             for (; n < N; n++) {                                                                              \
                 const T v = hr[o + n] + (xr[o + n] * alpha + beta);                                           \
