@@ -217,7 +217,9 @@ PRODUCTS_STEP = (
 # stem output kept in L2) 5-9% slower than the ATen path; in C (models/resnet/packed_kernels.c, kept) the stem's
 # tail and the block weight gathers 0.69x the update's time, the block's BatchNorms + ReLUs + residual + mean
 # 0.90-0.95x again; later that day the stem kernels on vectors with their sums in registers 0.93x, and the block
-# convs a chunk of members at a time (gather, multiply while the matrices are in L2) 0.95x (docs/benchmarks.md).
+# convs a chunk of members at a time (gather, multiply while the matrices are in L2) 0.95x; then the block's
+# BatchNorm kernels and the dense-matrix gathers and folds on vectors 0.95x (S=32) and 0.98x (S=5), and the stem's
+# forward on 64-byte vectors (AVX-512 only) 0.89x of the stem forward alone, not kept (docs/benchmarks.md).
 NOT_PRODUCTS_STEP = (
     "the work that is no product is spread over several pieces (largest here: {largest}); the rewrites in ATen "
     "ops measured (bench/ceiling.py's comment) were slower, and C kernels now run the stem's tail, the block "
