@@ -47,13 +47,18 @@ static const int PIXEL[4][4] = {{0, 2, 8, 10}, {1, 3, 9, 11}, {4, 6, 12, 14}, {5
 #define DEFINE_VECTOR(T, IT, SUFFIX)                                                                          \
 typedef T V_##SUFFIX __attribute__((vector_size(32)));                                                        \
 typedef IT M_##SUFFIX __attribute__((vector_size(32)));                                                       \
-typedef uint8_t B_##SUFFIX __attribute__((vector_size(32 / sizeof(T))));  /* one byte per lane */            \
+typedef uint8_t B_##SUFFIX __attribute__((vector_size(32 / sizeof(T))));  /* one byte per lane */             \
 enum { LANES_##SUFFIX = 32 / sizeof(T) };                                                                     \
 static inline V_##SUFFIX load_##SUFFIX(const T *p) { V_##SUFFIX v; memcpy(&v, p, sizeof v); return v; }       \
-static inline void store_##SUFFIX(T *p, V_##SUFFIX v) { memcpy(p, &v, sizeof v); }                           \
+static inline void store_##SUFFIX(T *p, V_##SUFFIX v) { memcpy(p, &v, sizeof v); }                            \
 static inline V_##SUFFIX select_##SUFFIX(M_##SUFFIX m, V_##SUFFIX a, V_##SUFFIX b) {                          \
     return (V_##SUFFIX)(((M_##SUFFIX)a & m) | ((M_##SUFFIX)b & ~m));                                          \
-}
+}                                                                                                             \
+/* v where keep's lane is all ones, else +0 */                                                                \
+static inline V_##SUFFIX where_##SUFFIX(M_##SUFFIX keep, V_##SUFFIX v) { return (V_##SUFFIX)((M_##SUFFIX)v & keep); } \
+/* relu that keeps a NaN, as torch's does */                                                                  \
+static inline T relu_##SUFFIX(T v) { return (v > 0 || v != v) ? v : 0; }                                      \
+static inline V_##SUFFIX vrelu_##SUFFIX(V_##SUFFIX v) { return where_##SUFFIX((v > 0) | (v != v), v); }
 DEFINE_VECTOR(float, int32_t, f32)
 DEFINE_VECTOR(double, int64_t, f64)
 
@@ -65,7 +70,7 @@ void stem_pool_forward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, cons
     enum { L = LANES_##SUFFIX };                                                                              \
     for (int64_t s = 0; s < S; s++) {                                                                         \
         const T *p = P + (G > 1 ? s : 0) * 144 * N;                                                           \
-        for (int q = 0; q < 4; q++)   /* pooled pixel q reads 36 patch rows: a block of them stays in L1 */    \
+        for (int q = 0; q < 4; q++)   /* pooled pixel q reads 36 patch rows: a block of them stays in L1 */   \
         for (int64_t n0 = 0; n0 < N; n0 += BLK) {                                                             \
             const int64_t n1 = N - n0 < BLK ? N : n0 + BLK;                                                   \
             for (int64_t c = 0; c < C; c++) {                                                                 \
@@ -85,11 +90,11 @@ void stem_pool_forward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, cons
                             V acc = wv[0] * load_##SUFFIX(pd);                                                \
                             for (int k = 1; k < 9; k++) acc += wv[k] * load_##SUFFIX(pd + k * 16 * N);        \
                             const V v = acc + b;                                                              \
-                            const M up = d == 0 ? ~(M){0} : (v > best) | (v != v);                           \
+                            const M up = d == 0 ? ~(M){0} : (v > best) | (v != v);                            \
                             best = select_##SUFFIX(up, v, best);                                              \
                             at = (at & ~up) | (up & d);                                                       \
                         }                                                                                     \
-                        store_##SUFFIX(o + n, (V)((M)best & ((best > 0) | (best != best))));                  \
+                        store_##SUFFIX(o + n, vrelu_##SUFFIX(best));                                          \
                         if (wn) {                                                                             \
                             const B_##SUFFIX bytes = __builtin_convertvector(at, B_##SUFFIX);                 \
                             memcpy(wn + n, &bytes, sizeof bytes);                                             \
@@ -107,7 +112,7 @@ void stem_pool_forward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, cons
                             best = up ? v : best;                                                             \
                             at = up ? (uint8_t)d : at;                                                        \
                         }                                                                                     \
-                        o[n] = (best > 0 || best != best) ? best : 0;                                         \
+                        o[n] = relu_##SUFFIX(best);                                                           \
                         if (wn) wn[n] = at;                                                                   \
                     }                                                                                         \
                 }                                                                                             \
@@ -116,7 +121,7 @@ void stem_pool_forward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, cons
     }                                                                                                         \
 }                                                                                                             \
                                                                                                               \
-/* grad, out, win (S, C, 4, N) -> dW (S, C, 9), dbias (S, C); relu passes the gradient where out > 0. Per image    \
+/* grad, out, win (S, C, 4, N) -> dW (S, C, 9), dbias (S, C); relu passes the gradient where out > 0. Per image \
  * only the winning slot's patch gets the gradient: the other slots add masked zeros (the patches are finite). */ \
 void stem_pool_backward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, const T *grad, const T *out,     \
                                  const uint8_t *win, const T *P, T *dW, T *dbias) {                           \
@@ -143,7 +148,7 @@ void stem_pool_backward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, con
                     for (int k = 0; k < 10; k++) a[k] = acc[j][k];                                            \
                     int64_t n = 0;                                                                            \
                     for (; n + L <= N; n += L) {                                                              \
-                        const V gr = (V)((M)load_##SUFFIX(g + n) & (load_##SUFFIX(o + n) > 0));               \
+                        const V gr = where_##SUFFIX(load_##SUFFIX(o + n) > 0, load_##SUFFIX(g + n));          \
                         a[9] += gr;                                                                           \
                         B_##SUFFIX bytes;                                                                     \
                         memcpy(&bytes, wn + n, sizeof bytes);                                                 \
@@ -279,11 +284,6 @@ static inline double fold_##SUFFIX(D4 lo, D4 hi) {                              
     const double p[8] = {lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]};                             \
     return FOLD8(p);                                                                                          \
 }                                                                                                             \
-/* v where keep's lane is all ones, else +0 */                                                                \
-static inline V_##SUFFIX where_##SUFFIX(M_##SUFFIX keep, V_##SUFFIX v) { return (V_##SUFFIX)((M_##SUFFIX)v & keep); } \
-/* relu that keeps a NaN, as torch's does */                                                                  \
-static inline T relu_##SUFFIX(T v) { return (v > 0 || v != v) ? v : 0; }                                      \
-static inline V_##SUFFIX vrelu_##SUFFIX(V_##SUFFIX v) { return where_##SUFFIX((v > 0) | (v != v), v); }       \
 /* Mean (rounded to T) and the sum of squared deviations from it, in double, of each of NR rows of L values (rows \
  * x, x + L, ...): NR = 2 runs two rows' sums side by side, which a row's latency-bound chains leave room for. */ \
 static inline __attribute__((always_inline)) void rows_stats_##SUFFIX(const T *x, int64_t L, const int NR,    \
