@@ -50,7 +50,10 @@ def new_store(folder: Path) -> str:
 
     MLflow creates a new store's schema (its migrations) in ~2 s of CPU; the tests that use this only need a
     store, not its creation. A new store's creation is still exercised where it is the point: every CLI run in
-    its own process (tests/sweep/test_faults.py's two sweeps on one new file, the killed drivers, test_ui.py)."""
+    its own process (tests/sweep/test_faults.py's two sweeps on one new file, test_ui.py).
+
+    Also for a sweep run in another process while this one polls the store: an ``MlflowClient`` on a store
+    being created runs MLflow's migrations a second time, outside the driver's lock, and breaks its creation."""
     if not _EMPTY_STORE:
         from sweep.tracking import init_store
 
@@ -171,7 +174,7 @@ def run_then_kill_driver(folder: Path, spec_file: str, metric: str, min_steps: i
     Returns (tracking URI, environment for a later ``sweep resume``)."""
     from sweep import driver
 
-    uri = f"sqlite:///{folder}/mlflow.db"
+    uri = new_store(folder)  # created here: this process's polls must not race the driver through its creation
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec_file, "--no-analyze"], cwd=folder,

@@ -347,7 +347,7 @@ def test_killed_driver_then_resume_finishes_the_search(tmp_path, ray_address):
 
     # No checkpoint before a trial's end: the interrupted trial restarts from scratch and must find its runs.
     (tmp_path / "long.yaml").write_text(LONG_SEARCH.replace("checkpoint_every: 6", "checkpoint_every: 1000"))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)  # not created by the driver while this process polls it (conftest.new_store)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "sweep.cli"]
