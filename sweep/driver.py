@@ -205,7 +205,10 @@ def build_tuner(sweep: Sweep, slots: int) -> tune.Tuner:
     run_config = tune.RunConfig(
         name=sweep.sweep_id, storage_path=sweep.tune_path.rsplit("/", 1)[0], verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Every checkpoint is kept (about ten per trial by default): with num_to_keep, Tune deletes an old
+        # checkpoint before its next experiment-state snapshot, which may still point to it, and a driver killed
+        # in between can never be resumed (ray-project/ray#27790; it failed our CI that way).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         # Tune's result files (result.json, progress.csv) without its TensorBoard logger, whose printed
         # `tensorboard --logdir` command fails (TensorBoard is not installed); see quiet_tune_loggers().
         callbacks=[Progress(), EndStoppedTrials(sweep.tracking_uri, sweep.experiment_id, sweep.sweep_id),
