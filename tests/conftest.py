@@ -169,27 +169,35 @@ def run_sweep_killing_a_worker(folder: Path, spec_file: str, metric: str, min_st
 
 
 def run_then_kill_driver(folder: Path, spec_file: str, metric: str, min_steps: int) -> tuple[str, dict]:
-    """``sweep run SPEC_FILE --no-analyze`` as its own process (a fresh local Ray) in ``folder`` with the store
-    ``folder/mlflow.db``; SIGKILL it and its Ray once a trial has logged ``min_steps`` values of ``metric``.
-    Returns (tracking URI, environment for a later ``sweep resume``)."""
-    from sweep import driver
+    """:func:`kill_driver_when` a trial has logged ``min_steps`` values of ``metric``."""
 
+    def logged(sweep: driver.Sweep) -> bool:
+        client = MlflowClient(sweep.tracking_uri)
+        return any(len(client.get_metric_history(r.info.run_id, metric)) >= min_steps for r in trial_runs(sweep))
+
+    return kill_driver_when(folder, spec_file, logged, f"a trial to log {min_steps} values of {metric}")
+
+
+def kill_driver_when(folder: Path, spec_file: str, until: Callable[[driver.Sweep], bool], what: str
+                     ) -> tuple[str, dict]:
+    """``sweep run SPEC_FILE --no-analyze`` as its own process (a fresh local Ray) in ``folder`` with the store
+    ``folder/mlflow.db``; SIGKILL it and its Ray once ``until(sweep)`` holds (polled; ``what`` names it in the
+    time-out's message). Returns (tracking URI, environment for a later ``sweep resume``)."""
     uri = new_store(folder)  # created here: this process's polls must not race the driver through its creation
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec_file, "--no-analyze"], cwd=folder,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    client = MlflowClient(uri)
 
-    def progressed() -> bool:
+    def ready() -> bool:
         try:
-            runs = trial_runs(driver.load_sweep(None, uri))
-        except Exception:  # the sweep or its runs do not exist yet
+            sweep = driver.load_sweep(None, uri)
+        except Exception:  # the sweep, or its spec.yaml, is not recorded yet
             return False
-        return any(len(client.get_metric_history(r.info.run_id, metric)) >= min_steps for r in runs)
+        return until(sweep)
 
     try:
-        wait_for(progressed, 300, f"a trial to log {min_steps} values of {metric}")
+        wait_for(ready, 300, what)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait(timeout=30)

@@ -86,7 +86,7 @@ def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
         assert_complete_and_identical(client, run.info.run_id, expected.result()[int(run.data.params["C"])])
     # Tune's experiment state, saved every few seconds, may point to any earlier checkpoint when the driver is
     # killed: a sweep deletes none (with two kept, a resume failed on a deleted one). 60 evaluations, every 6th.
-    trials = sorted((tmp_path / "ray_results" / sweep.sweep_id).glob("trial_*"))
+    trials = sorted(Path(sweep.tune_path).glob("trial_*"))
     assert len(trials) == 2
     for trial in trials:
         assert sorted(p.name for p in trial.glob("checkpoint_*")) == [f"checkpoint_{i:06d}" for i in range(10)]

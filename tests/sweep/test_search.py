@@ -20,7 +20,7 @@ from models.resnet.config import TrainConfig
 from models.resnet.data import load_digits_split, val_positions
 from sweep import driver, finish
 from sweep.plan import base_group
-from tests.conftest import histories, new_store, run_sweep, trial_runs
+from tests.conftest import histories, kill_driver_when, new_store, run_sweep, trial_runs
 
 LR = "search.space={lr: {loguniform: [0.001, 1]}}"
 
@@ -339,44 +339,25 @@ def test_killed_driver_then_resume_finishes_the_search(tmp_path, ray_address):
     ends with its three configurations, each with exactly one FINISHED run, nothing left RUNNING, and the
     analysis counting each configuration once. The resume connects to the tests' Ray (a resume on a fresh Ray
     of its own: test_faults.py)."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
     # No checkpoint before a trial's end: the interrupted trial restarts from scratch and must find its runs.
     (tmp_path / "long.yaml").write_text(LONG_SEARCH.replace("checkpoint_every: 6", "checkpoint_every: 1000"))
-    uri = new_store(tmp_path)  # not created by the driver while this process polls it (conftest.new_store)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "sweep.cli"]
-    proc = subprocess.Popen([*cmd, "run", "long.yaml", "--no-analyze"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    client = MlflowClient(uri)
 
-    def second_trial_under_way() -> bool:
-        try:
-            trials = by_trial(driver.load_sweep(None, uri))
-        except Exception:  # noqa: BLE001 - the store or the sweep does not exist yet
-            return False
+    def second_trial_under_way(sweep: driver.Sweep) -> bool:
+        trials, client = by_trial(sweep), MlflowClient(sweep.tracking_uri)
         return len(trials) >= 2 and any(
             r.info.status == "RUNNING" and len(client.get_metric_history(r.info.run_id, "val_error")) >= 8
             for runs in trials.values() for r in runs)
 
-    try:
-        deadline = time.monotonic() + 300
-        while not second_trial_under_way():
-            assert time.monotonic() < deadline, "the second configuration never started"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait(timeout=30)
+    uri, env = kill_driver_when(tmp_path, "long.yaml", second_trial_under_way, "the second configuration to start")
+    client = MlflowClient(uri)
     sweep = driver.load_sweep(None, uri)
     assert client.get_run(sweep.parent_run_id).info.status == "RUNNING"
 
-    resumed = subprocess.run([*cmd, "resume", sweep.sweep_id, "--address", ray_address], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", sweep.sweep_id, "--address", ray_address],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
     runs = trial_runs(sweep)
