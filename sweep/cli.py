@@ -185,7 +185,8 @@ def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
 
 def _warm_up(tracking_uri: str) -> None:
     """What a sweep needs before its first trial besides Ray: a new sqlite store's schema, the driver's imports
-    (torch, Ray Tune, MLflow) and the digits (scikit-learn): seconds of CPU each."""
+    (Ray Tune, MLflow; not torch, which only the trial workers import) and the digits (scikit-learn): seconds of
+    CPU each."""
     # the warm-up is these imports: see the module's docstring
     from models.digits import digits_arrays
     from sweep import tracking

@@ -15,11 +15,8 @@ import re
 import socket
 import subprocess
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
-
-import mlflow
-import ray
-import torch
 
 from record import (
     TAG_BLAS,
@@ -43,8 +40,9 @@ def git_commit() -> str | None:
 
 
 def version_tags() -> dict[str, str]:
-    """torch, Ray and MLflow versions of this process."""
-    return {"torch_version": torch.__version__, "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
+    """torch, Ray and MLflow versions of this process's environment, read without importing them: the driver
+    does not import torch (~2.5 s of CPU at its start), only the trial workers do."""
+    return {f"{name}_version": version(name) for name in ("torch", "ray", "mlflow")}
 
 
 def library_tags() -> dict[str, str]:
@@ -72,6 +70,8 @@ def cpu_model() -> str:
 def blas() -> str:
     """torch's BLAS, from its build configuration: ``mkl 2024.2`` (with the version torch reports), else the
     name (``openblas``, ``accelerate``, ...)."""
+    import torch  # a worker's question (machine_tags): see version_tags
+
     config = torch.__config__.show()
     name = re.search(r"BLAS_INFO=(\w+)", config)
     kind = name.group(1) if name else "unknown"
@@ -83,6 +83,8 @@ def machine_tags(device: str = "cpu") -> dict[str, str]:
     """A child run's: the numeric stack of this process (call it in the worker, after setting torch's
     threads): CPU model, torch's CPU capability, BLAS, torch threads, the GPU with CUDA and cuDNN versions
     when ``device`` is a CUDA device, and the library versions."""
+    import torch  # see version_tags
+
     tags = {TAG_CPU: cpu_model(), TAG_CPU_CAPABILITY: torch.backends.cpu.get_cpu_capability(), TAG_BLAS: blas(),
             TAG_TORCH_THREADS: str(torch.get_num_threads()), **version_tags()}
     if os.environ.get("MKL_ENABLE_INSTRUCTIONS"):

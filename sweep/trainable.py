@@ -3,6 +3,9 @@
 Ray and MLflow meet the trainer here and nowhere else. Every trial, of a grid or a search alike, makes its
 MLflow runs when it first starts (:func:`sweep.tracking.find_or_create_trial_runs`), so a restarted or
 restored trial continues its own runs.
+
+torch is imported inside the functions that use it, which run on the workers: the driver imports this module
+only to hand Tune :func:`train_group`, and torch's import (~2.5 s of CPU) would lengthen every sweep's start.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from mlflow import MlflowClient
 from ray import tune
 
@@ -47,6 +49,8 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
     ``cpus``, ``checkpoint_every``, ``report_every_evaluation``. ``digits``: :func:`models.digits.digits_arrays`
     (bound with ``tune.with_parameters``, so workers need not import scikit-learn). ``family``: the sweep's
     family object, bound the same way so that a family registered only in the driver process trains here."""
+    import torch  # on the worker: see the module's docstring
+
     for name in ("ray.train", "ray.tune"):  # Tune logs every checkpoint at INFO; one sweep makes hundreds
         logging.getLogger(name).setLevel(logging.WARNING)
     group = trial_group(config, family)
@@ -169,6 +173,8 @@ def _train(trainer: Trainer, logger: TrialRunLogger, family: Family, group: Tria
     Marks for bench/overhead.py ride along in every report: when this trial's training began (unix s), when the
     trainer last handed over an evaluation, and the seconds spent inside the trainer and in Tune's reports and
     checkpoints; with ``seconds_logging`` (MLflow), that is where the rest of a trial goes."""
+    import torch  # see the module's docstring
+
     eval_steps = group.config.eval_steps()
     position = {step: i for i, step in enumerate(eval_steps, start=1)}  # absolute, so resumes keep cadence
     every = checkpoint_interval(len(eval_steps), config.get("checkpoint_every"))
@@ -213,6 +219,8 @@ def _train(trainer: Trainer, logger: TrialRunLogger, family: Family, group: Tria
 
 def _finish_members(trainer: Trainer, logger: TrialRunLogger, family: Family, group: TrialGroup) -> None:
     """Flush, save every live member's weights and end its run FINISHED (diverged ones ended FAILED already)."""
+    import torch  # see the module's docstring
+
     logger.flush()
     with tempfile.TemporaryDirectory() as folder:
         for seed in trainer.seeds:

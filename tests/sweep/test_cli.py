@@ -227,6 +227,16 @@ def test_console_script_exit_code_and_stderr(tmp_path):
     assert "'lr'" in proc.stderr and not (tmp_path / "mlflow.db").exists()
 
 
+def test_the_driver_does_not_import_torch():
+    """A sweep's driver never trains, so it must not pay torch's import (~2.5 s of CPU, on the critical path of
+    every sweep's start): only the trial workers import it (sweep.trainable imports it inside its functions)."""
+    driver_modules = "sweep.cli, sweep.driver, sweep.finish, sweep.provenance, sweep.trainable, analysis"
+    proc = subprocess.run([sys.executable, "-c", f"import sys, {driver_modules}; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False"]
+
+
 def test_presets_listed_one_line_each(capsys):
     cli.main(["presets"])
     lines = capsys.readouterr().out.strip().splitlines()
