@@ -143,7 +143,12 @@ def measure(widths: tuple[int, ...] = WIDTHS, sizes: tuple[int, ...] = SIZES, se
             repeats: int = 3, save: bool = True) -> Table:
     """Time the trainer's packed update at each (C, S), one torch thread: per cell the best of ``repeats``
     runs of about ``seconds`` each (after a warm-up run), ms per member-update as ``Trainer.ms_per_update``
-    reports it. Writes the table to the cache under :func:`machine_key` when ``save``."""
+    reports it. Writes the table to the cache under :func:`machine_key` when ``save``.
+
+    The runs go in rounds over all cells, so that each cell's best comes from moments spread over the whole
+    measurement: a shared machine's speed drifts (by up to 1.5x within seconds on the 2-core VM of
+    docs/benchmarks.md), and cells timed back to back, one after the other, fell in different spells there (a
+    table so measured ranked C=64's S=8 above both S=4 and S=16, and split hw2's ten C=64 seeds 4 + 4 + 2)."""
     import torch
 
     from models.resnet.config import TrainConfig
@@ -154,21 +159,17 @@ def measure(widths: tuple[int, ...] = WIDTHS, sizes: tuple[int, ...] = SIZES, se
     torch.set_num_threads(1)
     try:
         data = load_for_config(TrainConfig(C=1))
-        out: Table = {}
-        for C in widths:
-            out[C] = {}
-            for S in sizes:
+        best = {(C, S): math.inf for C in widths for S in sizes}
+        for run in range(repeats + 1):
+            for C, S in best:
                 guess = member_ms(C, S, DEFAULT_MS) * S  # ms per pack-update, to size the runs
                 updates = max(3, round(1000 * seconds / guess))
-                best = math.inf
-                for run in range(repeats + 1):
-                    trainer = Trainer(TrainConfig(C=C, budget=updates, eval_every=updates), list(range(S)),
-                                      data=data)
-                    for _ in trainer.run():
-                        pass
-                    if run:  # the first run warms allocator and caches
-                        best = min(best, trainer.ms_per_update)
-                out[C][S] = round(best, 4)
+                trainer = Trainer(TrainConfig(C=C, budget=updates, eval_every=updates), list(range(S)), data=data)
+                for _ in trainer.run():
+                    pass
+                if run:  # the first round warms allocator and caches
+                    best[C, S] = min(best[C, S], trainer.ms_per_update)
+        out: Table = {C: {S: round(best[C, S], 4) for S in sizes} for C in widths}
     finally:
         torch.set_num_threads(threads)
     if save:

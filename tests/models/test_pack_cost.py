@@ -1,4 +1,4 @@
-"""The pack-cost table's cache: read for this machine only, the defaults otherwise (nothing timed here)."""
+"""The pack-cost table: its cache (this machine's only, else the defaults) and its measurement (nothing timed)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,30 @@ def test_the_cache_file_is_parsed_once_per_version_of_it(tmp_path, monkeypatch):
     os.utime(path, ns=(stamp, stamp))
     assert pack_cost.member_ms(64, 8) == 2.0
     assert pack_cost._parse_cache.cache_info().misses == 2
+
+
+def test_the_measurement_times_every_cell_once_per_round_and_keeps_its_best(tmp_path, monkeypatch):
+    """Cells are timed in rounds over the whole table (a drifting machine then spreads each cell's runs over
+    the measurement instead of giving one cell one spell), the first round only warms up, and a cell's entry
+    is its fastest later run. The trainer is a stand-in that reports a given time per run: nothing is timed."""
+    import models.resnet.trainer
+
+    monkeypatch.setenv(pack_cost.CACHE_ENV, str(tmp_path))
+    calls: list[tuple[int, int]] = []
+    # ms per member-update of each run of a cell, in order: the warm-up's (fastest, must be ignored), then two
+    ms = {(1, 1): [0.1, 5.0, 4.0], (1, 2): [0.1, 3.0, 3.5], (4, 1): [0.1, 9.0, 8.0], (4, 2): [0.1, 6.0, 7.0]}
+
+    class StandInTrainer:
+        def __init__(self, config, seeds, data):
+            self.cell = (config.C, len(seeds))
+            calls.append(self.cell)
+            self.ms_per_update = ms[self.cell][sum(c == self.cell for c in calls) - 1]
+
+        def run(self):
+            return iter(())
+
+    monkeypatch.setattr(models.resnet.trainer, "Trainer", StandInTrainer)
+    table = pack_cost.measure(widths=(1, 4), sizes=(1, 2), seconds=0.01, repeats=2, save=True)
+    assert calls == [(1, 1), (1, 2), (4, 1), (4, 2)] * 3
+    assert table == {1: {1: 4.0, 2: 3.0}, 4: {1: 8.0, 2: 6.0}}
+    assert pack_cost.cached_table() == table
