@@ -4,6 +4,7 @@
     python bench/run.py --quick    # a fast sanity run
     python bench/run.py --sweep    # also: `sweep run hw2 --set seeds=10` end to end vs the plain loop over
                                    # the same 40 trials as one process per core (several minutes on 2 cores)
+    python bench/run.py --sweep --repeats 3  # the two alternately, 3 times each: a ratio per adjacent pair
     python bench/run.py --epochs   # also: `sweep run hw2-epochs` end to end beside one of its runs (C=4,
                                    # 28,000 updates) in the plain loop (~10 minutes on 2 cores)
     python bench/run.py --pack-cost  # also: measure this machine's pack-cost table (models/resnet/pack_cost.py)
@@ -24,6 +25,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -290,18 +292,7 @@ def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | N
     if account is not None:
         out += [""] + ceiling.account_markdown(account, account["ceiling_ms"])
     if sweep is not None:
-        out += ["", "End to end (seconds, wall clock):", ""]
-        s, p = sweep.get("sweep", {}), sweep.get("plain")
-        if s.get("status") == "ok":
-            out.append(f"- `{s['command']}`: {s['seconds']:.0f} s to exit, figures written at "
-                       f"{s['seconds_to_figures'] or float('nan'):.0f} s ({len(s['figures'])} figures)")
-        else:
-            out.append(f"- `sweep run`: {s.get('status')}: {s.get('reason', 'see bench.json output_tail')}")
-        if p is not None:
-            out.append(f"- plain loop, {p['trials']} trials of {p['updates']} updates as {p['processes']} processes "
-                       f"(one per core): {p['seconds']:.0f} s")
-            if s.get("status") == "ok":
-                out.append(f"- speed-up: {p['seconds'] / s['seconds']:.1f}x")
+        out += ["", "End to end (seconds, wall clock):", ""] + end_to_end_markdown(sweep)
     if epochs is not None:
         s, p = epochs["sweep"], epochs["plain"]
         out += ["", "`sweep run hw2-epochs` (20 runs of 4,000 epochs = 28,000 updates) end to end, beside one of its "
@@ -319,6 +310,32 @@ def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | N
     return "\n".join(out) + "\n"
 
 
+def end_to_end_markdown(pairs: list[dict]) -> list[str]:
+    """The sweep against the plain loop, pair by pair (timed one after the other), with each pair's speed-up
+    and, over several pairs, their median: a ratio within one pair, whose two halves are minutes apart,
+    is less at the mercy of a drifting machine than two numbers from different runs."""
+    out, ratios = [], []
+    indent = "  " if len(pairs) > 1 else ""
+    for i, pair in enumerate(pairs, start=1):
+        s, p = pair["sweep"], pair["plain"]
+        if indent:
+            out.append(f"- pair {i}:")
+        if s.get("status") == "ok":
+            out.append(f"{indent}- `{s['command']}`: {s['seconds']:.0f} s to exit, figures written at "
+                       f"{s['seconds_to_figures'] or float('nan'):.0f} s ({len(s['figures'])} figures)")
+        else:
+            out.append(f"{indent}- `sweep run`: {s.get('status')}: {s.get('reason', 'see bench.json output_tail')}")
+        out.append(f"{indent}- plain loop, {p['trials']} trials of {p['updates']} updates as {p['processes']} "
+                   f"processes (one per core): {p['seconds']:.0f} s")
+        if s.get("status") == "ok":
+            ratios.append(p["seconds"] / s["seconds"])
+            out.append(f"{indent}- speed-up: {ratios[-1]:.1f}x")
+    if len(ratios) > 1:
+        out.append(f"- speed-up over {len(ratios)} pairs: median {statistics.median(ratios):.1f}x "
+                   f"(range {min(ratios):.1f}-{max(ratios):.1f}x)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -330,6 +347,8 @@ def main() -> None:
                         help="also time `sweep run hw2-epochs` beside one of its runs in the plain loop (long)")
     parser.add_argument("--pack-cost", action="store_true",
                         help="also measure and cache this machine's pack-cost table for the planner")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="with --sweep: time the sweep and the plain loop this many times each, alternately")
     parser.add_argument("--no-table", action="store_true", help="skip the per-update table (with --sweep etc.)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
@@ -361,10 +380,12 @@ def main() -> None:
     sweep = None
     if args.sweep:
         seeds, budget = (2, 200) if args.quick else (10, None)
-        sweep = {"sweep": run_sweep(seeds, budget)}
-        if sweep["sweep"]["status"] == "unavailable":
-            print(f"  sweep run skipped: {sweep['sweep']['reason']}", flush=True)
-        sweep["plain"] = run_plain_trials(seeds, budget or 4000)
+        sweep = []
+        for _ in range(max(1, args.repeats)):
+            timed = run_sweep(seeds, budget)
+            if timed["status"] == "unavailable":
+                print(f"  sweep run skipped: {timed['reason']}", flush=True)
+            sweep.append({"sweep": timed, "plain": run_plain_trials(seeds, budget or 4000)})
     epochs = run_epochs() if args.epochs and not args.quick else None
     meta["load_after"] = os.getloadavg()[0]
     meta["seconds"] = time.perf_counter() - started
