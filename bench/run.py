@@ -297,17 +297,21 @@ def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | N
         s, p = epochs["sweep"], epochs["plain"]
         out += ["", "`sweep run hw2-epochs` (20 runs of 4,000 epochs = 28,000 updates) end to end, beside one of its "
                 "runs in the plain loop:", ""]
-        if s.get("status") == "ok":
-            out.append(f"- `{s['command']}`: {s['seconds']:.0f} s to exit, figures written at "
-                       f"{s['seconds_to_figures'] or float('nan'):.0f} s")
-        else:
-            out.append(f"- `sweep run hw2-epochs`: {s.get('status')}: {s.get('reason', 'see bench.json')}")
+        out.append(sweep_line(s, "sweep run hw2-epochs"))
         out.append(f"- plain loop, C={p['C']} seed 0, {p['updates']} updates (one of the sweep's 20 runs): "
                    f"{p['seconds']:.0f} s ({p['ms_per_update']:.2f} ms per update)")
     if costs is not None:
         out += ["", f"Pack-cost table (ms per member-update, the trainer's own, best of 3; cached for the planner, "
                 f"{pack_cost.machine_key()}):", "", pack_cost.markdown(costs)]
     return "\n".join(out) + "\n"
+
+
+def sweep_line(timed: dict, what: str) -> str:
+    """One timed `sweep run` (:func:`run_sweep`) as a markdown bullet; ``what`` names it when it did not run."""
+    if timed.get("status") != "ok":
+        return f"- `{what}`: {timed.get('status')}: {timed.get('reason', 'see bench.json output_tail')}"
+    return (f"- `{timed['command']}`: {timed['seconds']:.0f} s to exit, figures written at "
+            f"{timed['seconds_to_figures'] or float('nan'):.0f} s ({len(timed['figures'])} figures)")
 
 
 def end_to_end_markdown(pairs: list[dict]) -> list[str]:
@@ -320,11 +324,7 @@ def end_to_end_markdown(pairs: list[dict]) -> list[str]:
         s, p = pair["sweep"], pair["plain"]
         if indent:
             out.append(f"- pair {i}:")
-        if s.get("status") == "ok":
-            out.append(f"{indent}- `{s['command']}`: {s['seconds']:.0f} s to exit, figures written at "
-                       f"{s['seconds_to_figures'] or float('nan'):.0f} s ({len(s['figures'])} figures)")
-        else:
-            out.append(f"{indent}- `sweep run`: {s.get('status')}: {s.get('reason', 'see bench.json output_tail')}")
+        out.append(indent + sweep_line(s, "sweep run"))
         out.append(f"{indent}- plain loop, {p['trials']} trials of {p['updates']} updates as {p['processes']} "
                    f"processes (one per core): {p['seconds']:.0f} s")
         if s.get("status") == "ok":
