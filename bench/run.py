@@ -250,7 +250,7 @@ def _headline(rows: list[dict]) -> dict | None:
     return {"line": line, "met": met, "ratio": ratios[column], "column": column}
 
 
-def markdown(rows: list[dict], sweep: dict | None, meta: dict, account: dict | None = None,
+def markdown(rows: list[dict], sweep: list[dict] | None, meta: dict, account: dict | None = None,
              epochs: dict | None = None, costs: dict | None = None) -> str:
     packs = sorted(int(k.split("=")[1]) for k in rows[0]["ceiling"]["ratio"]) if rows else list(PACKS)
     cols = ["plain loop", "Trainer unpacked", *(f"packed S={S}" for S in packs)]

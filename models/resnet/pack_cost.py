@@ -160,11 +160,11 @@ def measure(widths: tuple[int, ...] = WIDTHS, sizes: tuple[int, ...] = SIZES, se
     try:
         data = load_for_config(TrainConfig(C=1))
         best = {(C, S): math.inf for C in widths for S in sizes}
+        # Updates per run, sized once per cell from the defaults' ms per pack-update.
+        updates = {(C, S): max(3, round(1000 * seconds / (member_ms(C, S, DEFAULT_MS) * S))) for C, S in best}
         for run in range(repeats + 1):
-            for C, S in best:
-                guess = member_ms(C, S, DEFAULT_MS) * S  # ms per pack-update, to size the runs
-                updates = max(3, round(1000 * seconds / guess))
-                trainer = Trainer(TrainConfig(C=C, budget=updates, eval_every=updates), list(range(S)), data=data)
+            for (C, S), n in updates.items():
+                trainer = Trainer(TrainConfig(C=C, budget=n, eval_every=n), list(range(S)), data=data)
                 for _ in trainer.run():
                     pass
                 if run:  # the first round warms allocator and caches
