@@ -8,6 +8,11 @@ tests/test_packed.py checks packs of 1, 2 and 5 bit for bit). Each member starts
 ``packed=False`` (one seed only) trains a plain ``ResNet`` instead: the reference the packed path is tested
 against, and a column of the benchmark; nothing chooses it implicitly.
 
+On a CUDA device one update is a few hundred small kernels, and launching them one by one costs more than
+running them (4.5 ms per update at any S up to 128 on an H200, against 2.2 ms for the plain loop's one model):
+the trainer captures the update in a CUDA graph once and replays it (:class:`_Replayed`), so one launch runs
+the whole update (0.26-0.36 ms at S=1 there; docs/gpu.md). On the CPU the update runs op by op.
+
 Protocols (see HANDOUT.md):
   * ``handout``: ``budget`` SGD updates, each on ``batch_size`` distinct training images drawn at random;
     ``step`` counts updates; evaluated every 25 updates by default.
@@ -21,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -83,12 +88,80 @@ class _Single(nn.Module):
         return [self.net]
 
 
+_UPDATES_PER_DRAW = 4  # on a CUDA device: minibatches drawn for about this many updates at a time (Trainer._draws)
+
+
+class _Launcher(Protocol):
+    """How :class:`_Replayed` runs an update before its capture (``eager``) and captures it (``capture``, which
+    returns the replay)."""
+
+    def eager(self, update: Callable[[], None]) -> None: ...
+
+    def capture(self, update: Callable[[], None]) -> Callable[[], None]: ...
+
+
+class _CudaGraph:
+    """Capture and replay on a CUDA device, by PyTorch's recipe for whole-network capture: the updates before the
+    capture run on a side stream (cuBLAS handles and workspaces, autograd's device threads and the allocator are
+    set up there, not inside the capture), then one update is captured and replayed from then on."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def eager(self, update: Callable[[], None]) -> None:
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            update()
+        torch.cuda.current_stream().wait_stream(self.stream)
+
+    def capture(self, update: Callable[[], None]) -> Callable[[], None]:
+        """Record ``update``'s kernels (capture runs none of them) -> the function that runs them."""
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            update()
+        return self.graph.replay
+
+
+class _Replayed:
+    """An update captured once and replayed: ``update(idx, step)`` reads its minibatch indices and step number
+    from tensors that stay in place (a graph replays its kernels on the same memory), which each call fills
+    before the replay. The first ``WARMUP`` calls run ``update`` eagerly (``launcher.eager``), the next one is
+    captured (``launcher.capture``) and replayed, and every later call replays that capture."""
+
+    WARMUP = 3  # eager updates before the capture, as in PyTorch's whole-network capture example
+
+    def __init__(self, update: Callable[[Tensor, Tensor], None], idx_shape: tuple[int, ...], device: torch.device,
+                 launcher: _Launcher) -> None:
+        self.update, self.launcher = update, launcher
+        self.idx = torch.zeros(idx_shape, dtype=torch.long, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.warm = 0
+        self.replay: Callable[[], None] | None = None
+
+    def __call__(self, idx: Tensor, step: int) -> None:
+        self.idx.copy_(idx)
+        self.step.fill_(step)
+        if self.replay is None and self.warm < self.WARMUP:
+            self.warm += 1
+            self.launcher.eager(self._update)
+            return
+        if self.replay is None:
+            self.replay = self.launcher.capture(self._update)
+        self.replay()
+
+    def _update(self) -> None:
+        self.update(self.idx, self.step)
+
+
 class Trainer:
     """Trains one member per seed as one ``PackedResNet`` (any number of seeds, one included).
 
     ``packed=False`` (exactly one seed) trains a plain ``ResNet`` instead, for comparisons only. ``data``:
     the split :func:`models.resnet.data.load_for_config` gives for ``config`` (loaded here when None); it must have
-    the config's split seed and label noise.
+    the config's split seed and label noise. ``cuda_graph`` (on a CUDA device only): replay the update from a
+    CUDA graph (:class:`_Replayed`); False launches every op of every update, the reference the graph is checked
+    against.
 
     Usage::
 
@@ -103,6 +176,7 @@ class Trainer:
         seeds: Sequence[int],
         packed: bool = True,
         data: Digits | None = None,
+        cuda_graph: bool = True,
     ) -> None:
         if not seeds:
             raise ValueError("at least one seed is needed")
@@ -128,6 +202,16 @@ class Trainer:
         self.updates = 0
         self.train_seconds = 0.0
         self.diverged: dict[int, tuple[int, str]] = {}
+        self._minibatch = self._minibatch_source()
+        # Written by every update (_update), read after each evaluation period: on the device, in place.
+        S = len(self.seeds)
+        self._losses = torch.zeros(S, dtype=dtype, device=self.device)  # each member's last minibatch loss
+        self._first_bad = torch.zeros(S, dtype=torch.long, device=self.device)  # step of its first non-finite one
+        self._first_bad_loss = torch.zeros(S, dtype=dtype, device=self.device)  # and that loss
+        self._run_update: Callable[[Tensor, int], None] = self._update
+        if cuda_graph and self.device.type == "cuda":
+            idx_shape = (S, config.batch_size)
+            self._run_update = _Replayed(self._update, idx_shape, self.device, _CudaGraph(self.device))
 
     # -- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -172,8 +256,9 @@ class Trainer:
         Each member draws from its own generator only, so its minibatches do not depend on what it is packed
         with: the handout protocol draws ``batch_size`` distinct images per step (:func:`draw_minibatches`),
         the epochs protocol one fresh shuffle of the training half per step, cut into full minibatches.
-        Drawing a whole evaluation period at once keeps generator states aligned with evaluation steps, which
-        is where checkpoints are taken.
+        A generator's numbers do not depend on how the steps are split into draws (each draw takes the next
+        values of its stream), and every draw ends at an evaluation step, which is where checkpoints are taken.
+        On a CUDA device the indices go up through pinned memory without waiting for the device.
         """
         k, b = self.config.updates_per_step, self.config.batch_size
         n_train = len(self.data.y_train)  # 898, less the validation split when there is one
@@ -184,7 +269,19 @@ class Trainer:
             keys = np.stack([g.random((n_steps, n_train)) for g in self.generators], axis=1)  # (n_steps, S, 898)
             order = np.argsort(keys, axis=2, kind="stable")[:, :, : k * b].reshape(n_steps, len(self.seeds), k, b)
             order = order.transpose(0, 2, 1, 3)
-        return torch.from_numpy(np.ascontiguousarray(order)).to(self.device)
+        indices = torch.from_numpy(np.ascontiguousarray(order))
+        if self.device.type == "cuda":
+            return indices.pin_memory().to(self.device, non_blocking=True)
+        return indices.to(self.device)
+
+    def _draws(self, n_steps: int) -> list[int]:
+        """The next ``n_steps`` steps split into draws (:meth:`_draw_batches`): one on the CPU; on a CUDA device a
+        few updates each, so that the host draws the next ones while the device runs these (drawing a whole
+        period of 128 members' minibatches took as long as the device's 50 updates of them)."""
+        if self.device.type != "cuda":
+            return [n_steps]
+        per_draw = max(1, _UPDATES_PER_DRAW // self.config.updates_per_step)
+        return [min(per_draw, n_steps - i) for i in range(0, n_steps, per_draw)]
 
     def _minibatch_source(self) -> Callable[[Tensor], Tensor | StemInputs]:
         """idx (S, B) of training images -> the model's input for those S member minibatches."""
@@ -194,6 +291,26 @@ class Trainer:
                 return self.model.stem_inputs(x, per_image=True).select
         # index_select is several times cheaper than x[idx] here
         return lambda idx: x.index_select(0, idx.flatten()).view(*idx.shape, *x.shape[1:])
+
+    def _update(self, idx: Tensor, step: Tensor | int) -> None:
+        """One SGD update of every member on its minibatch, indices ``idx`` (S, batch_size), at step ``step``
+        (1-based). Writes each member's loss into ``_losses``, and ``step`` and the loss into ``_first_bad`` and
+        ``_first_bad_loss`` for a member whose loss is non-finite for the first time this period: tensor ops
+        only, in place, no read of the device, so that a CUDA graph can capture it."""
+        logits = self.model(self._minibatch(idx))  # (S, B, 10)
+        # Classes on dim 1: this torch's log-softmax is far slower over a last dim of 10.
+        member_losses = F.cross_entropy(
+            logits.transpose(1, 2), self.data.y_train.index_select(0, idx.flatten()).view(idx.shape), reduction="none"
+        ).mean(dim=1)
+        self.optimizer.zero_grad(set_to_none=True)
+        # Summing keeps members independent: d(sum)/d(loss_s) = 1 for every member.
+        member_losses.sum().backward()
+        self.optimizer.step()
+        losses = member_losses.detach()
+        newly = losses.isfinite().logical_not_().logical_and_(self._first_bad == 0)
+        self._first_bad.copy_(torch.where(newly, step, self._first_bad))
+        self._first_bad_loss.copy_(torch.where(newly, losses, self._first_bad_loss))
+        self._losses.copy_(losses)
 
     def _live(self) -> list[int]:
         return [i for i, s in enumerate(self.seeds) if s not in self.diverged]
@@ -208,39 +325,21 @@ class Trainer:
         ends at the first evaluation step by which every member has diverged.
         """
         cfg = self.config
-        minibatch = self._minibatch_source()
-        y = self.data.y_train
         reported: set[int] = set(self.diverged)
-        S = len(self.seeds)
         for eval_step in cfg.eval_steps():
             if eval_step <= self.step:
                 continue
             start = time.perf_counter()
-            batches = self._draw_batches(eval_step - self.step)
             self.model.train()
-            # Per member, on the device: the step of its first non-finite loss this period (0: none yet) and
-            # that loss. Updated with tensor ops only; read once, after the period.
-            first_bad = torch.zeros(S, dtype=torch.long, device=self.device)
-            first_bad_loss = torch.zeros(S, device=self.device)
-            losses = first_bad_loss
-            for step_batches in batches:
-                for idx in step_batches:  # (S, batch_size)
-                    logits = self.model(minibatch(idx))  # (S, B, 10)
-                    # Classes on dim 1: this torch's log-softmax is far slower over a last dim of 10.
-                    member_losses = F.cross_entropy(
-                        logits.transpose(1, 2), y.index_select(0, idx.flatten()).view(idx.shape), reduction="none"
-                    ).mean(dim=1)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    # Summing keeps members independent: d(sum)/d(loss_s) = 1 for every member.
-                    member_losses.sum().backward()
-                    self.optimizer.step()
-                    self.updates += 1
-                    losses = member_losses.detach()
-                    newly = losses.isfinite().logical_not_().logical_and_(first_bad == 0)
-                    first_bad.masked_fill_(newly, self.step + 1)
-                    first_bad_loss = torch.where(newly, losses, first_bad_loss)
-                self.step += 1
-            self._mark_diverged(first_bad, first_bad_loss)  # the period's one read of the device
+            self._first_bad.zero_()
+            self._first_bad_loss.zero_()
+            for n_steps in self._draws(eval_step - self.step):
+                for step_batches in self._draw_batches(n_steps):
+                    for idx in step_batches:  # (S, batch_size)
+                        self._run_update(idx, self.step + 1)
+                        self.updates += 1
+                    self.step += 1
+            self._mark_diverged(self._first_bad, self._first_bad_loss)  # the period's one read of the device
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.train_seconds += time.perf_counter() - start
@@ -249,7 +348,7 @@ class Trainer:
             if not self._live():
                 yield Evaluation(step=self.step, records=[], diverged=new)
                 return
-            yield Evaluation(step=self.step, records=self.evaluate(losses), diverged=new)
+            yield Evaluation(step=self.step, records=self.evaluate(self._losses), diverged=new)
 
     def _mark_diverged(self, first_bad: Tensor, first_bad_loss: Tensor) -> None:
         """Record live members whose loss turned non-finite: ``first_bad`` (S,) that step (0: none),

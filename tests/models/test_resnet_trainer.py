@@ -81,6 +81,18 @@ def test_epochs_protocol_makes_seven_updates_per_epoch():
     assert epoch.shape == (7, 128) and len(set(epoch.flatten().tolist())) == 7 * 128
 
 
+@pytest.mark.parametrize("protocol", ["handout", "epochs"])
+def test_a_period_drawn_in_pieces_is_the_period_drawn_at_once(protocol):
+    """On a CUDA device a period's minibatches are drawn a few steps at a time (Trainer._draws); each member's
+    generator must give the same minibatches as one draw of the whole period, and end in the same state."""
+    config = TrainConfig(C=1, protocol=protocol, budget=10, eval_every=10)
+    whole, pieces = Trainer(config, [0, 4, 9]), Trainer(config, [0, 4, 9])
+    expected = whole._draw_batches(7)
+    got = torch.cat([pieces._draw_batches(n) for n in (3, 1, 3)])
+    assert torch.equal(got, expected)
+    assert torch.equal(pieces._draw_batches(2), whole._draw_batches(2))
+
+
 def test_default_eval_every_and_a_final_partial_period():
     assert TrainConfig(C=1).eval_steps()[:2] == [25, 50]
     assert TrainConfig(C=1, protocol="epochs").eval_steps()[:2] == [10, 20]
