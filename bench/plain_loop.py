@@ -80,17 +80,19 @@ def run_plain(
     lr: float = 0.1,
     batch_size: int = 128,
     split_seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Train one ``handout_resnet(C)`` for ``updates`` SGD updates; returns the last evaluation's metrics and
     timings: ``seconds`` (wall clock of the whole run, evaluations included), ``cpu_seconds`` (this
     process's CPU time over the same span), ``train_seconds`` (updates only, minibatch sampling included)
-    and ``ms_per_update`` (train_seconds / updates, in milliseconds)."""
+    and ``ms_per_update`` (train_seconds / updates, in milliseconds). ``device``: where the model and the data
+    live ("cuda" for the GPU check); the loss is read back every update, as the handout's loop does."""
     if split_seed not in _DATA:
         _DATA[split_seed] = load_split(split_seed)
-    x_train, y_train, x_test, y_test = _DATA[split_seed]
+    x_train, y_train, x_test, y_test = (t.to(device) for t in _DATA[split_seed])
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = handout_resnet(C)
+    model = handout_resnet(C).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     result: dict[str, float] = {}
     train_seconds = 0.0
@@ -98,7 +100,7 @@ def run_plain(
     for update in range(1, updates + 1):
         t0 = time.perf_counter()
         model.train()
-        idx = torch.tensor(rng.sample(range(N_TRAIN), batch_size))
+        idx = torch.tensor(rng.sample(range(N_TRAIN), batch_size), device=device)
         loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
         optimizer.zero_grad()
         loss.backward()

@@ -11,8 +11,9 @@
 #    pinned one from PyPI (a CUDA build on Linux x86-64);
 # 2. nvidia-smi;
 # 3. the smoke sweep with four trials sharing the GPU (resources.gpu=0.25), in a temporary folder;
-# 4. training speed on the GPU, ms per SGD update per model, C in {1, 4, 64} and S in {1, 8, 32, 128}
-#    seeds trained together (S=1: one model; S > 1: one packed model);
+# 4. bench/gpu.py: ms per SGD update per model, C in {1, 4, 64} and S in {1, 8, 32, 128} seeds trained
+#    together, each launched op by op and replayed from a CUDA graph, beside the plain loop; the graph's
+#    agreement with op by op; tests/models/test_cuda_graph.py;
 # 5. `sweep run hw2 --set seeds=10 --set resources.gpu=0.25` end to end, process start to exit (issue 17's
 #    target on an H100/H200-class GPU: <= 30 s).
 # Steps 4 and 5 write their table to $GPU_CHECK_OUT/gpu.md (default bench/results), with the date and
@@ -150,46 +151,12 @@ else
 fi
 
 # -- 4. per-update timings on the GPU -----------------------------------------------------------------
-banner "4. ms per SGD update on the GPU ($BUDGET updates each, after a warm-up)"
-"$PY" - "$BUDGET" "$TABLE" << 'EOF'
-import sys
-import time
-
-import torch
-
-from models.resnet.config import TrainConfig
-from models.resnet.trainer import Trainer
-
-budget, table = int(sys.argv[1]), sys.argv[2]
-if not torch.cuda.is_available():
-    sys.exit("torch cannot use a GPU here (torch %s, CUDA %s)" % (torch.__version__, torch.version.cuda))
-name = torch.cuda.get_device_name(0)
-head = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-print(head)
-PACKS = (1, 8, 32, 128)
-rows = []
-for C in (1, 4, 64):
-    cells = []
-    for S in PACKS:
-        seeds = list(range(S))
-        warm = Trainer(TrainConfig(C=C, budget=20, eval_every=20, device="cuda"), seeds=seeds)
-        for _ in warm.run():
-            pass
-        trainer = Trainer(TrainConfig(C=C, budget=budget, eval_every=budget, device="cuda"), seeds=seeds)
-        for _ in trainer.run():
-            pass
-        cells.append(trainer.ms_per_update)
-        print(f"C={C:>2} S={S:>3}: {trainer.ms_per_update:.4f} ms per update per model, "
-              f"{trainer.ms_per_update * S:.3f} ms per packed update", flush=True)
-    rows.append(f"| {C} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
-with open(table, "w") as f:
-    f.write(f"GPU check, {head}; ms per SGD update per model ({budget} updates after 20 of warm-up, "
-            "evaluations excluded):\n\n")
-    f.write("| C | " + " | ".join(f"S={S}" for S in PACKS) + " |\n|---|" + "---|" * len(PACKS) + "\n")
-    f.write("\n".join(rows) + "\n")
-print(open(table).read())
-EOF
-if [ $? -eq 0 ]; then record timing ok "C in {1,4,64} x S in {1,8,32,128} on cuda ($TABLE)"; else record timing FAIL "see step 4"; fi
+banner "4. ms per SGD update on the GPU, op by op and from a CUDA graph (bench/gpu.py, $BUDGET updates each)"
+if "$PY" bench/gpu.py --updates "$BUDGET" --out "$RESULTS"; then
+    record timing ok "C in {1,4,64} x S in {1,8,32,128}, op by op and CUDA graph ($TABLE)"
+else
+    record timing FAIL "see step 4"
+fi
 
 # -- 5. hw2 with 10 seeds end to end on the GPU -------------------------------------------------------
 banner "5. sweep run hw2 --set seeds=10 --set resources.gpu=0.25, end to end"
