@@ -193,9 +193,13 @@ T = TypeVar("T")
 
 
 def transient(exc: BaseException) -> bool:
-    """A sqlite store another process holds ("database is locked"), or a tracking server's 5xx."""
+    """A sqlite store another process holds ("database is locked"), a tracking server's 5xx, or a write of a key
+    that another process wrote a moment earlier ("UNIQUE constraint failed"): MLflow sets a tag by reading, then
+    inserting when the key was missing, so two sweeps starting on one store can both insert the experiment's
+    tags, and the second insert fails; done again, it finds the key and updates it."""
     return isinstance(exc, MlflowException) and (
-        "locked" in str(exc) or "busy" in str(exc) or exc.get_http_status_code() >= 500)
+        "locked" in str(exc) or "busy" in str(exc) or "UNIQUE constraint failed" in str(exc)
+        or exc.get_http_status_code() >= 500)
 
 
 def retrying(attempts: int = 8) -> Retrying:

@@ -1,5 +1,6 @@
-"""sweep/tracking.py against a real sqlite store, no Ray: what a trial's logger does across restarts, and run
-creation that a "database is locked" after the commit cannot duplicate."""
+"""sweep/tracking.py against a real sqlite store, no Ray: what a trial's logger does across restarts, run
+creation that a "database is locked" after the commit cannot duplicate, and an experiment tag whose insert
+loses a race with another sweep."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from models import get_family
 from models.records import Evaluation, MetricRecord
 from record import TAG_FAILURE
-from sweep import tracking
+from sweep import mlflow_ui, tracking
 from tests.conftest import new_store
 
 REASON = "diverged: minibatch loss became nan at step 15"
@@ -157,3 +158,38 @@ def test_create_retries_when_the_insert_did_not_commit(tmp_path):
     run = tracking.create_run_once(flaky, experiment, "r", {"k": "v"})
     assert flaky.create_calls == 2
     assert [r.info.run_id for r in client.search_runs([experiment])] == [run.info.run_id]
+
+
+class LosesTheTagRace:
+    """A client whose first ``set_experiment_tag`` loses the race two sweeps starting on one store can run: the
+    other sweep's write of the tag lands first, then this one's insert of the same key fails in the store's own
+    session, with the error sqlite gives (MLflow's set_experiment_tag reads, then inserts a missing key)."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+        self.tag_calls = 0
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self.tag_calls += 1
+        if self.tag_calls == 1:
+            from mlflow.store.tracking.dbmodels.models import SqlExperimentTag
+
+            self._client.set_experiment_tag(experiment_id, key, "the other sweep's")
+            with self._client._tracking_client.store.ManagedSessionMaker(read_only=False) as session:
+                session.add(SqlExperimentTag(experiment_id=int(experiment_id), key=key, value=value))
+        self._client.set_experiment_tag(experiment_id, key, value)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_an_experiment_tag_that_loses_an_insert_race_is_set_again(tmp_path):
+    """Seen in `make test` with two `sweep run` on one new store: "UNIQUE constraint failed: experiment_tags.key,
+    experiment_tags.experiment_id" ended one of them."""
+    client = MlflowClient(new_store(tmp_path))
+    experiment = client.create_experiment("race")
+    racing = LosesTheTagRace(client)
+    mlflow_ui.decorate_experiment(racing, experiment, "resnet")
+    tags = client.get_experiment(experiment).tags
+    assert tags[mlflow_ui.TAG_EXPERIMENT_KIND] == mlflow_ui.EXPERIMENT_KIND
+    assert mlflow_ui.TAG_NOTE in tags and racing.tag_calls == 3  # the lost insert, its retry, the note
