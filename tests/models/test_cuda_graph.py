@@ -70,6 +70,13 @@ def test_the_replay_feeds_every_update_its_own_minibatch_and_step(protocol, budg
     assert replayed.updates == plain.updates == budget * updates_per_step
 
 
+def _assert_values_agree(got: dict[str, float], want: dict[str, float], tol: float) -> None:
+    """Losses within ``tol`` relative (absolute below 1); error rates and the gap within two images."""
+    for key, value in want.items():
+        bound = 2 / 898 + 1e-12 if "error" in key or key == "generalization_gap" else tol * max(1, abs(value))
+        assert abs(got[key] - value) <= bound, (key, got[key], value)
+
+
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().double() for k, v in trainer.model.state_dict().items()}
 
@@ -107,9 +114,7 @@ def test_a_graph_replay_trains_as_the_update_launched_op_by_op(C, protocol, budg
     assert [len(got) for _, got, _ in graph_records] == [3] + [2] * (len(graph_records) - 1)  # member 1 stopped
     for (_, got, _), (_, want, _) in zip(graph_records, plain_records, strict=True):
         for g, w in zip(got, want, strict=True):
-            for key, value in w.items():
-                bound = 2 / 898 + 1e-12 if "error" in key or key == "generalization_gap" else tol * max(1, abs(value))
-                assert abs(g[key] - value) <= bound, (key, g[key], value)
+            _assert_values_agree(g, w, tol)
     a, b = _state(graph), _state(plain)
     for name in a:
         live = [0, 2]  # member 1's tensors are NaN in both
@@ -133,6 +138,4 @@ def test_a_graph_captured_trainer_resumes_from_a_checkpoint(deterministic):
     for got, want in zip(head + tail, straight, strict=True):
         for g, w in zip(got, want, strict=True):
             assert g.step == w.step and g.seed == w.seed
-            for key, value in w.values.items():
-                bound = 2 / 898 + 1e-12 if "error" in key or key == "generalization_gap" else tol * max(1, abs(value))
-                assert abs(g.values[key] - value) <= bound, (key, g.values[key], value)
+            _assert_values_agree(g.values, w.values, tol)
