@@ -120,7 +120,6 @@ def loop_phases(C: int, S: int, updates: int) -> dict[str, float]:
     model, optimizer, y = trainer.model, trainer.optimizer, trainer.data.y_train
     select = trainer._minibatch_source()
     batches = trainer._draw_batches(updates).reshape(updates, S, -1)
-    first_bad, first_bad_loss, last_losses = torch.zeros(S, dtype=torch.long), torch.zeros(S), torch.zeros(S)
     best = dict.fromkeys(("gathers", "forward", "backward", "optimizer", "divergence check"), float("inf"))
     model.train()
     for i, idx in enumerate(batches):
@@ -134,11 +133,7 @@ def loop_phases(C: int, S: int, updates: int) -> dict[str, float]:
         t3 = time.perf_counter()
         optimizer.step()
         t4 = time.perf_counter()
-        detached = losses.detach()  # the trainer's bookkeeping (Trainer._update), in place as there
-        newly = detached.isfinite().logical_not_().logical_and_(first_bad == 0)
-        first_bad.copy_(torch.where(newly, i + 1, first_bad))
-        first_bad_loss.copy_(torch.where(newly, detached, first_bad_loss))
-        last_losses.copy_(detached)
+        trainer._record_losses(losses.detach(), i + 1)
         t5 = time.perf_counter()
         if i >= 3:  # the first updates warm allocator and caches
             for key, a, b in (("gathers", t0, t1), ("forward", t1, t2), ("backward", t2, t3),

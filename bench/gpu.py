@@ -39,7 +39,7 @@ from plain_loop import run_plain  # noqa: E402
 
 from models.resnet.config import TrainConfig  # noqa: E402
 from models.resnet.data import load_for_config  # noqa: E402
-from models.resnet.trainer import Trainer  # noqa: E402
+from models.resnet.trainer import Trainer, _Replayed  # noqa: E402
 
 WIDTHS = (1, 4, 64)
 PACKS = (1, 8, 32, 128)
@@ -188,15 +188,17 @@ def table(results: dict) -> str:
                          + " | " + " | ".join("failed" if v is None else f"{v:.4f}" for v in cells) + " |")
     firsts = [f"C={C} S={S}: {packed[f'{C},{S},1']['first_period_ms']:.0f} ms"
               for C in WIDTHS for S in (1, 128) if f"{C},{S},1" in packed]
-    lines += ["", "First period with the graph (50 updates: 3 eager, the capture, 46 replays): " + ", ".join(firsts)]
+    eager = _Replayed.WARMUP
+    lines += ["", f"First period with the graph ({FIRST_PERIOD} updates: {eager} eager, then the capture and "
+              f"{FIRST_PERIOD - eager} replays): " + ", ".join(firsts)]
     lines += ["", "Largest differences (train error; weights relative to each tensor's largest value):", "",
               "| run | graph vs op by op | op by op vs op by op |", "|---|---|---|"]
-    for name, found in results["agreement"].items():
+    deterministic = results.get("deterministic", {})
+    rows = [*results["agreement"].items(),
+            *((f"{name} with deterministic algorithms", found) for name, found in deterministic.items())]
+    for name, found in rows:
         lines.append(f"| {name} | " + " | ".join(_pair(found[k]) for k in ("graph vs op by op", "op by op vs op by op"))
                      + " |")
-    for key, found in results.get("deterministic", {}).items():
-        lines.append(f"| {key} with deterministic algorithms | " + " | ".join(
-            _pair(found[k]) for k in ("graph vs op by op", "op by op vs op by op")) + " |")
     lines.append(f"\ntests/models/test_cuda_graph.py: {results.get('tests')}")
     return "\n".join(lines)
 

@@ -10,9 +10,8 @@ against, and a column of the benchmark; nothing chooses it implicitly.
 
 On a CUDA device one update is a few hundred small kernels, and launching them one by one costs more than
 running them (4.0-5.5 ms per update at any S up to 128 on an H200, against 2.0-2.3 ms for the plain loop's one
-model):
-the trainer captures the update in a CUDA graph once and replays it (:class:`_Replayed`), so one launch runs
-the whole update (0.26-0.36 ms at S=1 there; docs/gpu.md). On the CPU the update runs op by op.
+model): the trainer captures the update in a CUDA graph once and replays it (:class:`_Replayed`), so one launch
+runs the whole update (0.26-0.36 ms at S=1 there; docs/gpu.md). On the CPU the update runs op by op.
 
 Protocols (see HANDOUT.md):
   * ``handout``: ``budget`` SGD updates, each on ``batch_size`` distinct training images drawn at random;
@@ -143,11 +142,11 @@ class _Replayed:
     def __call__(self, idx: Tensor, step: int) -> None:
         self.idx.copy_(idx)
         self.step.fill_(step)
-        if self.replay is None and self.warm < self.WARMUP:
-            self.warm += 1
-            self.launcher.eager(self._update)
-            return
         if self.replay is None:
+            if self.warm < self.WARMUP:
+                self.warm += 1
+                self.launcher.eager(self._update)
+                return
             self.replay = self.launcher.capture(self._update)
         self.replay()
 
@@ -307,7 +306,11 @@ class Trainer:
         # Summing keeps members independent: d(sum)/d(loss_s) = 1 for every member.
         member_losses.sum().backward()
         self.optimizer.step()
-        losses = member_losses.detach()
+        self._record_losses(member_losses.detach(), step)
+
+    def _record_losses(self, losses: Tensor, step: Tensor | int) -> None:
+        """Each member's minibatch loss ``losses`` (S,) into ``_losses``; for a member whose loss is non-finite
+        for the first time this period, ``step`` and that loss into ``_first_bad`` and ``_first_bad_loss``."""
         newly = losses.isfinite().logical_not_().logical_and_(self._first_bad == 0)
         self._first_bad.copy_(torch.where(newly, step, self._first_bad))
         self._first_bad_loss.copy_(torch.where(newly, losses, self._first_bad_loss))
@@ -340,7 +343,7 @@ class Trainer:
                         self._run_update(idx, self.step + 1)
                         self.updates += 1
                     self.step += 1
-            self._mark_diverged(self._first_bad, self._first_bad_loss)  # the period's one read of the device
+            self._mark_diverged()  # the period's one read of the device
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.train_seconds += time.perf_counter() - start
@@ -351,10 +354,10 @@ class Trainer:
                 return
             yield Evaluation(step=self.step, records=self.evaluate(self._losses), diverged=new)
 
-    def _mark_diverged(self, first_bad: Tensor, first_bad_loss: Tensor) -> None:
-        """Record live members whose loss turned non-finite: ``first_bad`` (S,) that step (0: none),
-        ``first_bad_loss`` (S,) the non-finite value."""
-        steps, values = first_bad.tolist(), first_bad_loss.tolist()
+    def _mark_diverged(self) -> None:
+        """Record live members whose loss turned non-finite this period: ``_first_bad`` (S,) holds that step (0:
+        none), ``_first_bad_loss`` (S,) the non-finite value."""
+        steps, values = self._first_bad.tolist(), self._first_bad_loss.tolist()
         for i in self._live():
             if steps[i]:
                 step = steps[i]
