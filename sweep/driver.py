@@ -75,19 +75,21 @@ def quiet_token_notice() -> None:
         logger.addFilter(_DropTokenNotice())
 
 
-def connect_ray(address: str) -> None:
+def connect_ray(address: str) -> bool:
     """``ray.init`` at ``address`` ("local": a fresh Ray on this machine, without its dashboard, which costs
-    seconds of start-up on a laptop); nothing when the host program already chose a cluster."""
+    seconds of start-up on a laptop); nothing when the host program already chose a cluster. True when this call
+    connected (the caller then shuts Ray down), False when the host program had."""
     # Checkpointing every tenth of a trial makes Tune snapshot often; that is intended, not a bottleneck here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
-        return
+        return False
     quiet_token_notice()
     try:
         ray.init(address=address, include_dashboard=False if address == "local" else None,
                  logging_level=logging.WARNING, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SweepError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0]}") from None
+    return True
 
 
 def check_cluster(spec: CommonSpec, may_autoscale: bool) -> None:

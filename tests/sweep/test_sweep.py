@@ -246,6 +246,7 @@ def test_cpu_request_larger_than_any_node(ray_local, tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert exit_info.value.code == 2 and len(errors) == 1  # (MLflow's INFO lines about its schema aside)
     assert errors[0].startswith("sweep: error: resources.cpu=") and "is more than any node" in errors[0]
+    assert ray.is_initialized()  # the host program (this test session) had connected: its connection stays
     if (tmp_path / "mlflow.db").exists():  # the warm-up, overlapping Ray's start, may set up the schema
         client = MlflowClient(uri)
         assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
