@@ -84,9 +84,14 @@ def connect_ray(address: str) -> bool:
     if ray.is_initialized():
         return False
     quiet_token_notice()
+    local = address == "local"
+    # A new local Ray starts one idle worker per CPU for its first driver and holds ray.init until they are up
+    # (ray-project/ray#40131). Tune's trial actors never use them (Tune gives its actors a runtime env of their
+    # own, and Ray then starts workers for it), so they only cost the start: ~2 s to the first update on 2 cores.
+    system_config = {"prestart_worker_first_driver": False} if local else None
     try:
-        ray.init(address=address, include_dashboard=False if address == "local" else None,
-                 logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, include_dashboard=False if local else None, logging_level=logging.WARNING,
+                 log_to_driver=True, _system_config=system_config)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SweepError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0]}") from None
     return True

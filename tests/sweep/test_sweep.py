@@ -250,3 +250,33 @@ def test_cpu_request_larger_than_any_node(ray_local, tmp_path, capsys):
     if (tmp_path / "mlflow.db").exists():  # the warm-up, overlapping Ray's start, may set up the schema
         client = MlflowClient(uri)
         assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+IDLE_WORKERS_OF_A_NEW_LOCAL_RAY = """
+import os, ray
+from sweep.driver import connect_ray
+
+assert connect_ray("local")
+raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+idle = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat, cmdline = open(f"/proc/{pid}/stat").read(), open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        continue
+    idle += int(stat.rsplit(")", 1)[1].split()[1]) == raylet and cmdline.startswith("ray::IDLE")
+print(idle)
+"""
+
+
+def test_a_new_local_ray_starts_no_idle_workers(tmp_path):
+    """The Ray a sweep starts for itself prestarts no idle workers for its driver (Ray's default, one per CPU,
+    with ray.init waiting for them): Tune's trial actors get workers of their own, so those would only slow the
+    start. Counted among the raylet's children right after connecting, in a process of its own."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", IDLE_WORKERS_OF_A_NEW_LOCAL_RAY], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0"]
