@@ -121,7 +121,9 @@ def split(preset: str, overrides: list[str]) -> dict:
             runs = sweep_runs(client, runs_experiment(client, sweep_id), sweep_id, tag_equals(TAG_TUNE_TRIAL, trial_id))
             ends = [r.info.end_time for r in runs]
             end = max(e for e in ends if e) / 1000
-            trials.append({"start": result["training_started_unix"], "last_update": result["yielded_unix"],
+            group = result["config"]["group"]
+            trials.append({"trial": f"C={group['config'].get('C', '?')} seeds={len(group['seeds'])}",
+                           "start": result["training_started_unix"], "last_update": result["yielded_unix"],
                            "end": end, "in_trainer": result["seconds_in_trainer"],
                            "logging": result["seconds_logging"], "reporting": result["seconds_reporting"]})
     first, last = min(t["start"] for t in trials), max(t["last_update"] for t in trials)
@@ -146,6 +148,10 @@ def split(preset: str, overrides: list[str]) -> dict:
         "mlflow_logging_s": sum(t["logging"] for t in trials),
         "tune_reports_s": sum(t["reporting"] for t in trials),  # reports and checkpoints before the last
         "idle_slot_s": cores * (last - first) - trial_s,
+        # each trial, from the first update of the sweep: when it began training, how long it ran, where
+        "per_trial": [{"trial": t["trial"], "start_s": round(t["start"] - first, 1),
+                       "trial_s": round(t["end"] - t["start"], 1), "in_trainer_s": round(t["in_trainer"], 1),
+                       "logging_s": round(t["logging"], 1)} for t in sorted(trials, key=lambda t: t["start"])],
     }
 
 
@@ -171,6 +177,9 @@ def split_markdown(r: dict) -> str:
         f"target <= 5%: {'met' if r['in_trial_share'] <= 0.05 else 'not met'}",
         f"- slot time no trial used between first and last update: {r['idle_slot_s']:.1f} s "
         f"(of {r['cores']} x {r['span_s']:.1f} s)",
+        "- trials, from the first update: " + "; ".join(
+            f"{t['trial']} at {t['start_s']:.1f} s for {t['trial_s']:.1f} s ({t['in_trainer_s']:.1f} in the trainer, "
+            f"{t['logging_s']:.1f} logging)" for t in r.get("per_trial", [])),
     ]) + "\n"
 
 

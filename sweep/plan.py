@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 from models.family import Family, get_family
@@ -111,7 +113,8 @@ def plan_trials(spec: CommonSpec, slots: int = 1, pack_cost: PackCost | None = N
     shortest estimated sweep over ``slots`` concurrent trials, max(its longest pack, all work / slots) with the
     other grid points in their cheapest pack size: one wide C is split so that it does not run on one core
     while the others idle, but not so far that the extra work costs more than the split gains. On a tie, the
-    cheaper members, then the fewer packs (each trial has a fixed cost).
+    cheaper members, then the fewer packs (each trial has a fixed cost). With more than one slot, seeds then
+    move between the packs of one grid point while that shortens the whole schedule (:func:`_balance`).
 
     Trials come out most expensive first: Ray Tune starts grid trials in order, so the sweep is then a
     longest-processing-time-first schedule and no long trial starts last, alone on an otherwise idle cluster.
@@ -119,11 +122,11 @@ def plan_trials(spec: CommonSpec, slots: int = 1, pack_cost: PackCost | None = N
     seeds = spec.seed_list
     n = len(seeds)
     family = spec.family
-    cost = pack_cost or family.pack_cost
+    cost = _memo(pack_cost or family.pack_cost)
     configs = spec.configs()
     cheapest = [n * min(cost(c, size) for size in range(1, n + 1)) for c in configs]
     slots = max(1, slots)
-    groups = []
+    sizes: list[list[int]] = []  # per grid point, its packs' sizes
     for i, config in enumerate(configs):
         if spec.pack == "off":
             chunks = n
@@ -140,7 +143,72 @@ def plan_trials(spec: CommonSpec, slots: int = 1, pack_cost: PackCost | None = N
 
             chunks = min(range(1, n + 1), key=key)
         size = -(-n // chunks)
-        groups += [TrialGroup(config=config, seeds=tuple(seeds[j: j + size]), axes=spec.axes,
-                              family_name=family.name) for j in range(0, n, size)]
-    # stable: grid order on ties
+        sizes.append([min(size, n - j) for j in range(0, n, size)])
+    if spec.pack == "auto" and not spec.pack_size and slots > 1:
+        sizes = _balance(configs, sizes, slots, cost)
+    groups = []
+    for config, pack_sizes in zip(configs, sizes, strict=True):
+        bounds = [sum(pack_sizes[:j]) for j in range(len(pack_sizes) + 1)]
+        groups += [TrialGroup(config=config, seeds=tuple(seeds[a:b]), axes=spec.axes, family_name=family.name)
+                   for a, b in pairwise(bounds)]
+    return _longest_first(groups, cost)
+
+
+def _memo(cost: PackCost) -> PackCost:
+    """``cost`` remembered per (config, size): the balancing asks for the same few thousands of times."""
+    known: dict[tuple[int, int], float] = {}
+
+    def remembered(config: Any, size: int) -> float:
+        key = (id(config), size)  # configs live as long as the plan; dataclasses with list fields don't hash
+        if key not in known:
+            known[key] = cost(config, size)
+        return known[key]
+
+    return remembered
+
+
+def _longest_first(groups: list[TrialGroup], cost: PackCost) -> list[TrialGroup]:
+    """Most expensive trial first (a pack's cost: size x one member's cost in it); stable, so grid order on ties."""
     return sorted(groups, key=lambda g: -cost(g.config, len(g.seeds)) * len(g.seeds))
+
+
+def makespan(trials: list[tuple[Any, int]], slots: int, cost: PackCost) -> float:
+    """When the last of ``trials`` (config, pack size) ends, started longest first each on the first free slot of
+    ``slots``, as Ray Tune starts a grid's trials in order: estimated by ``cost``."""
+    ends = [0.0] * slots
+    for config, size in sorted(trials, key=lambda t: -cost(t[0], t[1]) * t[1]):
+        heapq.heapreplace(ends, ends[0] + size * cost(config, size))
+    return max(ends)
+
+
+def _balance(configs: list[Any], sizes: list[list[int]], slots: int, cost: PackCost) -> list[list[int]]:
+    """Per grid point, pack sizes that give a shorter :func:`makespan`: one seed moved at a time between two packs
+    of one grid point, the move that shortens the schedule most, until none does.
+
+    Why: packs of equal size leave slots idle when the trials do not share out evenly. ``hw2 --set seeds=10`` on
+    2 CPUs is C=64 in two packs of 5 and the three narrow widths in one pack of 10 each: one slot ran a C=64
+    pack and two narrow packs while the other, after its C=64 pack and one narrow pack, idled its last 17 s
+    (docs/benchmarks.md). C=64 as packs of 7 and 3 ends both slots near the same time.
+    """
+    def span(plan: list[list[int]]) -> float:
+        # rounded: equal estimates must tie, whatever the float sums
+        return round(makespan([(c, s) for c, packs in zip(configs, plan, strict=True) for s in packs], slots, cost), 6)
+
+    best = span(sizes)
+    while True:
+        moves = []
+        for i, packs in enumerate(sizes):
+            for a, b in {(x, y) for x in packs for y in packs if x > 1}:
+                if a == b and packs.count(a) < 2:
+                    continue
+                moved = list(packs)
+                moved.remove(a)
+                moved.remove(b)
+                moved = sorted([*moved, a - 1, b + 1], reverse=True)
+                moves.append((span([*sizes[:i], moved, *sizes[i + 1:]]), i, moved))
+        if not moves:
+            return sizes
+        shortest, i, moved = min(moves, key=lambda m: m[0])
+        if shortest >= best:
+            return sizes
+        best, sizes = shortest, [*sizes[:i], moved, *sizes[i + 1:]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.resnet.pack_cost import member_ms
-from sweep.plan import plan_trials
+from sweep.plan import makespan, plan_trials
 from sweep.spec import load_spec
 
 # ms per member-update, shaped like the development machine's: C=64 cheapest at S=8 (S=32 dearer: the stem's
@@ -47,10 +47,39 @@ def test_slots_split_a_grid_point_that_would_run_alone():
     # 10 seeds on 2 slots, ms per update of a pack: C=64 in one pack of 10 (1.548 ms each) 15.48, C=1's pack
     # of 10 (0.221 each) 2.21: the sweep would last 15.48 while the other slot idles. Two packs of 5 (1.636 each,
     # 8.18 per pack): max(8.18, (16.36 + 2.21) / 2 = 9.28) = 9.28; three packs (4, 4, 2: 1.7 each) do more
-    # work, max(6.8, (17 + 2.21) / 2) = 9.61. So 2 packs of 5.
-    assert _plan(["seeds=10"], slots=2) == [(64, 5), (64, 5), (1, 10)]
+    # work, max(6.8, (17 + 2.21) / 2) = 9.61. So 2 packs; then balanced (next test): 6 + 4.
+    assert _plan(["seeds=10"], slots=2) == [(64, 6), (64, 4), (1, 10)]
     # Where the cheapest size already splits it within the share, slots change nothing.
     assert _plan(["seeds=32"], slots=2) == _plan(["seeds=32"], slots=1)
+
+
+def test_seeds_move_between_packs_while_the_schedule_gets_shorter():
+    # The two packs of 5 above (8.18 ms per update each) and C=1's pack of 10 (2.21) on 2 slots, longest first:
+    # one slot runs a C=64 pack and C=1's, 10.39, while the other idles after 8.18. 6 + 4 (6 x 1.583 = 9.50,
+    # 4 x 1.7 = 6.80): 9.50 and 6.80 + 2.21 = 9.01, so 9.50; 7 + 3 (7 x 1.539 = 10.77) is longer again.
+    c64 = load_spec("hw2", ["model.C=[64]"])[0].configs()[0]
+    c1 = load_spec("hw2", ["model.C=[1]"])[0].configs()[0]
+
+    def per_update(config: object, size: int) -> float:
+        return member_ms(config.C, size, TABLE)
+
+    def span(sizes: list[int]) -> float:
+        return makespan([(c64, s) for s in sizes] + [(c1, 10)], 2, per_update)
+
+    assert span([5, 5]) == pytest.approx(8.18 + 2.21, abs=0.01)
+    assert span([6, 4]) == pytest.approx(9.50, abs=0.01)
+    assert span([7, 3]) == pytest.approx(10.77, abs=0.01)
+    assert _plan(["seeds=10"], slots=2) == [(64, 6), (64, 4), (1, 10)]
+    # One slot: the schedule is all the work, the equal packs are kept (see the pack of 6 + 6 above).
+    assert _plan(["seeds=12"], slots=1) == [(64, 6), (64, 6), (1, 12)]
+
+
+def test_makespan_starts_trials_longest_first_on_the_first_free_slot():
+    flat = lambda config, size: 1.0  # noqa: E731 - one unit per member
+    # packs of 3, 3, 2, 2, 2 on 2 slots: 3 | 3, then 2 on each (5 | 5), the last 2 on the first free: 7.
+    assert makespan([(None, s) for s in (2, 3, 2, 3, 2)], 2, flat) == 7
+    assert makespan([(None, s) for s in (2, 3, 2, 3, 2)], 1, flat) == 12
+    assert makespan([(None, s) for s in (2, 3, 2, 3, 2)], 8, flat) == 3
 
 
 def test_another_machine_table_gives_another_pack_size():
