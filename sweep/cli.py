@@ -157,16 +157,29 @@ def _connect(spec: Any, address: str, gpus_may_autoscale: bool = False) -> bool:
 
 
 def _disconnect(connected: bool) -> None:
-    """``ray.shutdown()`` when this command connected: a local Ray it started stops, a cluster stays up. Done here,
-    not left to Ray's exit hook, which first sleeps half a second for worker log lines in flight: a sweep's last
-    ones came seconds before, while its figures were drawn."""
+    """``ray.shutdown()`` when this command connected and has not yet: a local Ray it started stops, a cluster stays
+    up. Done here, not left to Ray's exit hook, which first sleeps half a second for worker log lines in flight: a
+    sweep's last ones came seconds before, while its figures were drawn."""
     if connected:
         import ray  # see the module's docstring
 
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
 
 
-def _end(sweep: Any, results: Any, args: argparse.Namespace) -> None:
+def _end(sweep: Any, results: Any, args: argparse.Namespace, connected: bool) -> None:
+    """The sweep's table, figures and next steps, once Tune is done. Ray is no longer needed: the Ray this command
+    connected is shut down meanwhile, in a thread (a local Ray's processes take over a second to exit, which
+    ``ray.shutdown`` spends waiting; the analysis need not wait for it)."""
+    with ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(_disconnect, connected)
+        try:
+            _report(sweep, results, args)
+        finally:
+            stopping.result()
+
+
+def _report(sweep: Any, results: Any, args: argparse.Namespace) -> None:
     from sweep.finish import finish_sweep, logging_share  # imports Ray and MLflow: see the module's docstring
 
     rows = finish_sweep(sweep, results)
@@ -219,12 +232,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         connected = _connect(spec, address, args.gpus_may_autoscale)
         ready.result()
     try:
-        _run(spec, args, tracking_uri)
+        _run(spec, args, tracking_uri, connected)
     finally:
         _disconnect(connected)
 
 
-def _run(spec: Any, args: argparse.Namespace, tracking_uri: str) -> None:
+def _run(spec: Any, args: argparse.Namespace, tracking_uri: str, connected: bool) -> None:
     from sweep import driver  # imported by cmd_run's warm-up already, while Ray started
     from sweep.plan import plan_trials
 
@@ -240,7 +253,7 @@ def _run(spec: Any, args: argparse.Namespace, tracking_uri: str) -> None:
         runs = sum(len(g.seeds) for g in groups)
         print(f"[sweep] {sweep.sweep_id}: {runs} runs in {len(groups)} Ray trials; {where}", flush=True)
     results = driver.run_tuner(sweep, slots=slots)
-    _end(sweep, results, args)
+    _end(sweep, results, args, connected)
 
 
 def _existing_store(args: argparse.Namespace) -> str:
@@ -275,7 +288,7 @@ def cmd_resume(args: argparse.Namespace) -> None:
             results = driver.run_tuner(sweep, restore=True)
         except SweepError as exc:
             raise UsageError(str(exc)) from None
-        _end(sweep, results, args)
+        _end(sweep, results, args, connected)
     finally:
         _disconnect(connected)
 

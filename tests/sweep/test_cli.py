@@ -239,6 +239,42 @@ def test_the_program_ends_with_its_objects_frozen(tmp_path, argv, code):
     assert proc.stdout.splitlines()[-1] == "frozen True"
 
 
+_END_PROGRAM = """
+import ray
+from sweep import cli, driver
+
+def report(sweep, results, args):
+    print("reporting", ray.is_initialized())
+    if sweep == "fail":
+        raise RuntimeError("the report failed")
+
+cli._report = report
+driver.connect_ray("local")
+cli._end("ok", None, None, connected=False)
+print("host's Ray kept", ray.is_initialized())
+try:
+    cli._end("fail", None, None, connected=True)
+except RuntimeError as exc:
+    print("raised", exc)
+print("own Ray stopped", not ray.is_initialized())
+cli._disconnect(True)
+print("stopped twice")
+"""
+
+
+def test_the_end_of_a_sweep_stops_its_own_ray_whatever_the_report_does(tmp_path):
+    """After Tune, the sweep's report runs while the Ray the command connected shuts down in a thread (its processes
+    take a second to exit): by the end Ray is stopped, also when the report raises, and the error still
+    surfaces; a Ray the host program connected is left alone; a second shutdown is a no-op."""
+    proc = subprocess.run([sys.executable, "-c", _END_PROGRAM], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith("(")]  # "(raylet) ..." lines aside
+    assert lines[:2] == ["reporting True", "host's Ray kept True"]
+    assert lines[2] in ("reporting True", "reporting False")  # the shutdown runs beside the report: either order
+    assert lines[3:] == ["raised the report failed", "own Ray stopped True", "stopped twice"]
+
+
 def test_the_driver_does_not_import_torch():
     """A sweep's driver never trains, so it must not pay torch's import (~2.5 s of CPU, on the critical path of
     every sweep's start): only the trial workers import it (sweep.trainable imports it inside its functions)."""
