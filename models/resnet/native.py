@@ -39,6 +39,8 @@ SIGNATURES = {
     "bn_relu_backward": [_I] * 2 + [_P] * 9,
     "block_tail_forward": [_I, _I, _D, _D] + [_P] * 9,
     "block_tail_backward": [_I] * 2 + [_P] * 11,
+    "bn_relu_eval": [_I, _I, _D] + [_P] * 6,
+    "block_tail_eval": [_I, _I, _D] + [_P] * 7,
 }
 FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
 LIBS = ("-lm",)

@@ -505,25 +505,47 @@ class PackedResNet(nn.Module):
         f = self._bn_relu(self._block_conv(self.conv1, h), "bn1")
         return self._bn_residual_pool(self._block_conv(self.conv2, f), h, "bn2")
 
-    # In training mode on the CPU the block's elementwise work after each conv runs in one C kernel per direction
+    # On the CPU the block's elementwise work after each conv runs in one C kernel per direction
     # (_NativeBatchNormReLU, _NativeBlockTail): one pass over each activation instead of ATen's separate
-    # BatchNorm, ReLU, add and mean kernels. Eval mode, which reads running statistics once per evaluation,
-    # stays on ATen ops.
+    # BatchNorm, ReLU, add and mean kernels. In eval mode without autograd (the trainer's evaluations) the
+    # kernels' eval forms read the running statistics; eval mode with autograd stays on ATen ops.
     def _bn_relu(self, x: Tensor, name: str) -> Tensor:
         """relu(BatchNorm ``name``(x)), x (S, C, 4, N)."""
-        library = self._kernels(x) if self.training else None
+        library = self._block_kernels(x)
         if library is None:
             return self._batch_norm(x, name).relu_()
+        if not self.training:
+            x = x.contiguous()
+            y = torch.empty_like(x)
+            S, C, P, N = x.shape
+            _kernel(library, "bn_relu_eval", x)(
+                S * C, P * N, _EPS, x.data_ptr(), *(t.data_ptr() for t in self._bn_tensors(name)), y.data_ptr())
+            return y
         getattr(self, f"{name}_num_batches_tracked").add_(1)
         return _NativeBatchNormReLU.apply(x.contiguous(), *self._bn_tensors(name), library)
 
     def _bn_residual_pool(self, x: Tensor, h: Tensor, name: str) -> Tensor:
         """relu(h + BatchNorm ``name``(x)) averaged over the 4 pixels: x, h (S, C, 4, N) -> (S, C, N)."""
-        library = self._kernels(x, h) if self.training else None
+        library = self._block_kernels(x, h)
         if library is None:
             return (h + self._batch_norm(x, name)).relu_().mean(dim=2)
+        if not self.training:
+            x, h = x.contiguous(), h.contiguous()
+            S, C, _, N = x.shape
+            pooled = x.new_empty(S, C, N)
+            _kernel(library, "block_tail_eval", x)(
+                S * C, N, _EPS, x.data_ptr(), h.data_ptr(), *(t.data_ptr() for t in self._bn_tensors(name)),
+                pooled.data_ptr())
+            return pooled
         getattr(self, f"{name}_num_batches_tracked").add_(1)
         return _NativeBlockTail.apply(x.contiguous(), h.contiguous(), *self._bn_tensors(name), library)
+
+    def _block_kernels(self, *tensors: Tensor) -> Any:
+        """The C kernels for the block's elementwise work (:meth:`_kernels`): in training mode, or in eval mode
+        under ``torch.no_grad()`` (the eval kernels have no backward)."""
+        if not self.training and torch.is_grad_enabled():
+            return None
+        return self._kernels(*tensors)
 
     def _bn_tensors(self, name: str) -> tuple[Tensor, ...]:
         return tuple(getattr(self, f"{name}_{kind}") for kind in ("weight", "bias", "running_mean", "running_var"))

@@ -1,4 +1,4 @@
-/* Three pieces of the packed ResNet's update as C kernels, for models/resnet/packed.py (which compiles this file once
+/* Three pieces of the packed ResNet's update (and of its evaluation) as C kernels, for models/resnet/packed.py (which compiles this file once
  * per machine: models/resnet/native.py). Why by hand: each is passes over memory that ATen runs as several
  * kernels with large intermediates; measured on the machines in docs/benchmarks.md.
  *
@@ -27,7 +27,9 @@
  *    statistics updated in place with the unbiased variance, y = x * alpha + beta. Sums use 8 partial sums (two
  *    4-lane vectors), so results match ATen's to rounding, not bit for bit. Layouts: rows R = S*C
  *    of L = 4N values, x the conv output, h the block input; weight, bias, running statistics, mean and invstd
- *    (R); pooled (R, N).
+ *    (R); pooled (R, N). The same two forwards in eval mode (the running statistics, no backward), for the
+ *    evaluations, where ATen's BatchNorm, add, ReLU and mean passes over the whole train and test halves took
+ *    about a quarter of each evaluation at C=64.
  */
 #include <math.h>
 #include <stdint.h>
@@ -376,6 +378,25 @@ DEFINE_ROWS(double, int64_t, f64)
     rvar[r] = (T)(momentum * ((sq) / ((L) - 1)) + (1 - momentum) * rvar[r]);                                  \
     const T alpha = is * w[r], beta = b[r] - (m) * alpha;
 
+/* One row's pooled[n] = mean over the 4 pixels q of relu(h + (x * alpha + beta)): x, h rows of (4, N). */
+#define TAIL_ROW(T, SUFFIX, xr, hr, N, alpha, beta, pr)                                                       \
+    {                                                                                                         \
+        int64_t n = 0;                                                                                        \
+        for (; n + LANES_##SUFFIX <= (N); n += LANES_##SUFFIX) {                                              \
+            V_##SUFFIX total = {0};                                                                           \
+            for (int q = 0; q < 4; q++)                                                                       \
+                total += vrelu_##SUFFIX(load_##SUFFIX((hr) + q * (N) + n)                                     \
+                                        + (load_##SUFFIX((xr) + q * (N) + n) * (alpha) + (beta)));            \
+            store_##SUFFIX((pr) + n, total / 4);                                                              \
+        }                                                                                                     \
+        for (; n < (N); n++) {                                                                                \
+            T total = 0;                                                                                      \
+            for (int q = 0; q < 4; q++)                                                                       \
+                total += relu_##SUFFIX((hr)[q * (N) + n] + ((xr)[q * (N) + n] * (alpha) + (beta)));           \
+            (pr)[n] = total / 4;                                                                              \
+        }                                                                                                     \
+    }
+
 #define DEFINE_BLOCK(T, SUFFIX)                                                                               \
 /* y = relu(batch_norm(x)) */                                                                                 \
 void bn_relu_forward_##SUFFIX(int64_t R, int64_t L, double momentum, double eps, const T *x, const T *w,      \
@@ -414,23 +435,25 @@ void block_tail_forward_##SUFFIX(int64_t R, int64_t N, double momentum, double e
         double sq[2];                                                                                         \
         ROW_PAIR_STATS(SUFFIX, x + r0 * L, L, r0, m, sq)                                                      \
         for (int64_t r = r0; r < R && r < r0 + 2; r++) {                                                      \
-            const T *xr = x + r * L, *hr = h + r * L;                                                         \
             ROW_NORM(T, m[r - r0], sq[r - r0], L, r)                                                          \
-            T *pr = pooled + r * N;                                                                           \
-            int64_t n = 0;                                                                                    \
-            for (; n + LANES_##SUFFIX <= N; n += LANES_##SUFFIX) {                                            \
-                V_##SUFFIX total = {0};                                                                       \
-                for (int q = 0; q < 4; q++)                                                                   \
-                    total += vrelu_##SUFFIX(load_##SUFFIX(hr + q * N + n)                                     \
-                                            + (load_##SUFFIX(xr + q * N + n) * alpha + beta));                \
-                store_##SUFFIX(pr + n, total / 4);                                                            \
-            }                                                                                                 \
-            for (; n < N; n++) {                                                                              \
-                T total = 0;                                                                                  \
-                for (int q = 0; q < 4; q++) total += relu_##SUFFIX(hr[q * N + n] + (xr[q * N + n] * alpha + beta)); \
-                pr[n] = total / 4;                                                                            \
-            }                                                                                                 \
+            TAIL_ROW(T, SUFFIX, x + r * L, h + r * L, N, alpha, beta, pooled + r * N)                         \
         }                                                                                                     \
+    }                                                                                                         \
+}                                                                                                             \
+/* Eval mode, forward only: BatchNorm with the running statistics, which stay as they are; alpha and beta as ATen's \
+ * CPU kernel computes them in the dtype: 1 / sqrt(running_var + eps), times the weight. */                   \
+void bn_relu_eval_##SUFFIX(int64_t R, int64_t L, double eps, const T *x, const T *w, const T *b,              \
+                           const T *rmean, const T *rvar, T *y) {                                             \
+    for (int64_t r = 0; r < R; r++) {                                                                         \
+        const T alpha = (T)1 / (T)sqrt(rvar[r] + (T)eps) * w[r], beta = b[r] - rmean[r] * alpha;              \
+        row_affine_##SUFFIX(x + r * L, L, alpha, beta, 1, y + r * L);                                         \
+    }                                                                                                         \
+}                                                                                                             \
+void block_tail_eval_##SUFFIX(int64_t R, int64_t N, double eps, const T *x, const T *h, const T *w,          \
+                              const T *b, const T *rmean, const T *rvar, T *pooled) {                         \
+    for (int64_t r = 0; r < R; r++) {                                                                         \
+        const T alpha = (T)1 / (T)sqrt(rvar[r] + (T)eps) * w[r], beta = b[r] - rmean[r] * alpha;              \
+        TAIL_ROW(T, SUFFIX, x + r * 4 * N, h + r * 4 * N, N, alpha, beta, pooled + r * N)                     \
     }                                                                                                         \
 }                                                                                                             \
 /* gpooled -> gx (through the BatchNorm), gh (the residual), gw, gb; relu passes where h + bn(x) > 0 */       \

@@ -136,6 +136,46 @@ def test_the_block_kernels_batch_norm_by_hand(kernel, dtype):
                                **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_block_kernels_eval_forms_by_hand(kernel, dtype):
+    """Eval mode reads the running statistics (mean 0.5, variance 2) and leaves them as they are: bn1 + ReLU of
+    x = (1, 2, 3, 4) with weight 2, bias -1 gives max(0, 2 (x - 0.5) / sqrt(2 + eps) - 1); the tail with h = (1, 0,
+    0, 0) averages relu(h + that, before its ReLU) over the 4 pixels."""
+    model = PackedResNet(1, 1).to(dtype).eval()
+    assert model._kernels(model.fc_weight) is kernel
+    with torch.no_grad():
+        for name in ("bn1", "bn2"):
+            getattr(model, f"{name}_weight").fill_(2.0)
+            getattr(model, f"{name}_bias").fill_(-1.0)
+            getattr(model, f"{name}_running_mean").fill_(0.5)
+            getattr(model, f"{name}_running_var").fill_(2.0)
+        x = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=dtype).view(1, 1, 4, 1)
+        h = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype).view(1, 1, 4, 1)
+        y, pooled = model._bn_relu(x, "bn1"), model._bn_residual_pool(x, h, "bn2")
+    sd = math.sqrt(2.0 + 1e-5)
+    normed = [2 * (v - 0.5) / sd - 1 for v in (1, 2, 3, 4)]
+    tol = dict(rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+    torch.testing.assert_close(y.flatten(), torch.tensor([max(0.0, v) for v in normed], dtype=dtype), **tol)
+    expected = sum(max(0.0, hv + v) for hv, v in zip((1, 0, 0, 0), normed, strict=True)) / 4
+    torch.testing.assert_close(pooled.flatten(), torch.tensor([expected], dtype=dtype), **tol)
+    for name in ("bn1", "bn2"):
+        assert getattr(model, f"{name}_running_mean").item() == 0.5
+        assert getattr(model, f"{name}_running_var").item() == 2.0
+        assert getattr(model, f"{name}_num_batches_tracked").item() == 0
+
+
+def test_eval_mode_with_autograd_runs_on_aten_ops_and_has_gradients(kernel):
+    """The eval kernels have no backward: eval mode with autograd on (a gradient through a frozen BatchNorm) takes
+    ATen's ops, and the input gets its gradient."""
+    model = PackedResNet.from_models([ResNet(4), ResNet(4)]).eval()
+    x = torch.rand(2, 5, 1, 8, 8)
+    block_input = torch.rand(2, 4, 4, 5, requires_grad=True)
+    model._bn_relu(block_input, "bn1").sum().backward()
+    assert block_input.grad is not None and bool(block_input.grad.abs().sum() > 0)
+    model(x).sum().backward()
+    assert model.conv1.grad is not None and bool(model.conv1.grad.abs().sum() > 0)
+
+
 def test_without_the_kernel_the_model_runs_on_aten_ops(monkeypatch):
     try:
         for setting in ({native.NATIVE_ENV: "0"}, {"CC": "/nonexistent/cc"}):
