@@ -181,9 +181,14 @@ def makespan(trials: list[tuple[Any, int]], slots: int, cost: PackCost) -> float
     return max(ends)
 
 
+# At most this many schedules estimated per plan, however large the plan: each is a sort of all its trials, and
+# the plan is made at the sweep's start (hw2 --set seeds=10 on 2 CPUs settles after 6).
+MAX_SCHEDULES = 2000
+
+
 def _balance(configs: list[Any], sizes: list[list[int]], slots: int, cost: PackCost) -> list[list[int]]:
     """Per grid point, pack sizes that give a shorter :func:`makespan`: one seed moved at a time between two packs
-    of one grid point, the move that shortens the schedule most, until none does.
+    of one grid point, the move that shortens the schedule most, until none does (or :data:`MAX_SCHEDULES`).
 
     Why: packs of equal size leave slots idle when the trials do not share out evenly. ``hw2 --set seeds=10`` on
     2 CPUs is C=64 in two packs of 5 and the three narrow widths in one pack of 10 each: one slot ran a C=64
@@ -194,21 +199,23 @@ def _balance(configs: list[Any], sizes: list[list[int]], slots: int, cost: PackC
         # rounded: equal estimates must tie, whatever the float sums
         return round(makespan([(c, s) for c, packs in zip(configs, plan, strict=True) for s in packs], slots, cost), 6)
 
-    best = span(sizes)
-    while True:
+    best, left = span(sizes), MAX_SCHEDULES - 1
+    while left > 0:
         moves = []
         for i, packs in enumerate(sizes):
-            for a, b in {(x, y) for x in packs for y in packs if x > 1}:
-                if a == b and packs.count(a) < 2:
+            for a, b in sorted({(x, y) for x in packs for y in packs if x > 1}):
+                if (a == b and packs.count(a) < 2) or left == 0:
                     continue
                 moved = list(packs)
                 moved.remove(a)
                 moved.remove(b)
                 moved = sorted([*moved, a - 1, b + 1], reverse=True)
                 moves.append((span([*sizes[:i], moved, *sizes[i + 1:]]), i, moved))
+                left -= 1
         if not moves:
             return sizes
         shortest, i, moved = min(moves, key=lambda m: m[0])
         if shortest >= best:
             return sizes
         best, sizes = shortest, [*sizes[:i], moved, *sizes[i + 1:]]
+    return sizes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.resnet.pack_cost import member_ms
+from sweep import plan
 from sweep.plan import makespan, plan_trials
 from sweep.spec import load_spec
 
@@ -72,6 +73,19 @@ def test_seeds_move_between_packs_while_the_schedule_gets_shorter():
     assert _plan(["seeds=10"], slots=2) == [(64, 6), (64, 4), (1, 10)]
     # One slot: the schedule is all the work, the equal packs are kept (see the pack of 6 + 6 above).
     assert _plan(["seeds=12"], slots=1) == [(64, 6), (64, 6), (1, 12)]
+
+
+def test_the_balancing_estimates_a_bounded_number_of_schedules(monkeypatch):
+    # With one schedule allowed (the plan's own), no move is tried: the equal packs stay.
+    monkeypatch.setattr(plan, "MAX_SCHEDULES", 1)
+    assert _plan(["seeds=10"], slots=2) == [(64, 5), (64, 5), (1, 10)]
+    # A large grid on many slots still gives every member once.
+    monkeypatch.setattr(plan, "MAX_SCHEDULES", 50)
+    spec, _ = load_spec("width", ["seeds=9", "lr=[0.1,0.05,0.02,0.01]"])
+    members = sorted((g.config.C, g.config.lr, s) for g in plan.plan_trials(spec, 16, pack_cost=_cost(TABLE))
+                     for s in g.seeds)
+    assert members == sorted((C, lr, s) for C in (1, 2, 4, 8, 16, 32, 64) for lr in (0.1, 0.05, 0.02, 0.01)
+                             for s in range(9))
 
 
 def test_makespan_starts_trials_longest_first_on_the_first_free_slot():
