@@ -159,7 +159,7 @@ def _memo(cost: PackCost) -> PackCost:
     known: dict[tuple[int, int], float] = {}
 
     def remembered(config: Any, size: int) -> float:
-        key = (id(config), size)  # configs live as long as the plan; dataclasses with list fields don't hash
+        key = (id(config), size)  # by identity: a family's config need not hash; the plan holds each for its life
         if key not in known:
             known[key] = cost(config, size)
         return known[key]
@@ -167,17 +167,22 @@ def _memo(cost: PackCost) -> PackCost:
     return remembered
 
 
+def _pack_time(cost: PackCost, config: Any, size: int) -> float:
+    """A pack's estimated time: its size x one member's cost in it."""
+    return size * cost(config, size)
+
+
 def _longest_first(groups: list[TrialGroup], cost: PackCost) -> list[TrialGroup]:
-    """Most expensive trial first (a pack's cost: size x one member's cost in it); stable, so grid order on ties."""
-    return sorted(groups, key=lambda g: -cost(g.config, len(g.seeds)) * len(g.seeds))
+    """Most expensive trial first (:func:`_pack_time`); stable, so grid order on ties."""
+    return sorted(groups, key=lambda g: -_pack_time(cost, g.config, len(g.seeds)))
 
 
 def makespan(trials: list[tuple[Any, int]], slots: int, cost: PackCost) -> float:
     """When the last of ``trials`` (config, pack size) ends, started longest first each on the first free slot of
     ``slots``, as Ray Tune starts a grid's trials in order: estimated by ``cost``."""
     ends = [0.0] * slots
-    for config, size in sorted(trials, key=lambda t: -cost(t[0], t[1]) * t[1]):
-        heapq.heapreplace(ends, ends[0] + size * cost(config, size))
+    for time in sorted((_pack_time(cost, config, size) for config, size in trials), reverse=True):
+        heapq.heapreplace(ends, ends[0] + time)
     return max(ends)
 
 
@@ -201,21 +206,27 @@ def _balance(configs: list[Any], sizes: list[list[int]], slots: int, cost: PackC
 
     best, left = span(sizes), MAX_SCHEDULES - 1
     while left > 0:
-        moves = []
-        for i, packs in enumerate(sizes):
-            for a, b in sorted({(x, y) for x in packs for y in packs if x > 1}):
-                if (a == b and packs.count(a) < 2) or left == 0:
-                    continue
-                moved = list(packs)
-                moved.remove(a)
-                moved.remove(b)
-                moved = sorted([*moved, a - 1, b + 1], reverse=True)
-                moves.append((span([*sizes[:i], moved, *sizes[i + 1:]]), i, moved))
-                left -= 1
-        if not moves:
+        candidates = [(i, moved) for i, packs in enumerate(sizes) for moved in _one_seed_moved(packs)][:left]
+        if not candidates:
             return sizes
-        shortest, i, moved = min(moves, key=lambda m: m[0])
+        left -= len(candidates)
+        shortest, i, moved = min(((span([*sizes[:i], moved, *sizes[i + 1:]]), i, moved) for i, moved in candidates),
+                                 key=lambda m: m[0])
         if shortest >= best:
             return sizes
         best, sizes = shortest, [*sizes[:i], moved, *sizes[i + 1:]]
     return sizes
+
+
+def _one_seed_moved(packs: list[int]) -> list[list[int]]:
+    """Every distinct way to move one seed from one pack of ``packs`` (sizes, largest first) to another: the new
+    sizes, largest first; a pack is never emptied."""
+    out = []
+    for a, b in sorted({(x, y) for x in packs for y in packs if x > 1}):
+        if a == b and packs.count(a) < 2:
+            continue
+        moved = list(packs)
+        moved.remove(a)
+        moved.remove(b)
+        out.append(sorted([*moved, a - 1, b + 1], reverse=True))
+    return out
