@@ -1,6 +1,6 @@
-/* Three pieces of the packed ResNet's update (and of its evaluation) as C kernels, for models/resnet/packed.py (which compiles this file once
- * per machine: models/resnet/native.py). Why by hand: each is passes over memory that ATen runs as several
- * kernels with large intermediates; measured on the machines in docs/benchmarks.md.
+/* Three pieces of the packed ResNet's update (and of its evaluation) as C kernels, for models/resnet/packed.py
+ * (which compiles this file once per machine: models/resnet/native.py). Why by hand: each is passes over memory
+ * that ATen runs as several kernels with large intermediates; measured on the machines in docs/benchmarks.md.
  *
  * 1. The stem's tail, relu(max_pool2d(bias + W @ patches, 2)) per member and channel, and its backward. Through
  *    ATen ops this is a product writing the largest activation (S, C, 16, N), a max-pool reading it and saving
@@ -378,6 +378,11 @@ DEFINE_ROWS(double, int64_t, f64)
     rvar[r] = (T)(momentum * ((sq) / ((L) - 1)) + (1 - momentum) * rvar[r]);                                  \
     const T alpha = is * w[r], beta = b[r] - (m) * alpha;
 
+/* Eval mode: row r's alpha and beta from the running statistics, as ATen's CPU kernel computes them in the dtype:
+ * 1 / sqrt(running_var + eps), times the weight. */
+#define RUNNING_NORM(T, r)                                                                                    \
+    const T alpha = (T)1 / (T)sqrt(rvar[r] + (T)eps) * w[r], beta = b[r] - rmean[r] * alpha;
+
 /* One row's pooled[n] = mean over the 4 pixels q of relu(h + (x * alpha + beta)): x, h rows of (4, N). */
 #define TAIL_ROW(T, SUFFIX, xr, hr, N, alpha, beta, pr)                                                       \
     {                                                                                                         \
@@ -440,19 +445,18 @@ void block_tail_forward_##SUFFIX(int64_t R, int64_t N, double momentum, double e
         }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
-/* Eval mode, forward only: BatchNorm with the running statistics, which stay as they are; alpha and beta as ATen's \
- * CPU kernel computes them in the dtype: 1 / sqrt(running_var + eps), times the weight. */                   \
+/* Eval mode, forward only: BatchNorm with the running statistics (RUNNING_NORM), which stay as they are */      \
 void bn_relu_eval_##SUFFIX(int64_t R, int64_t L, double eps, const T *x, const T *w, const T *b,              \
                            const T *rmean, const T *rvar, T *y) {                                             \
     for (int64_t r = 0; r < R; r++) {                                                                         \
-        const T alpha = (T)1 / (T)sqrt(rvar[r] + (T)eps) * w[r], beta = b[r] - rmean[r] * alpha;              \
+        RUNNING_NORM(T, r)                                                                                    \
         row_affine_##SUFFIX(x + r * L, L, alpha, beta, 1, y + r * L);                                         \
     }                                                                                                         \
 }                                                                                                             \
 void block_tail_eval_##SUFFIX(int64_t R, int64_t N, double eps, const T *x, const T *h, const T *w,          \
                               const T *b, const T *rmean, const T *rvar, T *pooled) {                         \
     for (int64_t r = 0; r < R; r++) {                                                                         \
-        const T alpha = (T)1 / (T)sqrt(rvar[r] + (T)eps) * w[r], beta = b[r] - rmean[r] * alpha;              \
+        RUNNING_NORM(T, r)                                                                                    \
         TAIL_ROW(T, SUFFIX, x + r * 4 * N, h + r * 4 * N, N, alpha, beta, pooled + r * N)                     \
     }                                                                                                         \
 }                                                                                                             \
