@@ -151,6 +151,7 @@ def test_the_block_kernels_eval_forms_by_hand(kernel, dtype):
             getattr(model, f"{name}_running_var").fill_(2.0)
         x = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=dtype).view(1, 1, 4, 1)
         h = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype).view(1, 1, 4, 1)
+        assert model._block_kernels(x, h) is kernel  # the eval kernels compute this, not ATen's ops
         y, pooled = model._bn_relu(x, "bn1"), model._bn_residual_pool(x, h, "bn2")
     sd = math.sqrt(2.0 + 1e-5)
     normed = [2 * (v - 0.5) / sd - 1 for v in (1, 2, 3, 4)]
@@ -170,6 +171,7 @@ def test_eval_mode_with_autograd_runs_on_aten_ops_and_has_gradients(kernel):
     model = PackedResNet.from_models([ResNet(4), ResNet(4)]).eval()
     x = torch.rand(2, 5, 1, 8, 8)
     block_input = torch.rand(2, 4, 4, 5, requires_grad=True)
+    assert model._block_kernels(block_input) is None
     model._bn_relu(block_input, "bn1").sum().backward()
     assert block_input.grad is not None and bool(block_input.grad.abs().sum() > 0)
     model(x).sum().backward()
