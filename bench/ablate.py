@@ -4,8 +4,7 @@ update with that part taken out (same run, interleaved rounds, best of each).
     python bench/ablate.py [--C 64] [--S 8] [--rounds 15]
 
 Taken out, one at a time: the stem and its max-pool + ReLU (the block reads a fixed pooled tensor instead),
-the block convs' weight gathers (the products, all members in one call, read fixed dense matrices), the
-block's elementwise work (its BatchNorms, ReLUs and residual: the two convs and the average pool alone). Each
+the block's elementwise work (its BatchNorms, ReLUs and residual: the two convs and the average pool alone). Each
 variant runs the model's own methods (C kernels where built) with one part replaced on the instance. What a
 part's removal saves is the most any faster version of it can save; the 60% target needs the update at
 ceiling / 0.6, so these bounds say which rewrites could reach it at all. The optimizer step is replaced by an
@@ -26,11 +25,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.resnet.config import TrainConfig  # noqa: E402
-from models.resnet.packed import _baddbmm  # noqa: E402
 from models.resnet.trainer import Trainer  # noqa: E402
 
-VARIANTS = ("full update", "without stem + max-pool + ReLU", "without block weight gathers",
-            "without block BatchNorms + ReLUs + residual")
+VARIANTS = ("full update", "without stem + max-pool + ReLU", "without block BatchNorms + ReLUs + residual")
 
 
 def ablate(C: int, S: int, rounds: int) -> dict[str, float]:
@@ -43,17 +40,11 @@ def ablate(C: int, S: int, rounds: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
     N = batches.shape[-1]
     pooled = torch.randn(S, C, 4, N, generator=gen).relu_().requires_grad_()
-    fixed = [(0.02 * torch.randn(S, 4 * C, 4 * C, generator=gen)).requires_grad_() for _ in range(2)]
-
-    def fixed_conv(weight: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        dense = fixed[0] if weight is model.conv1 else fixed[1]
-        return _baddbmm(None, dense, h.reshape(S, 4 * C, N)).view(S, C, 4, N)
 
     def bare_block(h: torch.Tensor) -> torch.Tensor:
         return model._block_conv(model.conv2, model._block_conv(model.conv1, h)).mean(dim=2)
 
     replaced = {"full update": {}, "without stem + max-pool + ReLU": {"_stem": lambda x: pooled},
-                "without block weight gathers": {"_block_conv": fixed_conv},
                 "without block BatchNorms + ReLUs + residual": {"_block": bare_block}}
 
     def update(idx: torch.Tensor, parts: dict) -> None:

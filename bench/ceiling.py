@@ -16,7 +16,10 @@ block convs are 95% of the counted FLOPs: about 105 MFLOP per member-update with
 
 The ceiling is this process's sgemm rate (``torch.mm``, float32, the current number of torch threads) at
 each of those shapes, timed right next to the packed model: ``ceiling time = sum(flops_i / rate_i)`` is
-what the products alone would take, and ``achieved / ceiling = ceiling time / measured time``.
+what the products alone would take, and ``achieved / ceiling = ceiling time / measured time``. The count is the
+dense one, the model's arithmetic as written; where the C kernels run, the block convs go by Winograd's F(2, 3)
+(``models/resnet/packed.py``), 9/16 of the dense products' arithmetic, so their piece can take less than its
+share of the ceiling and the ratio can pass 100% in principle.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 BATCH = 128
-CONVS = "block convs: weight gathers + products (x2)"
+CONVS = "block convs: weight and activation transforms + products (x2)"
 
 
 @dataclass(frozen=True)
@@ -199,10 +202,9 @@ def pieces(C: int, S: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
 
 
 PRODUCTS_STEP = (
-    "the block convs (their weight gathers, then batched products a chunk of members at a time) run below "
-    "torch.mm's rate at the same shapes: try convs that read the (C, C, 3, 3) weight without materialising the "
-    "dense (4C x 4C) matrices, or a layout that makes the backward operands contiguous, timed against this "
-    "same-run ceiling")
+    "the block convs (Winograd transforms around 9 (C x C) products per member) run above their dense share of "
+    "the ceiling: try the transforms fused into the kernels before and after them, or larger product batches, "
+    "timed against this same-run ceiling")
 # Rewrites measured on this machine against the current code (C=64, same run, forward + backward): on the AMD
 # machine (2026-11-29, S=32) max-pool as a maximum of four strided slices 4-9x slower, as torch.max over a
 # taps-first layout 2.7x slower, the block weight gather as a one-hot (9 x 16) matmul 3-4x slower; on the
@@ -217,12 +219,15 @@ PRODUCTS_STEP = (
 # 0.90-0.95x again; later that day the stem kernels on vectors with their sums in registers 0.93x, and the block
 # convs a chunk of members at a time (gather, multiply while the matrices are in L2) 0.95x; then the block's
 # BatchNorm kernels and the dense-matrix gathers and folds on vectors 0.95x (S=32) and 0.98x (S=5), and the stem's
-# forward on 64-byte vectors (AVX-512 only) 0.89x of the stem forward alone, not kept (docs/benchmarks.md).
+# forward on 64-byte vectors (AVX-512 only) 0.89x of the stem forward alone, not kept (docs/benchmarks.md). On
+# 2026-12-05 (AMD EPYC, AVX2) the block convs by Winograd's F(2, 3) instead of the dense matrices, 9 products of
+# K = C instead of 16 C^2 multiply-adds as one K = 4C product: a conv's forward + backward 0.73 -> 0.55 ms per
+# member at S=3, the whole update 0.87-0.91x at S=3 and S=7 (kept).
 NOT_PRODUCTS_STEP = (
     "the work that is no product is spread over several pieces (largest here: {largest}); the rewrites in ATen "
     "ops measured (bench/ceiling.py's comment) were slower, and C kernels now run the stem's tail, the block "
-    "weight gathers and the block's elementwise work: next, the largest of these in fewer passes over memory, "
-    "timed against this same-run ceiling")
+    "convs' Winograd transforms and the block's elementwise work: next, the largest of these in fewer passes over "
+    "memory, timed against this same-run ceiling")
 
 
 def account(C: int, S: int, updates: int, ceiling_ms: float) -> dict:
@@ -273,7 +278,7 @@ def account_markdown(a: dict, ceiling_ms: float) -> list[str]:
     out += [f"- {k}: {v:.3f} ms" for k, v in sorted(a["excess_ms"].items(), key=lambda kv: -kv[1])]
     needed = total - ceiling_ms / 0.6
     out += ["", f"Of the {total - a['conv_ceiling_ms']:.3f} ms above the block convs' ceiling: their shortfall "
-            f"(gathers included) against torch.mm {a['products_shortfall_ms']:.3f} ms, work that is no product "
+            f"(transforms included) against torch.mm {a['products_shortfall_ms']:.3f} ms, work that is no product "
             f"{a['not_products_ms']:.3f} ms. "
             f"Reaching 60% takes {needed:.3f} ms less per member-update. The undisturbed update (the sum of the "
             f"best phases) is {100 * ceiling_ms / total:.0f}% of the ceiling: the same ratio, less exposed to "

@@ -33,8 +33,10 @@ _I, _D, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 SIGNATURES = {
     "stem_pool_forward": [_I] * 4 + [_P] * 5,
     "stem_pool_backward": [_I] * 4 + [_P] * 6,
-    "block_dense_forward": [_I] * 2 + [_P] * 2,
-    "block_dense_backward": [_I] * 2 + [_P] * 2,
+    "winograd_weight": [_I] * 2 + [_P] * 2,
+    "winograd_weight_backward": [_I] * 2 + [_P] * 2,
+    "winograd_input": [_I] * 5 + [_P] * 2 + [_I],
+    "winograd_output": [_I] * 5 + [_P] * 2 + [_I],
     "bn_relu_forward": [_I, _I, _D, _D] + [_P] * 8,
     "bn_relu_backward": [_I] * 2 + [_P] * 9,
     "block_tail_forward": [_I, _I, _D, _D] + [_P] * 9,

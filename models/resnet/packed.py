@@ -7,7 +7,8 @@ Why batched matmuls: on an 8x8 image the stem conv (1 -> C, 3x3, stride 2, paddi
 i.e. 16 patches of 9 pixels (im2col). After the 2x2 max-pool the residual block sees 2x2 maps, and a 3x3
 padding-1 convolution on a 2x2 map is a dense linear map of the 4C numbers of one image (every output
 pixel sees every input pixel), so each block conv is one (4C x 4C) matrix per member, gathered from the
-(C, C, 3, 3) weight on every forward (differentiable) and applied with ``torch.bmm``.
+(C, C, 3, 3) weight on every forward (differentiable) and applied with ``torch.bmm`` (on the CPU with the C
+kernels built, the same conv by Winograd's minimal filtering instead: 9 (C x C) products per member, not 16).
 
 Layout: activations are kept as (S, C, P, N): member, channel, pixel (row-major), image. Per member a
 feature map is then a (C*P, N) matrix that a (C'*P', C*P) matrix multiplies directly, and the (s, c)
@@ -15,9 +16,9 @@ channels of all members are contiguous, so one ``F.batch_norm`` call on a (1, S*
 BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics update). The stem's
 BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
 elementwise passes over the largest activation, (S, C, 16, N); on the CPU, the stem product, ReLU and max-pool
-then run in one C kernel that never writes that activation whole, the block convs' weights are gathered
-into their dense matrices by another, a chunk of members at a time just before their products
-(:class:`_NativeBlockConv`), and in training the block's BatchNorms, ReLUs, residual and average pool
+then run in one C kernel that never writes that activation whole, the block convs run as Winograd
+transforms in C around batched products (:class:`_NativeBlockConv`), and the block's BatchNorms, ReLUs, residual
+and average pool
 by two more, one pass over each activation (``packed_kernels.c``, :mod:`models.resnet.native`), with ATen ops
 as the fallback. The stem's per-image work (padding, and the
 patch moments those statistics need) can be done once per image set: :class:`StemInputs`, which the trainer
@@ -147,70 +148,67 @@ class _NativeStemPoolReLU(torch.autograd.Function):
         return d_folded, d_bias, None, None, None
 
 
-# Members per product call in a block conv: their dense (4C x 4C) matrices take about this many bytes, half of a
-# 2 MB L2, so that each matrix is still in cache when the product reads it (at C=64 in float32, 4 members).
-_CHUNK_BYTES = 1 << 20
+# Columns (images) per block in a block conv's forward without a backward: an evaluation's whole train half (898
+# images) at C=64, S=7 would make u and m 14 MB each; blocks of ~256 keep them in cache (measured: 57 -> 53 ms per
+# evaluation, against 105 ms unblocked). With a backward the forward keeps the whole u for it, as one block.
+_COLUMN_BLOCK = 256
 
 
-def _bmm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
-    """``out = a @ b`` per batch item on :func:`_baddbmm`'s kernel whatever the batch (one item runs as two)."""
-    if out.shape[0] > 1:
-        torch.bmm(a, b, out=out)
-    else:
-        out.copy_(_baddbmm(None, a, b))
-
-
-def _chunks(S: int, chunk: int) -> list[tuple[int, int]]:
-    """(first member, count) of S members in S // chunk near-equal chunks of chunk to 2 * chunk - 1 members (all S
-    in one when S < 2 * chunk); chunk >= 2, since a one-member product costs two (:func:`_bmm_into`)."""
-    n = max(1, S // chunk)
-    bounds = [S * i // n for i in range(n + 1)]
+def _column_blocks(N: int) -> list[tuple[int, int]]:
+    """(first column, count) of N columns in near-equal blocks of about :data:`_COLUMN_BLOCK`."""
+    n = max(1, round(N / _COLUMN_BLOCK))
+    bounds = [N * i // n for i in range(n + 1)]
     return [(a, b - a) for a, b in pairwise(bounds)]
 
 
 class _NativeBlockConv(torch.autograd.Function):
-    """A block conv per member, ``dense(weight) @ h``: weight (S, C, C, 3, 3), h (S, 4C, N) -> (S, 4C, N), where
-    dense is :func:`_block_conv_index`'s (4C x 4C) matrix, gathered by the C kernel of ``packed_kernels.c``.
+    """A block conv per member by Winograd's F(2, 3) on both axes of the 2x2 map: weight (S, C, C, 3, 3), h (S, C,
+    4, N) -> (S, C, 4, N), as 9 (C x C) @ (C x N) products per member (one torch.bmm over the S * 9 of them) between
+    the C kernels' transforms of the weight, the input and the products (``packed_kernels.c``, DEFINE_WINOGRAD).
 
-    Members go a chunk at a time (:func:`_chunks` of ``chunk``, from :data:`_CHUNK_BYTES`; the backward reuses the
-    forward's chunks): gather the chunk's matrices, multiply them while they are in cache; the backward gathers
-    them again rather than keep S of them, and folds each chunk's matrix gradient onto the taps at once.
-    With all S matrices gathered first (16 MB per conv at C=64, S=32) every product read them from memory. A
-    member's products run on the same batched kernel whatever the chunk (:func:`_bmm_into`), so its numbers do
-    not depend on S."""
+    Why: on a 2x2 map every output pixel sees every input pixel, so the conv is a dense (4C x 4C) matrix per
+    member, 16 C^2 multiply-adds per image; the transforms share products between output pixels and leave 9 C^2
+    (tried and measured in docs/benchmarks.md). The products' batch is 9 S >= 9, so a member's products run on
+    ATen's batched kernel whatever S is (see :func:`_baddbmm`): its numbers do not depend on S. The arithmetic is
+    the conv's exactly; float rounding differs from the dense product's (the transforms add and subtract)."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, h: Tensor, library: Any, chunk: int) -> Tensor:  # type: ignore[override]
-        S, C = weight.shape[:2]
-        parts = _chunks(S, chunk)
-        out = h.new_empty(h.shape)
-        dense = weight.new_empty(max(k for _, k in parts), 4 * C, 4 * C)
-        gather = _kernel(library, "block_dense_forward", weight)
-        for s0, k in parts:
-            gather(k, C, weight[s0].data_ptr(), dense.data_ptr())
-            _bmm_into(out[s0:s0 + k], dense[:k], h[s0:s0 + k])
-        ctx.library, ctx.parts = library, parts
-        ctx.save_for_backward(weight, h)
+    def forward(ctx, weight: Tensor, h: Tensor, library: Any, track: bool) -> Tensor:  # type: ignore[override]
+        S, C, _, N = h.shape
+        A = weight.new_empty(S * 9, C, C)
+        _kernel(library, "winograd_weight", weight)(S, C, weight.data_ptr(), A.data_ptr())
+        out = h.new_empty(S, C, 4, N)
+        transform_in, transform_out = _kernel(library, "winograd_input", h), _kernel(library, "winograd_output", h)
+        blocks = [(0, N)] if track else _column_blocks(N)
+        width = max(n for _, n in blocks)
+        u, m = h.new_empty(S * 9, C, width), h.new_empty(S * 9, C, width)
+        item = h.element_size()
+        for n0, n in blocks:
+            u_block, m_block = (t.view(-1)[:S * 9 * C * n].view(S * 9, C, n) for t in (u, m))
+            transform_in(S, C, n, N, n, h.data_ptr() + n0 * item, u_block.data_ptr(), 0)
+            torch.bmm(A, u_block, out=m_block)
+            transform_out(S, C, n, n, N, m_block.data_ptr(), out.data_ptr() + n0 * item, 0)
+        if track:
+            ctx.library = library
+            ctx.save_for_backward(A, u)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
-        weight, h = ctx.saved_tensors
-        C = weight.shape[1]
-        parts, grad = ctx.parts, grad.contiguous()
-        want_weight, want_h = ctx.needs_input_grad[:2]
-        d_weight = torch.empty_like(weight) if want_weight else None
-        d_h = torch.empty_like(h) if want_h else None
-        dense = weight.new_empty(max(k for _, k in parts), 4 * C, 4 * C)
-        gather = _kernel(ctx.library, "block_dense_forward", weight)
-        fold = _kernel(ctx.library, "block_dense_backward", weight)
-        for s0, k in parts:
-            if d_h is not None:
-                gather(k, C, weight[s0].data_ptr(), dense.data_ptr())
-                _bmm_into(d_h[s0:s0 + k], dense[:k].transpose(1, 2), grad[s0:s0 + k])
-            if d_weight is not None:
-                _bmm_into(dense[:k], grad[s0:s0 + k], h[s0:s0 + k].transpose(1, 2))
-                fold(k, C, dense.data_ptr(), d_weight[s0].data_ptr())
+        A, u = ctx.saved_tensors
+        S, C, _, N = grad.shape
+        grad = grad.contiguous()
+        d_m = grad.new_empty(S * 9, C, N)  # the products' gradient: the input transform of grad, flipped
+        _kernel(ctx.library, "winograd_input", grad)(S, C, N, N, N, grad.data_ptr(), d_m.data_ptr(), 1)
+        d_weight = d_h = None
+        if ctx.needs_input_grad[1]:
+            d_u = torch.bmm(A.transpose(1, 2), d_m)
+            d_h = grad.new_empty(S, C, 4, N)
+            _kernel(ctx.library, "winograd_output", grad)(S, C, N, N, N, d_u.data_ptr(), d_h.data_ptr(), 1)
+        if ctx.needs_input_grad[0]:
+            d_A = torch.bmm(d_m, u.transpose(1, 2))
+            d_weight = grad.new_empty(S, C, C, 3, 3)
+            _kernel(ctx.library, "winograd_weight_backward", grad)(S, C, d_A.data_ptr(), d_weight.data_ptr())
         return d_weight, d_h, None, None
 
 
@@ -551,13 +549,13 @@ class PackedResNet(nn.Module):
         return tuple(getattr(self, f"{name}_{kind}") for kind in ("weight", "bias", "running_mean", "running_var"))
 
     def _block_conv(self, weight: Tensor, h: Tensor) -> Tensor:
-        """3x3 padding-1 conv on 2x2 maps as one dense matmul per member: h (S, C, 4, N) -> (S, C, 4, N)."""
+        """3x3 padding-1 conv on 2x2 maps per member, h (S, C, 4, N) -> (S, C, 4, N): by :class:`_NativeBlockConv`
+        where the C kernels run, else as one dense matmul per member on ATen ops."""
         S, C, _, N = h.shape
         library = self._kernels(weight, h)
         if library is not None:
-            chunk = max(2, _CHUNK_BYTES // (16 * C * C * weight.element_size()))
-            out = _NativeBlockConv.apply(weight.contiguous(), h.reshape(S, 4 * C, N).contiguous(), library, chunk)
-            return out.view(S, C, 4, N)
+            track = torch.is_grad_enabled() and (weight.requires_grad or h.requires_grad)
+            return _NativeBlockConv.apply(weight.contiguous(), h.contiguous(), library, track)
         return _baddbmm(None, self._dense(weight), h.reshape(S, 4 * C, N)).view(S, C, 4, N)
 
     def forward(self, x: Tensor | StemInputs) -> Tensor:

@@ -14,11 +14,10 @@
  *    with G = S or 1 (shared by all members), pixel p = 4i + j of the 4x4 stem output; out (S, C, 4, N)
  *    pooled pixel q = 2a + b; win (S, C, 4, N) the window slot d = 2di + dj of the winner, or NULL when no
  *    backward follows.
- * 2. The residual block's 3x3 convolution on a 2x2 map as a dense (4C x 4C) matrix per member, gathered from
- *    the (C, C, 3, 3) weight, and the gradient's fold back onto the 9 taps: with ATen an index_select and a
- *    scatter_add over a 16C^2 index, here one streaming loop each way on shuffled vectors (an input channel's 9
- *    taps read once, its 16 dense values written as 4 vectors). Layouts: W (S, C, C, 9), D (S, 4C, 4C) with row
- *    co*4 + q and column ci*4 + r.
+ * 2. The residual block's 3x3 convolutions on 2x2 maps by Winograd's F(2, 3) on both axes: 9 (C x C) products per
+ *    member (torch.bmm) instead of 16, with the transforms of the weight, the input and the products here, one
+ *    streaming loop each (details at DEFINE_WINOGRAD). Layouts: W (S, C, C, 9), A (S, 9, C, C), x and y
+ *    (S, C, 4, ld) pixel q = 2a + b, u and m (S, 9, C, ld).
  * 3. The residual block's elementwise work in training mode, forward and backward: BatchNorm + ReLU after the
  *    first conv, and BatchNorm + residual + ReLU + the global average pool after the second. Through ATen ops
  *    that is some ten kernels per block and direction, each a pass over an (S, C, 4, N) activation; here one
@@ -184,69 +183,109 @@ void stem_pool_backward_##SUFFIX(int64_t S, int64_t G, int64_t C, int64_t N, con
 DEFINE(float, f32)
 DEFINE(double, f64)
 
-/* The tap of the 3x3 kernel that output pixel q = 2a + b reads from input pixel r = 2a' + b' on a 2x2 map is
- * TAP[q][r] = {{4, 5, 7, 8}, {3, 4, 6, 7}, {1, 2, 4, 5}, {0, 1, 3, 4}}: for every q the taps {0, 1, 3, 4} shifted by
- * 4, 3, 1, 0, so a dense row's 4 values per input channel are one shuffle of that channel's 9 taps. The loops
- * below move those 4-value vectors; gcc kept the plain loops scalar, a load and a store per value. */
-#define DEFINE_DENSE(T, IT, SUFFIX)                                                                           \
-typedef T T8_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                                            \
-typedef IT I8_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                                           \
-void block_dense_forward_##SUFFIX(int64_t S, int64_t C, const T *W, T *D) {                                   \
-    /* Two input channels at a time: row q's 8 values are one two-source shuffle of the channels' taps 0-7 (lo) \
-     * or 1-8 (hi). (gcc 12's __builtin_shufflevector to a narrower vector miscompiles with AVX-512, an in-lane \
-     * vpermilpd for a cross-lane shuffle; __builtin_shuffle keeps the width.) */                             \
-    const I8_##SUFFIX row0 = {3, 4, 6, 7, 11, 12, 14, 15}, row1 = {2, 3, 5, 6, 10, 11, 13, 14};               \
-    const I8_##SUFFIX row2 = {1, 2, 4, 5, 9, 10, 12, 13}, row3 = {0, 1, 3, 4, 8, 9, 11, 12};                  \
+/* The block convs by Winograd's minimal filtering, F(2, 3) along each axis of the 2x2 map. Along one axis a
+ * 3-tap conv with padding 1 on 2 pixels is y0 = K1 x0 + K2 x1, y1 = K0 x0 + K1 x1 (K the taps' (C x C)
+ * matrices): 4 products, but with m0 = (K0 - K1) x0, m1 = (K2 - K1) x1, m2 = K1 (x0 + x1) it is y0 = m1 + m2,
+ * y1 = m0 + m2, 3 products. Both axes: 9 (C x C) @ (C x N) products per member instead of the 16 of one dense
+ * (4C x 4C) matrix, 9/16 of the arithmetic. Around the products (torch.bmm in packed.py), these kernels
+ * transform: the weight W (S, C, C, 9) to A (S, 9, C, C), A[3i + j] = T_i(rows) T_j(columns) of the taps with
+ * T = (K0 - K1, K2 - K1, K1); the input x (S, C, 4, ldx) to u (S, 9, C, ldu), u[3i + j] = X_i(rows) X_j(columns)
+ * of the pixels with X = (x0, x1, x0 + x1); the products m (S, 9, C, ldm) to y (S, C, 4, ldy) by y0 = m1 + m2,
+ * y1 = m0 + m2 along columns, then rows. The backward runs the same kernels: the products' gradient is the input
+ * transform of the output gradient with both axes flipped (pixel 3 - q), the input's gradient the output
+ * transform of the products' input gradient written flipped, and the weight's gradient the transpose of the
+ * weight transform. Each output block is written by one loop (the 9 blocks of u lie C*ld values apart, and 9
+ * interleaved write streams at such strides ran 9x slower, aliased in L1), and the weight's 9 blocks go through
+ * a 64-value buffer. Sums in a fixed order, so a member's values depend on nothing else. */
+#define DEFINE_WINOGRAD(T, SUFFIX)                                                                            \
+void winograd_weight_##SUFFIX(int64_t S, int64_t C, const T *W, T *A) {                                       \
+    const int64_t E = C * C;                                                                                  \
+    T buffer[9][64];                                                                                          \
     for (int64_t s = 0; s < S; s++)                                                                           \
-        for (int64_t co = 0; co < C; co++) {                                                                  \
-            const T *w = W + (s * C + co) * C * 9;                                                            \
-            T *d = D + (s * C + co) * 16 * C;                                                                 \
-            int64_t ci = 0;                                                                                   \
-            for (; ci + 2 <= C; ci += 2) {                                                                    \
-                T8_##SUFFIX lo0, hi0, lo1, hi1;                                                               \
-                memcpy(&lo0, w + 9 * ci, sizeof lo0);                                                         \
-                memcpy(&hi0, w + 9 * ci + 1, sizeof hi0);                                                     \
-                memcpy(&lo1, w + 9 * ci + 9, sizeof lo1);                                                     \
-                memcpy(&hi1, w + 9 * ci + 10, sizeof hi1);                                                    \
-                const T8_##SUFFIX r0 = __builtin_shuffle(hi0, hi1, row0), r1 = __builtin_shuffle(hi0, hi1, row1); \
-                const T8_##SUFFIX r2 = __builtin_shuffle(lo0, lo1, row2), r3 = __builtin_shuffle(lo0, lo1, row3); \
-                memcpy(d + 4 * ci, &r0, sizeof r0);                                                           \
-                memcpy(d + 4 * C + 4 * ci, &r1, sizeof r1);                                                   \
-                memcpy(d + 8 * C + 4 * ci, &r2, sizeof r2);                                                   \
-                memcpy(d + 12 * C + 4 * ci, &r3, sizeof r3);                                                  \
-            }                                                                                                 \
-            for (; ci < C; ci++)                                                                              \
-                for (int r = 0; r < 4; r++) {                                                                 \
-                    const int t = (r > 1) + r;  /* taps 0, 1, 3, 4 */                                         \
-                    d[4 * ci + r] = w[9 * ci + t + 4];                                                        \
-                    d[4 * C + 4 * ci + r] = w[9 * ci + t + 3];                                                \
-                    d[8 * C + 4 * ci + r] = w[9 * ci + t + 1];                                                \
-                    d[12 * C + 4 * ci + r] = w[9 * ci + t];                                                   \
+        for (int64_t e0 = 0; e0 < E; e0 += 64) {                                                              \
+            const int64_t ne = E - e0 < 64 ? E - e0 : 64;                                                     \
+            const T *w = W + (s * E + e0) * 9;                                                                \
+            for (int64_t e = 0; e < ne; e++, w += 9) {                                                        \
+                T c[3][3];  /* c[ky][j]: the column transform of row ky's taps */                             \
+                for (int ky = 0; ky < 3; ky++) {                                                              \
+                    c[ky][0] = w[3 * ky] - w[3 * ky + 1];                                                     \
+                    c[ky][1] = w[3 * ky + 2] - w[3 * ky + 1];                                                 \
+                    c[ky][2] = w[3 * ky + 1];                                                                 \
                 }                                                                                             \
+                for (int j = 0; j < 3; j++) {                                                                 \
+                    buffer[j][e] = c[0][j] - c[1][j];                                                         \
+                    buffer[3 + j][e] = c[2][j] - c[1][j];                                                     \
+                    buffer[6 + j][e] = c[1][j];                                                               \
+                }                                                                                             \
+            }                                                                                                 \
+            for (int k = 0; k < 9; k++) memcpy(A + (s * 9 + k) * E + e0, buffer[k], ne * sizeof(T));         \
         }                                                                                                     \
 }                                                                                                             \
-/* gW[tap] = gD's values at that tap summed from 0 in the order q = 0..3 (0 + x turns a -0 into +0) */        \
-void block_dense_backward_##SUFFIX(int64_t S, int64_t C, const T *gD, T *gW) {                                \
-    const T z = 0;                                                                                            \
+void winograd_weight_backward_##SUFFIX(int64_t S, int64_t C, const T *gA, T *gW) {                            \
+    const int64_t E = C * C;                                                                                  \
+    T buffer[9][64];                                                                                          \
     for (int64_t s = 0; s < S; s++)                                                                           \
-        for (int64_t co = 0; co < C; co++) {                                                                  \
-            T *gw = gW + (s * C + co) * C * 9;                                                                \
-            const T *g0 = gD + (s * C + co) * 16 * C, *g1 = g0 + 4 * C, *g2 = g0 + 8 * C, *g3 = g0 + 12 * C;  \
-            for (int64_t ci = 0; ci < C; ci++, g0 += 4, g1 += 4, g2 += 4, g3 += 4, gw += 9) {                 \
-                gw[0] = z + g3[0];                                                                            \
-                gw[1] = (z + g2[0]) + g3[1];                                                                  \
-                gw[2] = z + g2[1];                                                                            \
-                gw[3] = (z + g1[0]) + g3[2];                                                                  \
-                gw[4] = (((z + g0[0]) + g1[1]) + g2[2]) + g3[3];                                              \
-                gw[5] = (z + g0[1]) + g2[3];                                                                  \
-                gw[6] = z + g1[2];                                                                            \
-                gw[7] = (z + g0[2]) + g1[3];                                                                  \
-                gw[8] = z + g0[3];                                                                            \
+        for (int64_t e0 = 0; e0 < E; e0 += 64) {                                                              \
+            const int64_t ne = E - e0 < 64 ? E - e0 : 64;                                                     \
+            for (int k = 0; k < 9; k++) memcpy(buffer[k], gA + (s * 9 + k) * E + e0, ne * sizeof(T));         \
+            T *g = gW + (s * E + e0) * 9;                                                                     \
+            for (int64_t e = 0; e < ne; e++, g += 9) {                                                        \
+                T r[3][3];  /* r[ky][j]: the rows' transpose transform of column j */                         \
+                for (int j = 0; j < 3; j++) {                                                                 \
+                    r[0][j] = buffer[j][e];                                                                   \
+                    r[1][j] = (buffer[6 + j][e] - buffer[j][e]) - buffer[3 + j][e];                           \
+                    r[2][j] = buffer[3 + j][e];                                                               \
+                }                                                                                             \
+                for (int ky = 0; ky < 3; ky++) {                                                              \
+                    g[3 * ky] = r[ky][0];                                                                     \
+                    g[3 * ky + 1] = (r[ky][2] - r[ky][0]) - r[ky][1];                                         \
+                    g[3 * ky + 2] = r[ky][1];                                                                 \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+}                                                                                                             \
+void winograd_input_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t ldx, int64_t ldu, const T *x, T *u,     \
+                             int64_t flip) {                                                                  \
+    for (int64_t s = 0; s < S; s++)                                                                           \
+        for (int k = 0; k < 9; k++) {                                                                         \
+            const int i = k / 3, j = k % 3;                                                                   \
+            for (int64_t c = 0; c < C; c++) {                                                                 \
+                const T *p = x + (s * C + c) * 4 * ldx;                                                       \
+                const T *x00 = p + (flip ? 3 : 0) * ldx, *x01 = p + (flip ? 2 : 1) * ldx;                     \
+                const T *x10 = p + (flip ? 1 : 2) * ldx, *x11 = p + (flip ? 0 : 3) * ldx;                     \
+                const T *a = i == 1 ? x10 : x00, *b = i == 1 ? x11 : x01;  /* row i's pixels, rows 0 and 1 */ \
+                T *o = u + ((s * 9 + k) * C + c) * ldu;                                                       \
+                if (i < 2 && j == 0) for (int64_t n = 0; n < N; n++) o[n] = a[n];                             \
+                else if (i < 2 && j == 1) for (int64_t n = 0; n < N; n++) o[n] = b[n];                        \
+                else if (i < 2) for (int64_t n = 0; n < N; n++) o[n] = a[n] + b[n];                           \
+                else if (j == 0) for (int64_t n = 0; n < N; n++) o[n] = x00[n] + x10[n];                      \
+                else if (j == 1) for (int64_t n = 0; n < N; n++) o[n] = x01[n] + x11[n];                      \
+                else for (int64_t n = 0; n < N; n++) o[n] = (x00[n] + x10[n]) + (x01[n] + x11[n]);            \
+            }                                                                                                 \
+        }                                                                                                     \
+}                                                                                                             \
+void winograd_output_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t ldm, int64_t ldy, const T *m, T *y,    \
+                              int64_t flip) {                                                                 \
+    for (int64_t s = 0; s < S; s++)                                                                           \
+        for (int64_t c = 0; c < C; c++) {                                                                     \
+            const T *q[9];                                                                                    \
+            for (int k = 0; k < 9; k++) q[k] = m + ((s * 9 + k) * C + c) * ldm;                               \
+            T *p = y + (s * C + c) * 4 * ldy;                                                                 \
+            T *y00 = p + (flip ? 3 : 0) * ldy, *y01 = p + (flip ? 2 : 1) * ldy;                               \
+            T *y10 = p + (flip ? 1 : 2) * ldy, *y11 = p + (flip ? 0 : 3) * ldy;                               \
+            for (int64_t n = 0; n < N; n++) {                                                                 \
+                const T z00 = q[1][n] + q[2][n], z01 = q[0][n] + q[2][n];  /* z[i][b]: over columns */        \
+                const T z10 = q[4][n] + q[5][n], z11 = q[3][n] + q[5][n];                                     \
+                const T z20 = q[7][n] + q[8][n], z21 = q[6][n] + q[8][n];                                     \
+                y00[n] = z10 + z20;                                                                           \
+                y01[n] = z11 + z21;                                                                           \
+                y10[n] = z00 + z20;                                                                           \
+                y11[n] = z01 + z21;                                                                           \
             }                                                                                                 \
         }                                                                                                     \
 }
-DEFINE_DENSE(float, int32_t, f32)
-DEFINE_DENSE(double, int64_t, f64)
+DEFINE_WINOGRAD(float, f32)
+DEFINE_WINOGRAD(double, f64)
 
 /* Eight partial sums added pairwise: a fixed order, so a row's result does not depend on anything else. */
 #define FOLD8(p) ((((p)[0] + (p)[1]) + ((p)[2] + (p)[3])) + (((p)[4] + (p)[5]) + ((p)[6] + (p)[7])))

@@ -1,6 +1,6 @@
 """The packed model's C kernels (models/resnet/packed_kernels.c) against the same computation on ATen ops, a
-block conv's dense matrix against F.conv2d, a pool-window tie and the block's BatchNorm worked out by hand, and
-the ATen fallback where the kernels are not built."""
+block conv by Winograd's transforms against F.conv2d, a pool-window tie and the block's BatchNorm worked out by
+hand, and the ATen fallback where the kernels are not built."""
 
 from __future__ import annotations
 
@@ -58,30 +58,51 @@ def test_the_kernel_equals_aten_ops_forward_backward_and_in_eval(kernel, dtype, 
 
 
 @pytest.mark.parametrize("dtype, eps", [(torch.float64, FLOAT64_EPS), (torch.float32, FLOAT32_EPS)])
-@pytest.mark.parametrize("S, chunks, C", [(2, 1, 8), (1, 1, 8), (5, 2, 8), (2, 1, 3)])
-def test_a_block_conv_by_its_dense_matrix_is_conv2d_on_a_2x2_map(kernel, dtype, eps, S, chunks, C, monkeypatch):
-    """The kernel's gathered matrix applied to 2x2 maps against torch's own convolution (padding 1), and its
-    gradient folded onto the taps against conv2d's weight gradient; members in one chunk, alone, or in chunks
-    of 2 and 3 (the chunk size set so that two members' matrices fill it); an odd C, whose last input channel
-    the gather does alone (it takes channels in pairs)."""
+@pytest.mark.parametrize("S, C", [(2, 8), (1, 8), (5, 3)])
+def test_a_block_conv_by_winograd_is_conv2d_on_a_2x2_map(kernel, dtype, eps, S, C):
+    """The C kernels' Winograd transforms around batched products against torch's own convolution (padding 1) on
+    2x2 maps, and the weight and input gradients against conv2d's; one member, several, an odd C."""
     N = 5
-    if chunks > 1:
-        monkeypatch.setattr(packed, "_CHUNK_BYTES", 2 * 16 * C * C * torch.finfo(dtype).bits // 8)
-        assert len(packed._chunks(S, 2)) == chunks
     torch.manual_seed(0)
     model = PackedResNet(C, S).to(dtype)
     weight = torch.randn(S, C, C, 3, 3, dtype=dtype, requires_grad=True)
-    maps = torch.randn(S, N, C, 2, 2, dtype=dtype)
+    maps = torch.randn(S, N, C, 2, 2, dtype=dtype, requires_grad=True)
     out = model._block_conv(weight, maps.permute(0, 2, 3, 4, 1).reshape(S, C, 4, N))  # (S, C, 4, N)
+    assert out.grad_fn.name() == "_NativeBlockConvBackward"
     grad = torch.randn_like(out)
     out.backward(grad)
     for s in range(S):
         w = weight[s].detach().clone().requires_grad_()
-        expected = torch.nn.functional.conv2d(maps[s], w, padding=1)  # (N, C, 2, 2)
+        x = maps[s].detach().clone().requires_grad_()
+        expected = torch.nn.functional.conv2d(x, w, padding=1)  # (N, C, 2, 2)
         expected.backward(grad[s].reshape(C, 2, 2, N).permute(3, 0, 1, 2))
         got = out[s].detach().reshape(C, 2, 2, N).permute(3, 0, 1, 2)
         assert (got - expected.detach()).abs().max().item() <= 100 * eps * expected.abs().max().item()
         assert (weight.grad[s] - w.grad).abs().max().item() <= 100 * eps * w.grad.abs().max().item()
+        assert (maps.grad[s] - x.grad).abs().max().item() <= 100 * eps * x.grad.abs().max().item()
+
+
+@pytest.mark.parametrize("dtype, eps", [(torch.float64, FLOAT64_EPS), (torch.float32, FLOAT32_EPS)])
+def test_a_block_conv_without_a_backward_runs_in_column_blocks_with_the_same_values(kernel, dtype, eps,
+                                                                                    monkeypatch):
+    """Without autograd the forward takes the images in blocks (here of about 4: 19 images as 3, 4, 4, 4, 4), each a
+    pointer offset and row stride into the same activations; its values are conv2d's, as in one block."""
+    monkeypatch.setattr(packed, "_COLUMN_BLOCK", 4)
+    assert [n for _, n in packed._column_blocks(19)] == [3, 4, 4, 4, 4]
+    S, C, N = 3, 6, 19
+    torch.manual_seed(1)
+    model = PackedResNet(C, S).to(dtype)
+    weight = torch.randn(S, C, C, 3, 3, dtype=dtype)
+    maps = torch.randn(S, N, C, 2, 2, dtype=dtype)
+    with torch.no_grad():
+        blocked = model._block_conv(weight, maps.permute(0, 2, 3, 4, 1).reshape(S, C, 4, N))
+    whole = model._block_conv(weight.requires_grad_(), maps.permute(0, 2, 3, 4, 1).reshape(S, C, 4, N))
+    assert whole.requires_grad
+    torch.testing.assert_close(blocked, whole.detach(), rtol=0, atol=10 * eps * whole.abs().max().item())
+    for s in range(S):
+        expected = torch.nn.functional.conv2d(maps[s], weight[s].detach(), padding=1)
+        got = blocked[s].reshape(C, 2, 2, N).permute(3, 0, 1, 2)
+        assert (got - expected).abs().max().item() <= 100 * eps * expected.abs().max().item()
 
 
 @pytest.mark.parametrize("native_kernels", [True, False])
