@@ -10,8 +10,9 @@ The table, ``{C: {S: ms per member-update}}``, comes from one of two places:
 
 * a measurement on this machine (:func:`measure`, run by ``python -m models.resnet.pack_cost`` or
   ``make bench``), cached in ``pack_cost.json`` under ``$COMPLEXITY_SWEEP_CACHE`` (default
-  ``~/.cache/complexity-sweep``), keyed by CPU model, vector extensions, torch version and
-  ``ATEN_CPU_CAPABILITY``: another machine, a new torch or a forced capability does not read it;
+  ``~/.cache/complexity-sweep``), keyed by CPU model, vector extensions, torch version, the packed model's
+  source (``packed.py``, ``packed_kernels.c``) and ``ATEN_CPU_CAPABILITY``: another machine, a new torch, an
+  edit of the packed computation or a forced capability does not read it;
 * else :data:`DEFAULT_MS`, measured on the project's development machine (see its comment).
 
 A sweep never times anything itself: a measurement at a sweep's start would share the cores with Ray's start
@@ -22,6 +23,7 @@ and the driver's imports, and the plan would change from run to run. No torch im
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -32,6 +34,7 @@ from pathlib import Path
 
 CACHE_ENV = "COMPLEXITY_SWEEP_CACHE"
 CACHE_FILE = "pack_cost.json"
+PACKED_SOURCES = ("packed.py", "packed_kernels.c")  # what a member-update's cost depends on, besides CPU and torch
 SIZES = (1, 2, 4, 8, 16, 32)
 WIDTHS = (1, 4, 16, 64)
 
@@ -62,9 +65,19 @@ def cpu_model() -> str:
 
 
 def machine_key() -> str:
-    """What a measured table is valid for: CPU, torch version, forced ATen capability (if any)."""
+    """What a measured table is valid for: CPU, torch version, the packed code, forced ATen capability (if any)."""
     capability = os.environ.get("ATEN_CPU_CAPABILITY", "default")
-    return f"{_cpu_and_torch()} | ATEN_CPU_CAPABILITY={capability}"
+    return f"{_cpu_and_torch()} | packed code {_code_version()} | ATEN_CPU_CAPABILITY={capability}"
+
+
+@functools.cache
+def _code_version() -> str:
+    """A hash of the packed computation's source: a table measured on other code (before the block convs went
+    by Winograd's transforms, say) is not this code's cost."""
+    digest = hashlib.sha256()
+    for name in PACKED_SOURCES:
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 @functools.cache

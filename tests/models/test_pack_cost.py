@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,27 @@ def test_a_cached_table_is_read_for_this_machine_only(tmp_path, monkeypatch):
     # A forced ATen capability is another kernel set: the table measured without it does not apply.
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert pack_cost.table()[1] == "defaults"
+
+
+def test_a_table_measured_on_other_packed_code_is_not_read(tmp_path, monkeypatch):
+    """The same machine and torch, but the packed model's source edited since (its files copied and changed):
+    the cached table described the old code, so the defaults apply until the table is measured again."""
+    monkeypatch.setenv(pack_cost.CACHE_ENV, str(tmp_path))
+    (tmp_path / pack_cost.CACHE_FILE).write_text(json.dumps({
+        pack_cost.machine_key(): {"measured": "now", "ms": {"64": {"8": 1.0}}}}))
+    assert pack_cost.table()[1].startswith("measured")
+    edited = tmp_path / "code"
+    edited.mkdir()
+    for name in pack_cost.PACKED_SOURCES:
+        (edited / name).write_bytes(Path(pack_cost.__file__).with_name(name).read_bytes() + b"\n")
+    monkeypatch.setattr(pack_cost, "__file__", str(edited / "pack_cost.py"))
+    pack_cost._code_version.cache_clear()
+    try:
+        assert pack_cost.table()[1] == "defaults"
+    finally:
+        monkeypatch.undo()
+        pack_cost._code_version.cache_clear()
+    assert pack_cost._code_version() in pack_cost.machine_key()
 
 
 def test_an_unreadable_cache_means_the_defaults(tmp_path, monkeypatch):
