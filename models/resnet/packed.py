@@ -16,13 +16,12 @@ channels of all members are contiguous, so one ``F.batch_norm`` call on a (1, S*
 BatchNorm of every member (nn.BatchNorm2d's own kernel and running-statistics update). The stem's
 BatchNorm is folded into the stem matmul instead (see :meth:`PackedResNet._stem`), which spares the
 elementwise passes over the largest activation, (S, C, 16, N); on the CPU, the stem product, ReLU and max-pool
-then run in one C kernel that never writes that activation whole, the block convs run as Winograd
-transforms in C around batched products (:class:`_NativeBlockConv`), and the block's BatchNorms, ReLUs, residual
-and average pool
-by two more, one pass over each activation (``packed_kernels.c``, :mod:`models.resnet.native`), with ATen ops
-as the fallback. The stem's per-image work (padding, and the
-patch moments those statistics need) can be done once per image set: :class:`StemInputs`, which the trainer
-builds for the training half and gathers per minibatch.
+then run in one C kernel that never writes that activation whole, the block convs as C transforms around
+batched products (:class:`_NativeBlockConv`), and the block's BatchNorms, ReLUs, residual and average pool in
+two more, one pass over each activation (``packed_kernels.c``, :mod:`models.resnet.native`), with ATen ops as
+the fallback. The stem's per-image work (padding, and the patch moments those statistics need) can be done
+once per image set: :class:`StemInputs`, which the trainer builds for the training half and gathers per
+minibatch.
 
 Equivalence with S separate ``ResNet`` modules (weights, BatchNorm buffers, logits, gradients) is tested
 to 1e-10 in float64 after 200 SGD updates (tests/models/test_resnet_packed.py); only round-off differs.
