@@ -10,7 +10,7 @@ import torch
 from models.digits import N_TRAIN, digits_arrays, split_hash, split_indices
 from models.resnet.config import TrainConfig
 from models.resnet.data import load_digits_split
-from models.resnet.trainer import Trainer, draw_minibatches
+from models.resnet.trainer import Trainer, _predictions, draw_minibatches
 from tests.numerics import FLOAT32_EPS, FLOAT64_EPS, assert_error_rate_off_ties, poison_member
 
 
@@ -41,6 +41,19 @@ def test_digits_split():
     assert torch.equal(d.y_test, torch.from_numpy(labels[test_idx]))
     other_train, _ = split_indices(1)
     assert set(other_train.tolist()) != set(train_idx.tolist())
+
+
+def test_predictions_are_the_first_largest_class_of_the_transposed_logits():
+    nan, inf = float("nan"), float("inf")
+    # (S=1, classes=4, N=5) as the packed model computes them, read through its (S, N, classes) transpose
+    by_class = torch.tensor([[[1.0, nan, 2.0, -inf, 0.0],
+                              [3.0, 1.0, 2.0, -inf, 0.0],
+                              [3.0, nan, 2.0, 0.0, 0.0],
+                              [0.0, 2.0, 2.0, 0.0, 5.0]]])
+    assert _predictions(by_class.transpose(1, 2)).tolist() == [[1, 0, 0, 2, 3]]  # ties: the first; NaN: its class
+    # many ties, against torch's argmax on the same strided view
+    logits = torch.randint(0, 3, (3, 10, 899), generator=torch.Generator().manual_seed(0)).float().transpose(1, 2)
+    assert torch.equal(_predictions(logits), logits.argmax(dim=2))
 
 
 def test_handout_protocol_counts_updates_and_eval_steps():
