@@ -42,6 +42,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 import ceiling  # noqa: E402
 from plain_loop import run_plain  # noqa: E402
 
+from models.allocator import keep_freed_memory  # noqa: E402
 from models.resnet import pack_cost  # noqa: E402
 from models.resnet.config import TrainConfig  # noqa: E402
 from models.resnet.trainer import Trainer  # noqa: E402
@@ -191,6 +192,7 @@ def run_sweep(seeds: int | None, budget: int | None, preset: str = "hw2") -> dic
 
 def _plain_trial(C: int, seed: int, updates: int) -> tuple[str, dict]:
     torch.set_num_threads(1)
+    keep_freed_memory()  # the allocator the sweep's trainers get: the comparison is of the loops, not of malloc
     r = run_plain(C, seed, updates)
     return f"C={C} seed={seed}", {k: r[k] for k in ("train_error", "test_error", "seconds")}
 
@@ -354,6 +356,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
+    # Every timing below with the allocator settings the Trainer makes (models/allocator.py), the plain loop's too,
+    # whichever column runs first in this process.
+    keep_freed_memory()
     meta = {
         "cpu": f"{os.cpu_count()} cores, {pack_cost.cpu_model()}",
         "torch": torch.__version__,
