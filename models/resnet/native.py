@@ -1,4 +1,5 @@
-"""The C kernels of :mod:`models.resnet.packed` (``packed_kernels.c``), compiled once per machine and loaded.
+"""The C kernels of :mod:`models.resnet.packed` (``packed_kernels.c``, and ``update_kernels.c``, which includes it and
+adds the narrow widths' whole update), compiled once per machine and loaded.
 
 Why compiled here and not shipped: ``-march=native`` is what makes the loops use the machine's vector width,
 so the shared library belongs to one kind of CPU; it is built at first use with the system C compiler (``$CC``,
@@ -27,7 +28,8 @@ from filelock import FileLock
 from models.resnet.pack_cost import CACHE_ENV, cpu_model
 
 NATIVE_ENV = "COMPLEXITY_SWEEP_NATIVE"
-SOURCE = Path(__file__).with_name("packed_kernels.c")
+SOURCE = Path(__file__).with_name("update_kernels.c")  # the one file compiled: it includes packed_kernels.c
+SOURCES = (Path(__file__).with_name("packed_kernels.c"), SOURCE)  # what the built library depends on
 _I, _D, _P = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 # name -> argument types (the same for each dtype suffix: _f32, _f64)
 SIGNATURES = {
@@ -43,6 +45,7 @@ SIGNATURES = {
     "block_tail_backward": [_I] * 2 + [_P] * 11,
     "bn_relu_eval": [_I, _I, _D] + [_P] * 6,
     "block_tail_eval": [_I, _I, _D] + [_P] * 7,
+    "sgd_update": [_I] * 5 + [_D] * 3 + [_P] * 26,
 }
 FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
 LIBS = ("-lm",)
@@ -54,7 +57,8 @@ def _compiler() -> str | None:
 
 def _library_path(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), version, cpu_model(), *FLAGS, *LIBS]).encode()).hexdigest()[:16]
+    text = "\n".join([*(source.read_text() for source in SOURCES), version, cpu_model(), *FLAGS, *LIBS])
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "complexity-sweep")
     return root / "native" / f"packed_kernels-{key}.so"
 

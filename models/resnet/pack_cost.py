@@ -11,8 +11,8 @@ The table, ``{C: {S: ms per member-update}}``, comes from one of two places:
 * a measurement on this machine (:func:`measure`, run by ``python -m models.resnet.pack_cost`` or
   ``make bench``), cached in ``pack_cost.json`` under ``$COMPLEXITY_SWEEP_CACHE`` (default
   ``~/.cache/complexity-sweep``), keyed by CPU model, vector extensions, torch version, the packed model's
-  source (``packed.py``, ``packed_kernels.c``) and ``ATEN_CPU_CAPABILITY``: another machine, a new torch, an
-  edit of the packed computation or a forced capability does not read it;
+  source (``packed.py``, ``packed_kernels.c``, ``update_kernels.c``) and ``ATEN_CPU_CAPABILITY``: another
+  machine, a new torch, an edit of the packed computation or a forced capability does not read it;
 * else :data:`DEFAULT_MS`, measured on the project's development machine (see its comment).
 
 A sweep never times anything itself: a measurement at a sweep's start would share the cores with Ray's start
@@ -34,7 +34,8 @@ from pathlib import Path
 
 CACHE_ENV = "COMPLEXITY_SWEEP_CACHE"
 CACHE_FILE = "pack_cost.json"
-PACKED_SOURCES = ("packed.py", "packed_kernels.c")  # what a member-update's cost depends on, besides CPU and torch
+# what a member-update's cost depends on, besides CPU and torch
+PACKED_SOURCES = ("packed.py", "packed_kernels.c", "update_kernels.c")
 SIZES = (1, 2, 4, 8, 16, 32)
 WIDTHS = (1, 4, 16, 64)
 

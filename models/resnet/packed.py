@@ -46,6 +46,11 @@ from models.resnet import native
 from models.resnet.model import ResNet
 
 _BN_NAMES = ("stem_bn", "bn1", "bn2")
+# Widths whose SGD update runs as one C call (PackedResNet.sgd_update) rather than as forward, autograd and the
+# optimizer's step: where the fixed costs of the latter are much of the update. Measured per update of a pack of 8
+# (AMD EPYC, docs/benchmarks.md), autograd -> one call: C=8 2.61 -> 0.97 ms, C=16 3.36 -> 2.57, C=32 7.01 -> 7.93
+# (the products, plain loops here, lose to the BLAS's from there on), C=64 16.3 -> 27.5.
+ONE_CALL_MAX_C = 16
 _MOMENTUM = 0.1  # nn.BatchNorm2d defaults
 _EPS = 1e-5
 
@@ -556,6 +561,42 @@ class PackedResNet(nn.Module):
             track = torch.is_grad_enabled() and (weight.requires_grad or h.requires_grad)
             return _NativeBlockConv.apply(weight.contiguous(), h.contiguous(), library, track)
         return _baddbmm(None, self._dense(weight), h.reshape(S, 4 * C, N)).view(S, C, 4, N)
+
+    def updates_in_one_call(self) -> bool:
+        """Whether :meth:`sgd_update` runs here: C <= :data:`ONE_CALL_MAX_C`, training mode, on the C kernels, and
+        no forward hook registered (the one call runs no ``forward`` for a hook to see)."""
+        return (self.training and self.C <= ONE_CALL_MAX_C and not (self._forward_pre_hooks or self._forward_hooks)
+                and self._kernels(self.fc_weight) is not None)
+
+    @torch.no_grad()
+    def sgd_update(self, images: StemInputs, labels: Tensor, idx: Tensor, lr: float) -> Tensor:
+        """One SGD update of every member in one C call (``update_kernels.c``): forward in training mode, the mean
+        cross-entropy of member s's minibatch ``idx[s]`` (S, B) of ``images`` (:meth:`stem_inputs` with
+        ``per_image=True``) against ``labels``, backward, and ``param -= lr * grad``, as ``forward``, autograd
+        and ``torch.optim.SGD(lr=lr)`` compute them (to float rounding; tests/models/test_update_kernels.py).
+        Parameters and BatchNorm buffers change in place; no ``.grad`` is written. Returns each member's
+        minibatch loss (S,). Only where :meth:`updates_in_one_call`."""
+        if not self.updates_in_one_call():
+            raise RuntimeError(f"sgd_update runs in training mode on the C kernels at C <= {ONE_CALL_MAX_C}")
+        if images.moments is None or images.moments.dim() != 3 or images.pixels.shape[0] != 1:
+            raise ValueError("sgd_update reads a set built with stem_inputs(images, per_image=True)")
+        S, B = idx.shape
+        if S != self.S:
+            raise ValueError(f"expected minibatch indices for {self.S} members, got shape {tuple(idx.shape)}")
+        dtype = self.fc_weight.dtype
+        pixels, moments = images.pixels.to(dtype).contiguous(), images.moments.to(dtype).contiguous()
+        labels, idx = labels.to(torch.int64).contiguous(), idx.to(torch.int64).contiguous()
+        losses = self.fc_weight.new_empty(S)
+        state = [getattr(self, f"{name}_{kind}") for name in _BN_NAMES
+                 for kind in ("weight", "bias", "running_mean", "running_var")]
+        tensors = [pixels, moments, labels, idx, self._stem_index, self.stem_conv, *state[:4], self.conv1, *state[4:8],
+                   self.conv2, *state[8:], self.fc_weight, self.fc_bias,
+                   *(getattr(self, f"{name}_num_batches_tracked") for name in _BN_NAMES), losses]
+        if any(not t.is_contiguous() for t in tensors):
+            raise ValueError("sgd_update needs contiguous parameters and buffers")
+        _kernel(native.library(), "sgd_update", losses)(
+            S, self.C, B, self.num_classes, pixels.shape[2], lr, _MOMENTUM, _EPS, *(t.data_ptr() for t in tensors))
+        return losses
 
     def forward(self, x: Tensor | StemInputs) -> Tensor:
         """x: images (S, N, 1, 8, 8) or shared (N, 1, 8, 8), or their :class:`StemInputs` (S groups or 1)

@@ -205,6 +205,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.diverged: dict[int, tuple[int, str]] = {}
         self._minibatch = self._minibatch_source()
+        self._packed_cpu = isinstance(self.model, PackedResNet) and self.device.type == "cpu"
         # Written by every update (_update), read after each evaluation period: on the device, in place.
         S = len(self.seeds)
         self._losses = torch.zeros(S, dtype=dtype, device=self.device)  # each member's last minibatch loss
@@ -290,7 +291,8 @@ class Trainer:
         x = self.data.x_train
         if isinstance(self.model, PackedResNet):  # the stem's per-image work done once, not per update
             with torch.no_grad():
-                return self.model.stem_inputs(x, per_image=True).select
+                self._images = self.model.stem_inputs(x, per_image=True)
+            return self._images.select
         # index_select is several times cheaper than x[idx] here
         return lambda idx: x.index_select(0, idx.flatten()).view(*idx.shape, *x.shape[1:])
 
@@ -299,6 +301,12 @@ class Trainer:
         (1-based). Writes each member's loss into ``_losses``, and ``step`` and the loss into ``_first_bad`` and
         ``_first_bad_loss`` for a member whose loss is non-finite for the first time this period: tensor ops
         only, in place, no read of the device, so that a CUDA graph can capture it."""
+        # At narrow widths the whole update is one C call (PackedResNet.sgd_update): there, forward, autograd and
+        # the optimizer's step cost several times the arithmetic (docs/benchmarks.md).
+        if self._packed_cpu and self.model.updates_in_one_call():
+            lr = self.optimizer.param_groups[0]["lr"]
+            self._record_losses(self.model.sgd_update(self._images, self.data.y_train, idx, lr), step)
+            return
         logits = self.model(self._minibatch(idx))  # (S, B, 10)
         # Classes on dim 1: this torch's log-softmax is far slower over a last dim of 10.
         member_losses = F.cross_entropy(
