@@ -220,9 +220,9 @@ class Family(ABC):
         Default: packing neither helps nor hurts, so the planner packs as large as the slots allow."""
         return self.relative_cost(config)
 
-    def code_path(self, device: str) -> str:
-        """Which implementation computes this family's numbers in this process on ``device``: runs on
-        different paths agree to rounding, not bit for bit. Default: ATen ops only."""
+    def code_path(self, config: Any) -> str:
+        """Which implementation computes this family's numbers in this process for ``config`` (on its device):
+        runs on different paths agree to rounding, not bit for bit. Default: ATen ops only."""
         return "aten"
 
     @abstractmethod

@@ -78,7 +78,7 @@ def train_group(config: dict[str, Any], digits: DigitsArrays | None = None, fami
     # On every start, with or without a checkpoint: a worker that died before its first checkpoint already
     # logged steps (the logger flushes every few seconds), and the checkpoint's diverged members stay ended.
     logger.start(ray.get_runtime_context().get_node_id(), diverged=trainer.diverged,
-                 tags={**machine_tags(train_config.device), TAG_CODE_PATH: family.code_path(train_config.device)})
+                 tags={**machine_tags(train_config.device), TAG_CODE_PATH: family.code_path(train_config)})
     _train(trainer, logger, family, group, run_ids, metric_names, config)
 
 

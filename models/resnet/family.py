@@ -185,9 +185,12 @@ class ResNetFamily(Family):
         or the defaults)."""
         return config.budget * config.updates_per_step * member_ms(config.C, size)
 
-    def code_path(self, device: str) -> str:
-        """``aten + packed_kernels.c`` where the packed model runs its C kernels (:mod:`models.resnet.native`)."""
-        return "aten + packed_kernels.c" if device == "cpu" and native.library() is not None else "aten"
+    def code_path(self, config: TrainConfig) -> str:
+        """``aten + packed_kernels.c`` where the packed model runs its C kernels (:mod:`models.resnet.native`), with
+        ``+ update_kernels.c`` where its updates are one C call (C <= ``native.ONE_CALL_MAX_C``), else ``aten``."""
+        if config.device != "cpu" or native.library() is None:
+            return "aten"
+        return "aten + packed_kernels.c" + (" + update_kernels.c" if config.C <= native.ONE_CALL_MAX_C else "")
 
     def member_params(self, config: TrainConfig, seed: int, split_hash: str) -> dict[str, Any]:
         c = config

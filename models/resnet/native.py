@@ -47,6 +47,13 @@ SIGNATURES = {
     "block_tail_eval": [_I, _I, _D] + [_P] * 7,
     "sgd_update": [_I] * 5 + [_D] * 3 + [_P] * 26,
 }
+
+# Widths whose SGD update runs as one C call (PackedResNet.sgd_update, update_kernels.c) rather than as forward,
+# autograd and the optimizer's step: where the latter's fixed costs are much of the update. Per update of a pack of
+# 8 (AMD EPYC, docs/benchmarks.md), autograd -> one call: C=8 2.61 -> 0.97 ms, C=16 3.36 -> 2.57, C=32 7.01 -> 7.93
+# (the products, plain loops here, lose to the BLAS's from there on), C=64 16.3 -> 27.5.
+ONE_CALL_MAX_C = 16
+
 FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
 LIBS = ("-lm",)
 

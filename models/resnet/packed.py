@@ -46,11 +46,6 @@ from models.resnet import native
 from models.resnet.model import ResNet
 
 _BN_NAMES = ("stem_bn", "bn1", "bn2")
-# Widths whose SGD update runs as one C call (PackedResNet.sgd_update) rather than as forward, autograd and the
-# optimizer's step: where the fixed costs of the latter are much of the update. Measured per update of a pack of 8
-# (AMD EPYC, docs/benchmarks.md), autograd -> one call: C=8 2.61 -> 0.97 ms, C=16 3.36 -> 2.57, C=32 7.01 -> 7.93
-# (the products, plain loops here, lose to the BLAS's from there on), C=64 16.3 -> 27.5.
-ONE_CALL_MAX_C = 16
 _MOMENTUM = 0.1  # nn.BatchNorm2d defaults
 _EPS = 1e-5
 
@@ -563,9 +558,10 @@ class PackedResNet(nn.Module):
         return _baddbmm(None, self._dense(weight), h.reshape(S, 4 * C, N)).view(S, C, 4, N)
 
     def updates_in_one_call(self) -> bool:
-        """Whether :meth:`sgd_update` runs here: C <= :data:`ONE_CALL_MAX_C`, training mode, on the C kernels, and
-        no forward hook registered (the one call runs no ``forward`` for a hook to see)."""
-        return (self.training and self.C <= ONE_CALL_MAX_C and not (self._forward_pre_hooks or self._forward_hooks)
+        """Whether :meth:`sgd_update` runs here: C <= ``native.ONE_CALL_MAX_C``, training mode, on the C kernels,
+        and no forward hook registered (the one call runs no ``forward`` for a hook to see)."""
+        hooked = bool(self._forward_pre_hooks or self._forward_hooks)
+        return (self.training and self.C <= native.ONE_CALL_MAX_C and not hooked
                 and self._kernels(self.fc_weight) is not None)
 
     @torch.no_grad()
@@ -577,7 +573,7 @@ class PackedResNet(nn.Module):
         Parameters and BatchNorm buffers change in place; no ``.grad`` is written. Returns each member's
         minibatch loss (S,). Only where :meth:`updates_in_one_call`."""
         if not self.updates_in_one_call():
-            raise RuntimeError(f"sgd_update runs in training mode on the C kernels at C <= {ONE_CALL_MAX_C}")
+            raise RuntimeError(f"sgd_update runs in training mode on the C kernels at C <= {native.ONE_CALL_MAX_C}")
         if images.moments is None or images.moments.dim() != 3 or images.pixels.shape[0] != 1:
             raise ValueError("sgd_update reads a set built with stem_inputs(images, per_image=True)")
         S, B = idx.shape

@@ -2,7 +2,7 @@
  * for PackedResNet.sgd_update (models/resnet/packed.py). models/resnet/native.py builds this file, which includes
  * packed_kernels.c: one library, whose kernels this update calls.
  *
- * Why by hand: at narrow widths (C <= 16, packed.ONE_CALL_MAX_C) the update's arithmetic is small, and through
+ * Why by hand: at narrow widths (C <= 16, native.ONE_CALL_MAX_C) the update's arithmetic is small, and through
  * autograd it is some 150 ATen ops, five Python autograd Functions and a pass of autograd's engine: 2.1-2.4 ms per
  * update of a pack of 10 at C = 1-4, nearly all of it fixed costs, 0.4-0.7 ms here (docs/benchmarks.md). This is
  * the same computation as PackedResNet's training forward and its backward: the same kernels for the stem's tail,

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from models.resnet import native
 from models.resnet.config import TrainConfig
 from models.resnet.data import load_for_config
-from models.resnet.packed import ONE_CALL_MAX_C, PackedResNet
+from models.resnet.native import ONE_CALL_MAX_C
+from models.resnet.packed import PackedResNet
 from models.resnet.trainer import Trainer, draw_minibatches, init_model
 from tests.numerics import FLOAT32_EPS, FLOAT64_EPS
 

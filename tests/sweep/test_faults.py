@@ -29,6 +29,9 @@ from tests.conftest import (
 METRICS = get_family("resnet").metric_names
 
 LONG = "name: long\nmodel: {{C: {C}}}\nseeds: [0]\nbudget: 1500\neval_every: 25\ncheckpoint_every: 6\npack: 'off'\n"
+# Widths above models.resnet.native.ONE_CALL_MAX_C update through autograd, ~2 ms per update on the development
+# machines: 1,500 updates make a trial long enough to be killed in its middle (at C <= 16 it would take ~1 s).
+LONG_C, LONG_CS = 24, (20, 24)
 LONG_STEPS = list(range(25, 1501, 25))
 
 
@@ -53,8 +56,8 @@ def logged_steps(client: MlflowClient, run) -> int:
 
 
 def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
-    (tmp_path / "long.yaml").write_text(LONG.format(C=4))
-    expected = in_background(lambda: uninterrupted(4))  # while the sweep runs
+    (tmp_path / "long.yaml").write_text(LONG.format(C=LONG_C))
+    expected = in_background(lambda: uninterrupted(LONG_C))  # while the sweep runs
     sweep, killed = run_sweep_killing_a_worker(tmp_path, str(tmp_path / "long.yaml"), "train_error", 15)
     client = MlflowClient(sweep.tracking_uri)
     runs = trial_runs(sweep)
@@ -67,8 +70,8 @@ def test_killed_trial_resumes_same_run_from_checkpoint(ray_local, tmp_path):
 
 
 def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
-    (tmp_path / "long.yaml").write_text(LONG.format(C="[2, 4]") + "max_concurrent_trials: 1\n")
-    expected = in_background(lambda: {C: uninterrupted(C) for C in (2, 4)})  # while the sweep runs
+    (tmp_path / "long.yaml").write_text(LONG.format(C=list(LONG_CS)) + "max_concurrent_trials: 1\n")
+    expected = in_background(lambda: {C: uninterrupted(C) for C in LONG_CS})  # while the sweep runs
     uri, env = run_then_kill_driver(tmp_path, "long.yaml", "train_error", 15)
     client = MlflowClient(uri)
     sweep = driver.load_sweep(None, uri)
@@ -80,7 +83,7 @@ def test_killed_driver_then_resume_finishes_the_sweep(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert client.get_run(sweep.parent_run_id).info.status == "FINISHED"
     runs = trial_runs(sweep)
-    assert sorted(int(r.data.params["C"]) for r in runs) == [2, 4]
+    assert sorted(int(r.data.params["C"]) for r in runs) == list(LONG_CS)
     for run in runs:
         assert run.info.status == "FINISHED"
         assert_complete_and_identical(client, run.info.run_id, expected.result()[int(run.data.params["C"])])
@@ -97,10 +100,10 @@ def test_trial_killed_before_its_first_checkpoint_logs_each_step_once(ray_local,
     worker killed in between is restarted from scratch by Tune and replays steps already in its run."""
     # Long enough (tens of seconds) that the 5 s flush happens well before the trial ends.
     budget = 6000
-    (tmp_path / "long.yaml").write_text(LONG.format(C=4).replace("checkpoint_every: 6", "checkpoint_every: 1000")
+    (tmp_path / "long.yaml").write_text(LONG.format(C=LONG_C).replace("checkpoint_every: 6", "checkpoint_every: 1000")
                                         .replace("budget: 1500", f"budget: {budget}"))
 
-    expected = in_background(lambda: uninterrupted(4, budget=budget))  # while the sweep runs
+    expected = in_background(lambda: uninterrupted(LONG_C, budget=budget))  # while the sweep runs
 
     def checkpoints() -> dict:
         return {"checkpoints": sorted(p.name for p in (tmp_path / "ray_results").glob("*/trial_*/checkpoint_*"))}

@@ -285,7 +285,7 @@ def test_selection_is_blind_to_the_test_half(ray_local, tmp_path, monkeypatch):
 
 
 LONG_SEARCH = """name: longsearch
-model: {C: 2}
+model: {C: 24}
 seeds: [0]
 budget: 1500
 eval_every: 25
@@ -391,7 +391,7 @@ def test_killed_search_worker_continues_its_own_runs_from_the_checkpoint(ray_loc
     assert run.info.status == "FINISHED" and int(run.data.tags["ray.worker_pid"]) != killed["pid"]
     assert killed["steps_before"] < 60
     torch.set_num_threads(1)
-    config = TrainConfig(C=2, budget=1500, eval_every=25, lr=float(run.data.params["lr"]), val_fraction=0.2)
+    config = TrainConfig(C=24, budget=1500, eval_every=25, lr=float(run.data.params["lr"]), val_fraction=0.2)
     expected = [e.records[0].metrics() for e in Trainer(config, [0]).run()]
     for key in ("val_error", "val_loss", "test_error", "train_loss"):
         history = histories(client, run.info.run_id, key)
