@@ -42,13 +42,14 @@ WIDTHS = (1, 4, 16, 64)
 Table = dict[int, dict[int, float]]
 
 # ms per member-update (the trainer's own ms_per_update, one torch thread, best of 3 short runs per cell),
-# measured by `bench/run.py --pack-cost` (:func:`measure`) on the 2-core Intel Xeon (AVX-512) development
-# machine, torch 2.13.0+cpu, 2026-12-02 21:55 UTC (load average 0.9 after); docs/benchmarks.md has the run.
+# measured by `python -m models.resnet.pack_cost` (:func:`measure`) on the 2-core AMD EPYC (AVX2) development
+# machine, torch 2.13.0+cpu, 2026-12-05 08:33 UTC (load average 1.5 before), with the narrow widths' updates in one
+# C call (C <= 16: models/resnet/update_kernels.c); docs/benchmarks.md has the run.
 DEFAULT_MS: Table = {
-    1: {1: 2.873, 2: 1.407, 4: 0.743, 8: 0.421, 16: 0.287, 32: 0.202},
-    4: {1: 3.077, 2: 1.525, 4: 0.852, 8: 0.557, 16: 0.380, 32: 0.298},
-    16: {1: 3.834, 2: 1.961, 4: 1.382, 8: 0.989, 16: 0.824, 32: 0.728},
-    64: {1: 9.752, 2: 5.315, 4: 4.742, 8: 4.190, 16: 4.173, 32: 3.810},
+    1: {1: 0.182, 2: 0.105, 4: 0.072, 8: 0.054, 16: 0.046, 32: 0.042},
+    4: {1: 0.210, 2: 0.135, 4: 0.103, 8: 0.081, 16: 0.073, 32: 0.071},
+    16: {1: 0.444, 2: 0.372, 4: 0.332, 8: 0.357, 16: 0.322, 32: 0.310},
+    64: {1: 3.220, 2: 2.335, 4: 2.053, 8: 1.993, 16: 1.981, 32: 2.001},
 }
 
 
