@@ -47,6 +47,7 @@ SIGNATURES = {
     "block_tail_eval": [_I, _I, _D] + [_P] * 7,
     "sgd_update": [_I] * 5 + [_D] * 3 + [_P] * 26,
 }
+RETURNS_STATUS = {"sgd_update"}  # 0, or -1 where the kernel could not allocate its scratch memory
 
 # Widths whose SGD update runs as one C call (PackedResNet.sgd_update, update_kernels.c) rather than as forward,
 # autograd and the optimizer's step: where the latter's fixed costs are much of the update. Per update of a pack of
@@ -103,5 +104,5 @@ def library() -> ctypes.CDLL | None:
         for suffix in ("f32", "f64"):
             function = getattr(library, f"{name}_{suffix}")
             function.argtypes = argtypes
-            function.restype = None
+            function.restype = ctypes.c_int if name in RETURNS_STATUS else None
     return library

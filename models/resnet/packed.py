@@ -590,8 +590,10 @@ class PackedResNet(nn.Module):
                    *(getattr(self, f"{name}_num_batches_tracked") for name in _BN_NAMES), losses]
         if any(not t.is_contiguous() for t in tensors):
             raise ValueError("sgd_update needs contiguous parameters and buffers")
-        _kernel(native.library(), "sgd_update", losses)(
+        status = _kernel(native.library(), "sgd_update", losses)(
             S, self.C, B, self.num_classes, pixels.shape[2], lr, _MOMENTUM, _EPS, *(t.data_ptr() for t in tensors))
+        if status != 0:
+            raise MemoryError(f"sgd_update could not allocate its scratch memory (C={self.C}, batch {B})")
         return losses
 
     def forward(self, x: Tensor | StemInputs) -> Tensor:

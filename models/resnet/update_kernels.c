@@ -17,7 +17,7 @@
  * labels (I); idx (S, N) each member's minibatch; taps (9, 16) the stem's im2col rows of images
  * (_stem_patch_index); stem (S, C, 9), conv1 and conv2 (S, C, C, 9), fc_w (S, K, C), fc_b (S, K); BatchNorm
  * weights, biases and running statistics (S, C) of the stem, bn1 and bn2, their num_batches_tracked (S); loss (S)
- * each member's minibatch loss, out.
+ * each member's minibatch loss, out. Returns 0, or -1 (nothing updated) where its scratch memory could not be had.
  */
 #include "packed_kernels.c"
 
@@ -76,7 +76,7 @@ static inline void step_##SUFFIX(T *p, const T *g, int64_t n, T lr) {           
     for (int64_t i = 0; i < n; i++) p[i] += -lr * g[i];                                                       \
 }                                                                                                             \
                                                                                                               \
-void sgd_update_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t K, int64_t I, double lr, double momentum,   \
+int sgd_update_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t K, int64_t I, double lr, double momentum,   \
                          double eps, const T *images, const T *moments, const int64_t *labels,                \
                          const int64_t *idx, const int64_t *taps, T *stem, T *bn0_w, T *bn0_b, T *bn0_rm,     \
                          T *bn0_rv, T *conv1, T *bn1_w, T *bn1_b, T *bn1_rm, T *bn1_rv, T *conv2, T *bn2_w,   \
@@ -98,6 +98,11 @@ void sgd_update_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t K, int64_t I, 
     for (int i = 0; i < PARTS; i++) total += sizes[i];                                                        \
     T *buffer = malloc(total * sizeof(T)), *part[PARTS];                                                      \
     uint8_t *win = malloc(4 * CN);                                                                            \
+    if (!buffer || !win) {  /* nothing updated: the caller raises MemoryError */                              \
+        free(buffer);                                                                                         \
+        free(win);                                                                                            \
+        return -1;                                                                                            \
+    }                                                                                                         \
     T *next = buffer;                                                                                         \
     for (int i = 0; i < PARTS; i++) { part[i] = next; next += sizes[i]; }                                     \
     T *P = part[0], *h = part[1], *y1 = part[2], *f = part[3], *y2 = part[4], *pooled = part[5];             \
@@ -234,6 +239,7 @@ void sgd_update_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t K, int64_t I, 
     }                                                                                                         \
     free(buffer);                                                                                             \
     free(win);                                                                                                \
+    return 0;                                                                                                 \
 }
 DEFINE_UPDATE(float, f32)
 DEFINE_UPDATE(double, f64)
