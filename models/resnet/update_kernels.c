@@ -39,17 +39,20 @@ static inline T dot_##SUFFIX(const T *a, const T *b, int64_t n) {               
     for (; i < n; i++) total += a[i] * b[i];                                                                  \
     return total;                                                                                             \
 }                                                                                                             \
+/* out[n] = sum over j < J, in order, of a[j * stride] * x[j * N + n]: a row of a small matrix product */       \
+static inline void combine_##SUFFIX(T *out, const T *a, int64_t stride, const T *x, int64_t J, int64_t N) {    \
+    memset(out, 0, N * sizeof(T));                                                                            \
+    for (int64_t j = 0; j < J; j++) {                                                                         \
+        const T w = a[j * stride], *xj = x + j * N;                                                           \
+        for (int64_t n = 0; n < N; n++) out[n] += w * xj[n];                                                  \
+    }                                                                                                         \
+}                                                                                                             \
 /* Per Winograd block t: m = A u, (C x C) @ (C x N); A^T u with transpose set */                              \
 static void products_##SUFFIX(int64_t C, int64_t N, const T *A, const T *u, T *m, int transpose) {            \
     for (int t = 0; t < 9; t++)                                                                               \
         for (int64_t i = 0; i < C; i++) {                                                                     \
-            T *out = m + (t * C + i) * N;                                                                     \
-            memset(out, 0, N * sizeof(T));                                                                    \
-            for (int64_t j = 0; j < C; j++) {                                                                 \
-                const T a = transpose ? A[(t * C + j) * C + i] : A[(t * C + i) * C + j];                      \
-                const T *x = u + (t * C + j) * N;                                                             \
-                for (int64_t n = 0; n < N; n++) out[n] += a * x[n];                                           \
-            }                                                                                                 \
+            const T *a = A + t * C * C + (transpose ? i : i * C);                                             \
+            combine_##SUFFIX(m + (t * C + i) * N, a, transpose ? C : 1, u + t * C * N, C, N);                 \
         }                                                                                                     \
 }                                                                                                             \
 /* A block conv on 2x2 maps, x (C, 4, N) -> y, keeping its weight transform A and input transform u */       \
@@ -161,13 +164,8 @@ int sgd_update_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t K, int64_t I, d
         block_tail_forward_##SUFFIX(C, N, momentum, eps, y2, h, g2, b2, bn2_rm + s * C, bn2_rv + s * C,       \
                                     mean2, invstd2, pooled);                                                  \
         for (int64_t k = 0; k < K; k++) {                                                                     \
-            T *out = logits + k * N;                                                                          \
-            memset(out, 0, N * sizeof(T));                                                                    \
-            for (int64_t c = 0; c < C; c++) {                                                                 \
-                const T a = fw[k * C + c], *x = pooled + c * N;                                               \
-                for (int64_t n = 0; n < N; n++) out[n] += a * x[n];                                           \
-            }                                                                                                 \
-            for (int64_t n = 0; n < N; n++) out[n] += fb[k];                                                  \
+            combine_##SUFFIX(logits + k * N, fw + k * C, 1, pooled, C, N);                                    \
+            for (int64_t n = 0; n < N; n++) logits[k * N + n] += fb[k];                                       \
         }                                                                                                     \
         /* mean cross-entropy, and its gradient (softmax - one-hot) / N in place of the logits */            \
         double total_loss = 0;                                                                                \
@@ -190,14 +188,7 @@ int sgd_update_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t K, int64_t I, d
             g_fb[k] = b;                                                                                      \
             for (int64_t c = 0; c < C; c++) g_fw[k * C + c] = dot_##SUFFIX(g_logits + k * N, pooled + c * N, N); \
         }                                                                                                     \
-        for (int64_t c = 0; c < C; c++) {                                                                     \
-            T *out = g_pooled + c * N;                                                                        \
-            memset(out, 0, N * sizeof(T));                                                                    \
-            for (int64_t k = 0; k < K; k++) {                                                                 \
-                const T a = fw[k * C + c], *x = g_logits + k * N;                                             \
-                for (int64_t n = 0; n < N; n++) out[n] += a * x[n];                                           \
-            }                                                                                                 \
-        }                                                                                                     \
+        for (int64_t c = 0; c < C; c++) combine_##SUFFIX(g_pooled + c * N, fw + c, C, g_logits, K, N);        \
         block_tail_backward_##SUFFIX(C, N, g_pooled, y2, h, g2, b2, mean2, invstd2, g_y2, g_h, g_bn2_w,       \
                                      g_bn2_b);                                                                \
         conv_backward_##SUFFIX(C, N, g_y2, A2, u2, dm, du, dA, g_f, g_conv2);                                 \

@@ -21,13 +21,7 @@ from tests.numerics import FLOAT32_EPS
 TOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Consistency tests: one thread, so nothing depends on how work is split between cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 def _records(trainer: Trainer) -> list[MetricRecord]:

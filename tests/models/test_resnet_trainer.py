@@ -13,10 +13,7 @@ from models.resnet.data import load_digits_split
 from models.resnet.trainer import Trainer, _predictions, draw_minibatches
 from tests.numerics import FLOAT32_EPS, FLOAT64_EPS, assert_error_rate_off_ties, poison_member
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 def run_all(trainer):

@@ -22,15 +22,8 @@ from models.resnet.packed import PackedResNet
 from models.resnet.trainer import Trainer, draw_minibatches, init_model
 from tests.numerics import FLOAT32_EPS, FLOAT64_EPS
 
-pytestmark = pytest.mark.skipif(native.library() is None, reason="the C kernels did not build here")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif(native.library() is None, reason="the C kernels did not build here"),
+              pytest.mark.usefixtures("one_thread")]  # tests/models/conftest.py
 
 
 @pytest.fixture(scope="module")
