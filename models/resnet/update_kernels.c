@@ -80,11 +80,11 @@ static inline void step_##SUFFIX(T *p, const T *g, int64_t n, T lr) {           
 }                                                                                                             \
                                                                                                               \
 int sgd_update_##SUFFIX(int64_t S, int64_t C, int64_t N, int64_t K, int64_t I, double lr, double momentum,   \
-                         double eps, const T *images, const T *moments, const int64_t *labels,                \
-                         const int64_t *idx, const int64_t *taps, T *stem, T *bn0_w, T *bn0_b, T *bn0_rm,     \
-                         T *bn0_rv, T *conv1, T *bn1_w, T *bn1_b, T *bn1_rm, T *bn1_rv, T *conv2, T *bn2_w,   \
-                         T *bn2_b, T *bn2_rm, T *bn2_rv, T *fc_w, T *fc_b, int64_t *tracked0,                 \
-                         int64_t *tracked1, int64_t *tracked2, T *loss) {                                     \
+                        double eps, const T *images, const T *moments, const int64_t *labels,                 \
+                        const int64_t *idx, const int64_t *taps, T *stem, T *bn0_w, T *bn0_b, T *bn0_rm,      \
+                        T *bn0_rv, T *conv1, T *bn1_w, T *bn1_b, T *bn1_rm, T *bn1_rv, T *conv2, T *bn2_w,    \
+                        T *bn2_b, T *bn2_rm, T *bn2_rv, T *fc_w, T *fc_b, int64_t *tracked0,                  \
+                        int64_t *tracked1, int64_t *tracked2, T *loss) {                                      \
     const int64_t CN = C * N, W2 = C * C * 9;                                                                 \
     /* one member's scratch, in this order: */                                                                \
     const int64_t sizes[] = {                                                                                 \
