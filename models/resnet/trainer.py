@@ -204,8 +204,14 @@ class Trainer:
         self.updates = 0
         self.train_seconds = 0.0
         self.diverged: dict[int, tuple[int, str]] = {}
+        # The training images as the packed stem reads them (its per-image work done once, not per update): what
+        # each update's minibatch is gathered from, and what the one-call update reads.
+        self._images: StemInputs | None = None
+        if isinstance(self.model, PackedResNet):
+            with torch.no_grad():
+                self._images = self.model.stem_inputs(self.data.x_train, per_image=True)
         self._minibatch = self._minibatch_source()
-        self._packed_cpu = isinstance(self.model, PackedResNet) and self.device.type == "cpu"
+        self._packed_cpu = self._images is not None and self.device.type == "cpu"
         # Written by every update (_update), read after each evaluation period: on the device, in place.
         S = len(self.seeds)
         self._losses = torch.zeros(S, dtype=dtype, device=self.device)  # each member's last minibatch loss
@@ -288,11 +294,9 @@ class Trainer:
 
     def _minibatch_source(self) -> Callable[[Tensor], Tensor | StemInputs]:
         """idx (S, B) of training images -> the model's input for those S member minibatches."""
-        x = self.data.x_train
-        if isinstance(self.model, PackedResNet):  # the stem's per-image work done once, not per update
-            with torch.no_grad():
-                self._images = self.model.stem_inputs(x, per_image=True)
+        if self._images is not None:
             return self._images.select
+        x = self.data.x_train
         # index_select is several times cheaper than x[idx] here
         return lambda idx: x.index_select(0, idx.flatten()).view(*idx.shape, *x.shape[1:])
 
