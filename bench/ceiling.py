@@ -222,7 +222,9 @@ PRODUCTS_STEP = (
 # forward on 64-byte vectors (AVX-512 only) 0.89x of the stem forward alone, not kept (docs/benchmarks.md). On
 # 2026-12-05 (AMD EPYC, AVX2) the block convs by Winograd's F(2, 3) instead of the dense matrices, 9 products of
 # K = C instead of 16 C^2 multiply-adds as one K = 4C product: a conv's forward + backward 0.73 -> 0.55 ms per
-# member at S=3, the whole update 0.87-0.91x at S=3 and S=7 (kept).
+# member at S=3, the whole update 0.87-0.91x at S=3 and S=7 (kept). Later that day (EPYC Zen 1) the stem kernels
+# reading a contiguous copy of each image block's patch rows (they alias in L1 at N=128): float32 forward 0.85x,
+# backward 1.03x of the kernels alone, <1% of the update (float64 2x faster; not kept).
 NOT_PRODUCTS_STEP = (
     "the work that is no product is spread over several pieces (largest here: {largest}); the rewrites in ATen "
     "ops measured (bench/ceiling.py's comment) were slower, and C kernels now run the stem's tail, the block "
