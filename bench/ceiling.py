@@ -279,12 +279,12 @@ def account_markdown(a: dict, ceiling_ms: float) -> list[str]:
             f"{a['conv_ceiling_ms']:.3f} ms. Time above that ceiling, largest first:", ""]
     out += [f"- {k}: {v:.3f} ms" for k, v in sorted(a["excess_ms"].items(), key=lambda kv: -kv[1])]
     needed = total - ceiling_ms / 0.6
+    undisturbed = (f"The undisturbed update (the sum of the best phases) is {100 * ceiling_ms / total:.0f}% of the "
+                   "ceiling: the same ratio, less exposed to other processes")
+    gap = (f"Reaching 60% takes {needed:.3f} ms less per member-update. {undisturbed}." if needed > 0
+           else f"{undisturbed} (the wall-clock ratio above counts the updates' spread as well).")
     out += ["", f"Of the {total - a['conv_ceiling_ms']:.3f} ms above the block convs' ceiling: their shortfall "
             f"(transforms included) against torch.mm {a['products_shortfall_ms']:.3f} ms, work that is no product "
-            f"{a['not_products_ms']:.3f} ms. "
-            + (f"Reaching 60% takes {needed:.3f} ms less per member-update. " if needed > 0 else "")
-            + f"The undisturbed update (the sum of the best phases) is {100 * ceiling_ms / total:.0f}% of the "
-            "ceiling: the same ratio, less exposed to other processes"
-            + (" (the wall-clock ratio above counts the updates' spread as well)." if needed <= 0 else "."), "",
+            f"{a['not_products_ms']:.3f} ms. {gap}", "",
             f"Next step: {a['next_step']}."]
     return out
