@@ -56,7 +56,7 @@ def ablate(C: int, S: int, rounds: int) -> dict[str, float]:
                 del model.__dict__[name]
         labels = y.index_select(0, idx.flatten()).view(idx.shape)
         losses = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)
-        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.optimizer.zero_grad()
         losses.sum().backward()
         with torch.no_grad():
             torch._foreach_mul_(list(model.parameters()), 1.0)

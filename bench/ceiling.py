@@ -131,7 +131,7 @@ def loop_phases(C: int, S: int, updates: int) -> dict[str, float]:
         t1 = time.perf_counter()
         losses = F.cross_entropy(model(inputs).transpose(1, 2), labels, reduction="none").mean(dim=1)
         t2 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         losses.sum().backward()
         t3 = time.perf_counter()
         optimizer.step()

@@ -75,6 +75,30 @@ def draw_minibatches(uniforms: np.ndarray, population: int) -> np.ndarray:
     return order.reshape(rows, population)[:, :b]
 
 
+class SGD:
+    """``torch.optim.SGD(params, lr)`` as the trainer uses it, without momentum or weight decay: p <- p - lr * grad.
+
+    Written out, not taken from ``torch.optim``: constructing any ``torch.optim`` optimizer imports
+    ``torch._dynamo`` (its methods are wrapped to keep dynamo out of them), ~2 s of CPU in every new Ray worker on
+    the 2-core machines, and nothing else a trial runs needs it. The arithmetic is SGD's own: one
+    ``_foreach_add_(params, grads, alpha=-lr)``, which on the CPU is SGD's per-parameter ``add_(grad, alpha=-lr)``
+    and on CUDA its foreach kernel (tests/models/test_resnet_trainer.py compares the two)."""
+
+    def __init__(self, params: Iterator[nn.Parameter], lr: float) -> None:
+        self.params = list(params)
+        self.lr = lr
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (``set_to_none``), so the next backward writes them afresh."""
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        params = [p for p in self.params if p.grad is not None]
+        torch._foreach_add_(params, [p.grad for p in params], alpha=-self.lr)
+
+
 class _Single(nn.Module):
     """One plain ResNet behind the packed interface: (S=1, N, 1, H, W) or shared (N, 1, H, W) -> (1, N, 10)."""
 
@@ -198,7 +222,7 @@ class Trainer:
         else:
             self.model = _Single(members[0])
         self.model.to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
+        self.optimizer = SGD(self.model.parameters(), lr=config.lr)
         self.generators = [np.random.default_rng(sampling_seed(s)) for s in self.seeds]
         self.step = 0
         self.updates = 0
@@ -224,12 +248,12 @@ class Trainer:
 
     # -- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit for bit: weights, BatchNorm buffers, optimizer, RNGs, step."""
+        """Everything needed to continue bit for bit: weights, BatchNorm buffers, RNGs, step (plain SGD keeps no
+        state of its own)."""
         return {
             "config": asdict(self.config),
             "seeds": self.seeds,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "generators": [g.bit_generator.state for g in self.generators],
             "step": self.step,
             "updates": self.updates,
@@ -240,8 +264,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["seeds"] != self.seeds or state["config"] != asdict(self.config):
             raise ValueError("checkpoint belongs to another configuration or other seeds")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.load_state_dict(state["model"])  # an "optimizer" entry (older checkpoints) holds nothing more
         for g, s in zip(self.generators, state["generators"], strict=True):
             g.bit_generator.state = s
         self.step = state["step"]
@@ -308,15 +331,14 @@ class Trainer:
         # At narrow widths the whole update is one C call (PackedResNet.sgd_update): there, forward, autograd and
         # the optimizer's step cost several times the arithmetic (docs/benchmarks.md).
         if self._packed_cpu and self.model.updates_in_one_call():
-            lr = self.optimizer.param_groups[0]["lr"]
-            self._record_losses(self.model.sgd_update(self._images, self.data.y_train, idx, lr), step)
+            self._record_losses(self.model.sgd_update(self._images, self.data.y_train, idx, self.config.lr), step)
             return
         logits = self.model(self._minibatch(idx))  # (S, B, 10)
         # Classes on dim 1: this torch's log-softmax is far slower over a last dim of 10.
         member_losses = F.cross_entropy(
             logits.transpose(1, 2), self.data.y_train.index_select(0, idx.flatten()).view(idx.shape), reduction="none"
         ).mean(dim=1)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         # Summing keeps members independent: d(sum)/d(loss_s) = 1 for every member.
         member_losses.sum().backward()
         self.optimizer.step()

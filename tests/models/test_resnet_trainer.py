@@ -1,7 +1,10 @@
 """The pure-PyTorch trainer: protocols, determinism, learning, checkpoints, divergence."""
 
 import random
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from models.resnet.data import load_digits_split
 from models.resnet.trainer import Trainer, _predictions, draw_minibatches
 from tests.numerics import FLOAT32_EPS, FLOAT64_EPS, assert_error_rate_off_ties, poison_member
 
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
@@ -147,6 +151,40 @@ def test_checkpoint_resume_is_bit_identical():
     second.load_state_dict(state)
     tail = [e.records for e in second.run()]
     assert head + tail == straight
+
+
+def test_the_trainers_sgd_step_is_torch_optim_sgds():
+    """The trainer's own SGD (written out so that a trial never imports torch._dynamo) against torch.optim.SGD on
+    the same model: C=24 updates through autograd and the optimizer (above the one-call widths), float64, two
+    members; every weight within float64 rounding after 20 updates."""
+    cfg = TrainConfig(C=24, budget=20, eval_every=10, dtype="float64", lr=0.1)
+    ours, reference = Trainer(cfg, [0, 1]), Trainer(cfg, [0, 1])
+    initial = {name: p.detach().clone() for name, p in ours.model.named_parameters()}
+    reference.optimizer = torch.optim.SGD(reference.model.parameters(), lr=cfg.lr)
+    run_all(ours)
+    run_all(reference)
+    for (name, a), b in zip(ours.model.named_parameters(), reference.model.parameters(), strict=True):
+        assert not torch.equal(a, initial[name]), f"{name} never moved"
+        torch.testing.assert_close(a, b, rtol=0, atol=1e3 * FLOAT64_EPS, msg=name)
+
+
+def test_training_never_imports_torch_dynamo():
+    """torch.optim's optimizers import torch._dynamo when constructed (~2 s of CPU on the 2-core machines), in every
+    new Ray worker; a trial's training, evaluation and checkpoint need none of it. In a process of its own: both
+    update paths (C=4 in one C call, C=24 through autograd), a checkpoint saved and loaded."""
+    script = (
+        "import sys, io, torch\n"
+        "from models.resnet.config import TrainConfig\n"
+        "from models.resnet.trainer import Trainer\n"
+        "for C in (4, 24):\n"
+        "    t = Trainer(TrainConfig(C=C, budget=4, eval_every=2), [0, 1])\n"
+        "    for _ in t.run(): pass\n"
+        "    buffer = io.BytesIO(); torch.save(t.state_dict(), buffer); buffer.seek(0)\n"
+        "    Trainer(TrainConfig(C=C, budget=4, eval_every=2), [0, 1]).load_state_dict(torch.load(buffer))\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False"]
 
 
 def _poisoned(cfg: TrainConfig, seeds: list[int], at_update: dict[int, int]) -> Trainer:
