@@ -81,8 +81,9 @@ class SGD:
     Written out, not taken from ``torch.optim``: constructing any ``torch.optim`` optimizer imports
     ``torch._dynamo`` (its methods are wrapped to keep dynamo out of them), ~2 s of CPU in every new Ray worker on
     the 2-core machines, and nothing else a trial runs needs it. The arithmetic is SGD's own: one
-    ``_foreach_add_(params, grads, alpha=-lr)``, which on the CPU is SGD's per-parameter ``add_(grad, alpha=-lr)``
-    and on CUDA its foreach kernel (tests/models/test_resnet_trainer.py compares the two)."""
+    ``_foreach_add_(params, grads, alpha=-lr)``, which on the CPU runs SGD's per-parameter ``add_(grad, alpha=-lr)``
+    and on CUDA is SGD's default foreach form; tests/models/test_resnet_trainer.py compares this class with
+    ``torch.optim.SGD`` on the CPU."""
 
     def __init__(self, params: Iterator[nn.Parameter], lr: float) -> None:
         self.params = list(params)
